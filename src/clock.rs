@@ -1,0 +1,90 @@
+//! Durations in the config's syntax (`"500ms"`, `"30s"`, `"10m"`, `"24h"`, `"7d"`) and times in
+//! the webhook contract's format (RFC 3339, UTC, milliseconds, `Z`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Parses `<digits><unit>` with unit `ms`, `s`, `m`, `h` or `d`. Whitespace, signs, fractions and
+/// missing units are refused with a message that says what is accepted.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("duration {text:?} has no unit; write e.g. \"500ms\", \"30s\", \"10m\", \"24h\" or \"7d\""))?;
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() {
+        return Err(format!(
+            "duration {text:?} must start with a whole number, e.g. \"30s\""
+        ));
+    }
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("duration {text:?} is too large"))?;
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "duration {text:?} has unknown unit {unit:?}; use ms, s, m, h or d"
+            ));
+        }
+    };
+    let millis = value
+        .checked_mul(millis_per_unit)
+        .ok_or_else(|| format!("duration {text:?} is too large"))?;
+    Ok(Duration::from_millis(millis))
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `2026-11-28T14:00:00.123Z` for a time in milliseconds since the epoch.
+pub fn rfc3339_ms(ms: u64) -> String {
+    match chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms as i64) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        None => "1970-01-01T00:00:00.000Z".to_string(),
+    }
+}
+
+/// Parses an RFC 3339 time (any offset) into milliseconds since the epoch.
+pub fn parse_rfc3339_ms(text: &str) -> Option<u64> {
+    let t = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    u64::try_from(t.timestamp_millis()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_every_unit() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_a_reason() {
+        for bad in ["", "30", "s", "-1s", "1.5s", "10 m", "3w", "99999999999999999999d"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains("duration"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        let ms = 1_795_860_000_123;
+        let text = rfc3339_ms(ms);
+        assert_eq!(text, "2026-11-28T10:00:00.123Z");
+        assert_eq!(parse_rfc3339_ms(&text), Some(ms));
+        assert_eq!(parse_rfc3339_ms("2026-11-28T15:30:00.123+05:30"), Some(ms));
+    }
+}

@@ -1,0 +1,27 @@
+//! vmnd: receives the SMS people send to a business's numbers and acts on them.
+//!
+//! Module map (follow one message from top to bottom):
+//!
+//! | module | what it is for |
+//! |---|---|
+//! | [`config`] | the operator's TOML: parsing with positions, validation, `vmnd check` diagnostics |
+//! | [`smpp::codec`] | framing by `command_length`; a bad length is a value, not a stream error |
+//! | [`smpp::pdu`] | the one adapter over rusmpp: our own owned PDU types, decode and encode |
+//! | [`smpp::text`] | GSM 03.38 (packed and unpacked), ASCII, Latin-1, UCS2/UTF-16 and DCS groups |
+//! | [`smpp::udh`] | user data headers with several information elements; concatenation |
+//! | [`smpp::receipt`] | delivery receipt text (`id:... stat:... err:...`) |
+//! | [`smpp::session`] | one bound SMPP session: bind, enquire_link, window, unbind, acks after commit |
+//! | [`smpp::supervisor`] | one per carrier: reconnects with backoff and jitter, publishes bind state |
+//! | [`store`] | sled behind one module: group commit, inbound journal, messages, parts, receipts |
+//! | [`store::queue`] | the durable job queue: due-time ordered, retries, dead letters |
+//! | [`processor`] | after the ack: receipts, reassembly, text decoding, the message record, jobs |
+//! | [`outbound::webhook`] | signed HTTP POSTs from the queue with backoff until `retry_for` |
+//! | [`admin`] | hyper server: `/healthz`, `/metrics`, `/api/messages`, `/` |
+//! | [`daemon`] | wires everything together for `vmnd run` and `vmnd demo` |
+//! | [`demo`] | `vmnd demo`: daemon, simulated carrier, HTTP sink, scripted messages |
+//! | [`sim`] | a carrier SMSC simulator used by tests, benches and the demo |
+//! | [`clock`] | durations in config syntax and timestamps in the contract's format |
+
+pub mod clock;
+pub mod config;
+pub mod smpp;

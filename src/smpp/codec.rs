@@ -1,0 +1,1 @@
+//! Framing by command_length (placeholder while the codec work is in progress).
