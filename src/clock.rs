@@ -73,7 +73,16 @@ mod tests {
 
     #[test]
     fn bad_durations_are_refused_with_a_reason() {
-        for bad in ["", "30", "s", "-1s", "1.5s", "10 m", "3w", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "30",
+            "s",
+            "-1s",
+            "1.5s",
+            "10 m",
+            "3w",
+            "99999999999999999999d",
+        ] {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.contains("duration"), "{bad:?}: {err}");
         }

@@ -1,15 +1,31 @@
 //! The operator's TOML configuration: parsing with positions, validation of what serde cannot
 //! see, and diagnostics printed as `FILE:LINE:COL: message` by `vmnd check`.
 //!
-//! The resolved types below are FIXED (the daemon uses them); the raw serde layer, validation and
-//! diagnostics are implemented by the config work.
+//! Three layers, so that one run reports every problem rather than the first:
+//! 1. syntax: `toml`'s recoverable parser turns the text into a table in which every key and value
+//!    keeps its byte span;
+//! 2. shape: each section (and each element of `[[carrier]]`, `[[webhook]]`, `[[number]]`) is
+//!    deserialized on its own into a `Raw*` struct (`deny_unknown_fields`, values kept as
+//!    [`Spanned`]), so an unknown key in one carrier does not hide a wrong type in a webhook;
+//! 3. meaning: `validate_*` functions check what serde cannot see (ranges, durations, addresses,
+//!    URLs, secrets, uniqueness, references between sections) and build the resolved types below.
+//!
+//! The resolved types are what the daemon uses; nothing outside this module sees the raw layer.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_spanned::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+
+use crate::clock::parse_duration;
+
 /// A fully validated configuration: secrets resolved, numbers normalised, references checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub daemon: Daemon,
     pub carriers: Vec<Carrier>,
@@ -18,7 +34,7 @@ pub struct Config {
 }
 
 /// `[daemon]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Daemon {
     /// sled database directory.
     pub data_dir: PathBuf,
@@ -47,7 +63,7 @@ pub enum BindMode {
 }
 
 /// `[[carrier]]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Carrier {
     pub name: String,
     pub host: String,
@@ -73,7 +89,7 @@ pub struct Carrier {
 }
 
 /// `[[webhook]]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
     pub name: String,
     /// `http://host[:port]/path` (https is not in this build: a config error).
@@ -89,7 +105,7 @@ pub struct Webhook {
 }
 
 /// `[[number]]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Number {
     /// Normalised: digits only, 6 (short code) or 10 (long code).
     pub vmn: String,
@@ -114,6 +130,1692 @@ pub struct Diagnostic {
 
 impl std::fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
+    }
+}
+
+impl Diagnostic {
+    /// Warnings are returned alongside a valid config; their message starts with this prefix so
+    /// that `FILE:LINE:COL: warning: ...` reads like a compiler's and scripts can tell them apart.
+    pub const WARNING_PREFIX: &'static str = "warning: ";
+
+    /// True for a warning (the config is still usable), false for an error.
+    pub fn is_warning(&self) -> bool {
+        self.message.starts_with(Self::WARNING_PREFIX)
+    }
+}
+
+impl Config {
+    /// The number served as `vmn`, compared after the same normalisation as the config (so
+    /// "567 678" finds "567678"); `None` for a number this daemon does not serve.
+    pub fn number(&self, vmn: &str) -> Option<&Number> {
+        // Compared char by char rather than through `normalize_vmn`: this runs for every
+        // inbound message and needs no allocation.
+        let digits = || vmn.chars().filter(|c| !is_vmn_separator(*c));
+        self.numbers.iter().find(|n| n.vmn.chars().eq(digits()))
+    }
+
+    /// The `[[carrier]]` called `name`.
+    pub fn carrier(&self, name: &str) -> Option<&Carrier> {
+        self.carriers.iter().find(|c| c.name == name)
+    }
+
+    /// The `[[webhook]]` called `name`.
+    pub fn webhook(&self, name: &str) -> Option<&Webhook> {
+        self.webhooks.iter().find(|w| w.name == name)
+    }
+}
+
+/// Reads and validates a file. Ok carries the config and warnings; Err carries every problem
+/// found (not just the first), sorted by position, warnings included. Secrets given as `*_env`
+/// are read from the process environment.
+pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let file = path.display().to_string();
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return Err(vec![Diagnostic {
+                file,
+                line: 1,
+                col: 1,
+                message: format!("cannot read the config file: {e}"),
+            }]);
+        }
+    };
+    match std::str::from_utf8(&bytes) {
+        Ok(source) => parse(source, &file, &|k| std::env::var(k).ok()),
+        Err(e) => {
+            // Point at the first bad byte: everything before it is valid UTF-8, so line and
+            // column can be counted on that prefix.
+            let valid = String::from_utf8_lossy(&bytes[..e.valid_up_to()]);
+            let (line, col) = position(&valid, valid.len());
+            Err(vec![Diagnostic {
+                file,
+                line,
+                col,
+                message: "the config file is not valid UTF-8".to_string(),
+            }])
+        }
+    }
+}
+
+/// Same as [`load`] from a string; `file` is the name used in diagnostics. `env` looks up
+/// environment variables (so tests need not touch the process env): pass
+/// `|k| std::env::var(k).ok()` in production.
+pub fn parse(
+    source: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut problems = Problems::new(source);
+    let (root, syntax_errors) = DeTable::parse_recoverable(source);
+    if !syntax_errors.is_empty() {
+        // The recovered table of a broken document is a guess: checking its meaning would
+        // report problems the operator did not make. Syntax first, then the rest.
+        report_syntax_errors(&syntax_errors, &mut problems);
+        return Err(problems.into_diagnostics(file));
+    }
+    let raw = read_sections(root.into_inner(), &mut problems);
+    let config = validate_config(raw, env, &mut problems);
+    match config {
+        Some(config) if problems.errors() == 0 => Ok((config, problems.into_diagnostics(file))),
+        _ => {
+            if problems.errors() == 0 {
+                // Unreachable by construction (every `None` above reports why); kept so that
+                // a future slip shows up as a message rather than an empty error list.
+                problems.error(&(0..0), "the configuration could not be resolved");
+            }
+            Err(problems.into_diagnostics(file))
+        }
+    }
+}
+
+/// Normalises a VMN as configured: strips blanks, '-', '.', '(', ')'; must then be 6 or 10
+/// ASCII digits (a short code or a long code).
+pub fn normalize_vmn(s: &str) -> Result<String, String> {
+    const WHAT: &str = "a VMN is 6 digits (short code) or 10 digits (long code)";
+    let digits: String = s.chars().filter(|c| !is_vmn_separator(*c)).collect();
+    if let Some(bad) = digits.chars().find(|c| !c.is_ascii_digit()) {
+        return Err(format!("VMN {s:?} contains {bad:?}; {WHAT}"));
+    }
+    match digits.len() {
+        6 | 10 => Ok(digits),
+        0 => Err(format!("VMN {s:?} has no digits; {WHAT}")),
+        n => Err(format!("VMN {s:?} has {n} digits; {WHAT}")),
+    }
+}
+
+/// Characters operators use to group digits ("567 678", "(98) 7654-3210"), ignored in VMNs.
+fn is_vmn_separator(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '-' | '.' | '(' | ')')
+}
+
+// ---------------------------------------------------------------------------------------------
+// Positions and collected problems
+// ---------------------------------------------------------------------------------------------
+
+/// A byte range in the config source.
+type Span = Range<usize>;
+
+/// 1-based line and column (in characters) of a byte offset. Offsets past the end or inside a
+/// character are clamped, never a panic: spans come from another crate.
+fn position(source: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(source.len());
+    while !source.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &source[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    // A byte-order mark is invisible in every editor: it must not shift the first line's columns.
+    let text = &before[line_start..];
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    (line, text.chars().count() + 1)
+}
+
+/// One problem, still as a byte offset.
+struct Found {
+    at: usize,
+    warning: bool,
+    message: String,
+}
+
+/// Everything found while checking one source, errors and warnings.
+struct Problems<'s> {
+    source: &'s str,
+    found: Vec<Found>,
+}
+
+impl<'s> Problems<'s> {
+    fn new(source: &'s str) -> Self {
+        Problems {
+            source,
+            found: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, at: &Span, message: impl Into<String>) {
+        self.found.push(Found {
+            at: at.start,
+            warning: false,
+            message: message.into(),
+        });
+    }
+
+    fn warning(&mut self, at: &Span, message: impl Into<String>) {
+        self.found.push(Found {
+            at: at.start,
+            warning: true,
+            message: message.into(),
+        });
+    }
+
+    fn errors(&self) -> usize {
+        self.found.iter().filter(|f| !f.warning).count()
+    }
+
+    /// The 1-based line of a span, for messages that point back at an earlier definition.
+    fn line(&self, at: &Span) -> usize {
+        position(self.source, at.start).0
+    }
+
+    /// Sorted by position; problems at the same place keep the order they were found in.
+    fn into_diagnostics(mut self, file: &str) -> Vec<Diagnostic> {
+        self.found.sort_by_key(|f| f.at);
+        self.found
+            .into_iter()
+            .map(|f| {
+                let (line, col) = position(self.source, f.at);
+                let message = if f.warning {
+                    format!("{}{}", Diagnostic::WARNING_PREFIX, f.message)
+                } else {
+                    f.message
+                };
+                Diagnostic {
+                    file: file.to_string(),
+                    line,
+                    col,
+                    message,
+                }
+            })
+            .collect()
+    }
+}
+
+/// TOML syntax errors, one per line: the parser recovers and goes on, and a single mistake
+/// (an unclosed array, say) can echo on the next few characters of the same line.
+fn report_syntax_errors(errors: &[toml::de::Error], p: &mut Problems<'_>) {
+    let mut seen_lines = Vec::new();
+    let mut errors: Vec<(Span, String)> = errors
+        .iter()
+        .map(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let mut message = first_line(e.message());
+            // toml says "duplicate key" without naming it; the source does.
+            if message == "duplicate key" {
+                if let Some(key) = p.source.get(span.clone()).filter(|k| !k.is_empty()) {
+                    message = format!("duplicate key `{key}`");
+                }
+            }
+            (span, message)
+        })
+        .collect();
+    errors.sort_by_key(|(span, _)| span.start);
+    for (span, message) in errors {
+        let line = p.line(&span);
+        if !seen_lines.contains(&line) {
+            seen_lines.push(line);
+            p.error(&span, format!("TOML syntax: {message}"));
+        }
+    }
+}
+
+/// The first line of a message, without the caret art some errors carry.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// A serde error (unknown key, wrong type, missing key) from deserializing one section, reworded
+/// in TOML's terms and naming the key it is about. `section` is how the operator wrote the
+/// section, e.g. `[[carrier]]`.
+fn report_shape_error(e: &toml::de::Error, section: &str, p: &mut Problems<'_>) {
+    let span = e.span().unwrap_or(0..0);
+    let message = first_line(e.message()).replace("expected i64", "expected an integer");
+    // toml keeps the key path private but prints it as a last line "in `a.b`" when the error
+    // has no source attached, which is the case for errors from a value deserializer.
+    let rendered = e.to_string();
+    let key = rendered
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("in `")?.strip_suffix('`'))
+        .map(str::to_string);
+    let place = match &key {
+        Some(key) => format!("`{key}`"),
+        None => section.to_string(),
+    };
+    let message = if let Some(rest) = message.strip_prefix("missing field ") {
+        format!("missing key {rest} in {place}")
+    } else if let Some(rest) = message.strip_prefix("unknown field ") {
+        match rest.split_once(", ") {
+            Some((name, expected)) => format!("unknown key {name} in {place}; {expected}"),
+            None => format!("unknown key {rest} in {place}"),
+        }
+    } else if let Some(rest) = message.strip_prefix("invalid type: ") {
+        match &key {
+            Some(key) => format!("wrong type for `{key}`: {rest}"),
+            None => format!("wrong type in {section}: {rest}"),
+        }
+    } else {
+        match &key {
+            Some(key) => format!("`{key}`: {message}"),
+            None => format!("{section}: {message}"),
+        }
+    };
+    p.error(&span, message);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The raw layer: the file's shape, positions kept
+// ---------------------------------------------------------------------------------------------
+
+/// `[daemon]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    data_dir: Spanned<String>,
+    admin_listen: Option<Spanned<String>>,
+    admin_token: Option<Spanned<String>>,
+    admin_token_env: Option<Spanned<String>>,
+    reassembly_timeout: Option<Spanned<String>>,
+    dedup_window: Option<Spanned<String>>,
+    // Integers are read as i64 (TOML's own type) and range-checked by us: a serde range error
+    // would stop the section at the first one and name a Rust type.
+    cache_mb: Option<Spanned<i64>>,
+    fsync: Option<bool>,
+}
+
+/// Keys of `[daemon]`, to recognise one written above the `[daemon]` header.
+const DAEMON_KEYS: &[&str] = &[
+    "data_dir",
+    "admin_listen",
+    "admin_token",
+    "admin_token_env",
+    "reassembly_timeout",
+    "dedup_window",
+    "cache_mb",
+    "fsync",
+];
+
+/// One `[[carrier]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCarrier {
+    name: Spanned<String>,
+    host: Spanned<String>,
+    port: Spanned<i64>,
+    system_id: Spanned<String>,
+    password: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    system_type: Option<Spanned<String>>,
+    // A string checked by us rather than a serde enum, for the same reason as integers.
+    bind: Option<Spanned<String>>,
+    window: Option<Spanned<i64>>,
+    enquire_link: Option<Spanned<String>>,
+    response_timeout: Option<Spanned<String>>,
+    gsm_packed: Option<bool>,
+    reconnect_min: Option<Spanned<String>>,
+    reconnect_max: Option<Spanned<String>>,
+}
+
+/// One `[[webhook]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    name: Spanned<String>,
+    url: Spanned<String>,
+    secret: Option<Spanned<String>>,
+    secret_env: Option<Spanned<String>>,
+    retry_for: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    concurrency: Option<Spanned<i64>>,
+}
+
+/// One `[[number]]` as written (its `keyword` rules, when present, are refused before this).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNumber {
+    vmn: Spanned<String>,
+    carrier: Option<Spanned<String>>,
+    default: Option<RawDefault>,
+    receipts: Option<Spanned<String>>,
+}
+
+/// `default = { webhook = "crm" }` in a `[[number]]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefault {
+    webhook: Spanned<String>,
+}
+
+/// Names given to the elements of `[[carrier]]` or `[[webhook]]`, read from the table before
+/// deserializing it: a carrier with a typo in one key is still a carrier that numbers may name,
+/// and reporting "unknown carrier" for it as well would be noise.
+struct Names {
+    /// "carrier" or "webhook".
+    kind: &'static str,
+    names: Vec<(String, Span)>,
+    /// False when some element's name could not be read; then an unknown name may be that one.
+    complete: bool,
+}
+
+impl Names {
+    fn new(kind: &'static str) -> Self {
+        Names {
+            kind,
+            names: Vec::new(),
+            complete: true,
+        }
+    }
+
+    fn note(&mut self, element: &DeValue<'_>) {
+        match element
+            .as_table()
+            .and_then(|t| t.get("name"))
+            .and_then(|v| Some((v.get_ref().as_str()?, v.span())))
+        {
+            Some((name, span)) => self.names.push((name.to_string(), span)),
+            None => self.complete = false,
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.names.iter().any(|(n, _)| n == name)
+    }
+
+    /// Reports a reference to an undefined name, listing the ones that exist.
+    fn check_reference(&self, name: &Spanned<String>, key: &str, p: &mut Problems<'_>) -> bool {
+        let wanted = name.get_ref();
+        if self.contains(wanted) {
+            return true;
+        }
+        if self.complete {
+            let kind = self.kind;
+            let known = if self.names.is_empty() {
+                format!("no [[{kind}]] is defined")
+            } else {
+                let list: Vec<String> = self.names.iter().map(|(n, _)| format!("{n:?}")).collect();
+                format!("known {kind}s: {}", list.join(", "))
+            };
+            p.error(
+                &name.span(),
+                format!("`{key}` names unknown {kind} {wanted:?}; {known}"),
+            );
+        }
+        false
+    }
+
+    /// Reports every name defined twice (at the second definition) and every empty name.
+    fn check_unique(&self, p: &mut Problems<'_>) {
+        for (i, (name, span)) in self.names.iter().enumerate() {
+            if name.is_empty() {
+                p.error(span, format!("{} name must not be empty", self.kind));
+            } else if let Some((_, first)) = self.names[..i].iter().find(|(n, _)| n == name) {
+                let line = p.line(first);
+                p.error(
+                    span,
+                    format!(
+                        "duplicate {} name {name:?} (first defined at line {line})",
+                        self.kind
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Every section as written, each element deserialized on its own.
+struct RawConfig {
+    /// `Some(None)` when `[daemon]` was there but could not be deserialized (already reported).
+    daemon: Option<Option<(Span, RawDaemon)>>,
+    carriers: Vec<(Span, RawCarrier)>,
+    webhooks: Vec<(Span, RawWebhook)>,
+    numbers: Vec<(Span, RawNumber)>,
+    carrier_names: Names,
+    webhook_names: Names,
+}
+
+/// Sections that later work brings; until then they are refused by name, with a reason,
+/// rather than as an unknown key (the operator copied them from the design, not mistyped them).
+fn not_implemented(section: &str) -> Option<String> {
+    const NOT_YET: &str = "is not implemented in this version of vmnd";
+    Some(match section {
+        "smtp" => {
+            format!("[smtp] (e-mail forwards and replies by e-mail) {NOT_YET}; remove the section")
+        }
+        "optout" => format!(
+            "[optout] (STOP/START/HELP handling) {NOT_YET}; remove the section (such messages are forwarded like any other)"
+        ),
+        "keyword" => format!(
+            "[[number.keyword]] (keyword rules) {NOT_YET}; remove it (messages to a number go to its `default` webhook)"
+        ),
+        _ => return None,
+    })
+}
+
+/// Splits the document into its sections and deserializes each; reports wrong shapes, unknown
+/// sections and sections not implemented yet.
+fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
+    let mut raw = RawConfig {
+        daemon: None,
+        carriers: Vec::new(),
+        webhooks: Vec::new(),
+        numbers: Vec::new(),
+        carrier_names: Names::new("carrier"),
+        webhook_names: Names::new("webhook"),
+    };
+    for (key, value) in root {
+        let key_span = key.span();
+        let key = key.into_inner();
+        match key.as_ref() {
+            "daemon" => {
+                let span = value.span();
+                raw.daemon = Some(
+                    expect_table(value, "daemon", p)
+                        .and_then(|v| shape::<RawDaemon>(v, "[daemon]", p))
+                        .map(|d| (span, d)),
+                );
+            }
+            "carrier" => {
+                for element in expect_array_of_tables(value, "carrier", p) {
+                    raw.carrier_names.note(element.get_ref());
+                    let span = element.span();
+                    if let Some(c) = shape::<RawCarrier>(element, "[[carrier]]", p) {
+                        raw.carriers.push((span, c));
+                    }
+                }
+            }
+            "webhook" => {
+                for element in expect_array_of_tables(value, "webhook", p) {
+                    raw.webhook_names.note(element.get_ref());
+                    let span = element.span();
+                    if let Some(w) = shape::<RawWebhook>(element, "[[webhook]]", p) {
+                        raw.webhooks.push((span, w));
+                    }
+                }
+            }
+            "number" => {
+                for mut element in expect_array_of_tables(value, "number", p) {
+                    refuse_keywords(&mut element, p);
+                    let span = element.span();
+                    if let Some(n) = shape::<RawNumber>(element, "[[number]]", p) {
+                        raw.numbers.push((span, n));
+                    }
+                }
+            }
+            other => {
+                if let Some(message) = not_implemented(other) {
+                    p.error(&key_span, message);
+                } else if DAEMON_KEYS.contains(&other) {
+                    p.error(
+                        &key_span,
+                        format!("`{other}` belongs in [daemon]; put it below the [daemon] header"),
+                    );
+                } else {
+                    p.error(
+                        &key_span,
+                        format!(
+                            "unknown section `{other}`; expected [daemon], [[carrier]], [[webhook]] or [[number]]"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    raw
+}
+
+/// `[[number.keyword]]` (or `keyword = ...` in a number) is refused with its own message and
+/// removed, so that the rest of the number is still checked.
+fn refuse_keywords(element: &mut Spanned<DeValue<'_>>, p: &mut Problems<'_>) {
+    if let DeValue::Table(table) = element.get_mut() {
+        // A TOML table holds each key once, so one removal is enough.
+        if let Some((key, _)) = table.remove_entry("keyword") {
+            if let Some(message) = not_implemented("keyword") {
+                p.error(&key.span(), message);
+            }
+        }
+    }
+}
+
+/// `[name]`: a single table.
+fn expect_table<'i>(
+    value: Spanned<DeValue<'i>>,
+    name: &str,
+    p: &mut Problems<'_>,
+) -> Option<Spanned<DeValue<'i>>> {
+    match value.get_ref() {
+        DeValue::Table(_) => Some(value),
+        DeValue::Array(_) => {
+            p.error(
+                &value.span(),
+                format!("[{name}] is a single table: write [{name}], not [[{name}]]"),
+            );
+            None
+        }
+        other => {
+            p.error(
+                &value.span(),
+                format!(
+                    "`{name}` must be a table ([{name}]), not a {}",
+                    other.type_str()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `[[name]]`: an array of tables (an inline array of inline tables is the same thing in TOML).
+fn expect_array_of_tables<'i>(
+    value: Spanned<DeValue<'i>>,
+    name: &str,
+    p: &mut Problems<'_>,
+) -> Vec<Spanned<DeValue<'i>>> {
+    let span = value.span();
+    match value.into_inner() {
+        DeValue::Array(elements) => elements
+            .into_iter()
+            .filter(|element| {
+                let is_table = element.get_ref().is_table();
+                if !is_table {
+                    p.error(
+                        &element.span(),
+                        format!(
+                            "each [[{name}]] must be a table, not a {}",
+                            element.get_ref().type_str()
+                        ),
+                    );
+                }
+                is_table
+            })
+            .collect(),
+        DeValue::Table(_) => {
+            p.error(
+                &span,
+                format!("there may be several of these: write [[{name}]], not [{name}]"),
+            );
+            Vec::new()
+        }
+        other => {
+            p.error(
+                &span,
+                format!(
+                    "`{name}` must be written as [[{name}]] tables, not a {}",
+                    other.type_str()
+                ),
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// Deserializes one section or element, reporting serde's complaint with its position.
+fn shape<T: DeserializeOwned>(
+    value: Spanned<DeValue<'_>>,
+    section: &str,
+    p: &mut Problems<'_>,
+) -> Option<T> {
+    match T::deserialize(ValueDeserializer::from(value)) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            report_shape_error(&e, section, p);
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation and resolution: what serde cannot see
+// ---------------------------------------------------------------------------------------------
+
+/// Checks everything and builds the config; `None` when anything was wrong (all reported).
+fn validate_config(
+    raw: RawConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems<'_>,
+) -> Option<Config> {
+    let daemon = match &raw.daemon {
+        Some(Some((span, d))) => validate_daemon(span, d, env, p),
+        // Present but malformed: already reported.
+        Some(None) => None,
+        None => {
+            p.error(
+                &(0..0),
+                "missing [daemon] section; it must give at least `data_dir`",
+            );
+            None
+        }
+    };
+
+    raw.carrier_names.check_unique(p);
+    raw.webhook_names.check_unique(p);
+
+    let carriers: Vec<Option<Carrier>> = raw
+        .carriers
+        .iter()
+        .map(|(span, c)| validate_carrier(span, c, env, p))
+        .collect();
+    let webhooks: Vec<Option<Webhook>> = raw
+        .webhooks
+        .iter()
+        .map(|(_, w)| validate_webhook(w, env, p))
+        .collect();
+    let numbers = validate_numbers(&raw, p);
+
+    Some(Config {
+        daemon: daemon?,
+        carriers: carriers.into_iter().collect::<Option<_>>()?,
+        webhooks: webhooks.into_iter().collect::<Option<_>>()?,
+        numbers: numbers.into_iter().collect::<Option<_>>()?,
+    })
+}
+
+/// A secret given literally or through an environment variable, and where it was given.
+struct Secret {
+    value: String,
+    at: Span,
+    /// The variable's name when it came from the environment, for messages.
+    env_name: Option<String>,
+}
+
+impl Secret {
+    /// How to refer to this secret in a message without printing it.
+    fn origin(&self, key: &str) -> String {
+        match &self.env_name {
+            Some(var) => format!("the value of environment variable {var} (`{key}_env`)"),
+            None => format!("`{key}`"),
+        }
+    }
+}
+
+/// Resolves `key` / `key_env`. `Some(None)` when neither is given; `None` when there is a
+/// problem (reported). Values are never printed: they are secrets.
+fn validate_secret(
+    literal: Option<&Spanned<String>>,
+    from_env: Option<&Spanned<String>>,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems<'_>,
+) -> Option<Option<Secret>> {
+    match (literal, from_env) {
+        (None, None) => Some(None),
+        (Some(_), Some(var)) => {
+            p.error(
+                &var.span(),
+                format!("give either `{key}` or `{key}_env`, not both"),
+            );
+            None
+        }
+        (Some(value), None) => Some(Some(Secret {
+            value: value.get_ref().clone(),
+            at: value.span(),
+            env_name: None,
+        })),
+        (None, Some(var)) => {
+            let name = var.get_ref();
+            // Names that cannot be environment variables would only ever read as "not set".
+            if name.is_empty() || name.contains(['=', '\0']) {
+                p.error(
+                    &var.span(),
+                    format!("`{key}_env` must name an environment variable, got {name:?}"),
+                );
+                return None;
+            }
+            match env(name) {
+                Some(value) => Some(Some(Secret {
+                    value,
+                    at: var.span(),
+                    env_name: Some(name.clone()),
+                })),
+                None => {
+                    p.error(
+                        &var.span(),
+                        format!("environment variable {name} (from `{key}_env`) is not set"),
+                    );
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// An optional duration with its default; `allow_zero` is false where zero would mean a busy
+/// loop or an instant timeout.
+fn validate_duration(
+    value: Option<&Spanned<String>>,
+    key: &str,
+    default: Duration,
+    allow_zero: bool,
+    p: &mut Problems<'_>,
+) -> Option<Duration> {
+    let Some(value) = value else {
+        return Some(default);
+    };
+    match parse_duration(value.get_ref()) {
+        Ok(d) if d.is_zero() && !allow_zero => {
+            p.error(&value.span(), format!("`{key}` must be longer than zero"));
+            None
+        }
+        Ok(d) => Some(d),
+        Err(message) => {
+            p.error(&value.span(), format!("`{key}`: {message}"));
+            None
+        }
+    }
+}
+
+/// An optional integer with its default, in an inclusive range.
+fn validate_integer(
+    value: Option<&Spanned<i64>>,
+    key: &str,
+    default: i64,
+    range: RangeInclusive<i64>,
+    p: &mut Problems<'_>,
+) -> Option<i64> {
+    let Some(value) = value else {
+        return Some(default);
+    };
+    let n = *value.get_ref();
+    if range.contains(&n) {
+        Some(n)
+    } else {
+        p.error(
+            &value.span(),
+            format!(
+                "`{key}` must be between {} and {}, got {n}",
+                range.start(),
+                range.end()
+            ),
+        );
+        None
+    }
+}
+
+/// Checks `[daemon]` and resolves its defaults and token.
+fn validate_daemon(
+    at: &Span,
+    raw: &RawDaemon,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems<'_>,
+) -> Option<Daemon> {
+    let data_dir = if raw.data_dir.get_ref().trim().is_empty() {
+        p.error(&raw.data_dir.span(), "`data_dir` must not be empty");
+        None
+    } else {
+        Some(PathBuf::from(raw.data_dir.get_ref()))
+    };
+
+    let admin_listen = match &raw.admin_listen {
+        None => Some(SocketAddr::from(([127, 0, 0, 1], 8640))),
+        Some(text) => match text.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                p.error(
+                    &text.span(),
+                    format!(
+                        "`admin_listen` {:?} is not a socket address such as \"127.0.0.1:8640\" or \"[::1]:8640\"",
+                        text.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
+
+    let token = validate_secret(
+        raw.admin_token.as_ref(),
+        raw.admin_token_env.as_ref(),
+        "admin_token",
+        env,
+        p,
+    );
+    let token = match token {
+        Some(Some(secret)) => {
+            // The token travels in an HTTP header: it must be a single visible ASCII word.
+            if secret.value.is_empty() {
+                p.error(
+                    &secret.at,
+                    format!("{} is empty", secret.origin("admin_token")),
+                );
+                None
+            } else if !secret.value.bytes().all(|b| b.is_ascii_graphic()) {
+                p.error(
+                    &secret.at,
+                    format!(
+                        "{} must be visible ASCII without spaces (it is sent as a bearer token)",
+                        secret.origin("admin_token")
+                    ),
+                );
+                None
+            } else {
+                Some(Some(secret.value))
+            }
+        }
+        other => other.map(|_| None),
+    };
+
+    // Only when the token itself was fine: a missing token is then the whole story.
+    if let (Some(addr), Some(None)) = (&admin_listen, &token) {
+        if !addr.ip().is_loopback() {
+            let span = raw.admin_listen.as_ref().map_or(at.clone(), |a| a.span());
+            p.error(
+                &span,
+                format!(
+                    "`admin_listen` {addr} is not a loopback address: set `admin_token` or `admin_token_env` so the admin API requires a bearer token"
+                ),
+            );
+        }
+    }
+
+    let reassembly_timeout = validate_duration(
+        raw.reassembly_timeout.as_ref(),
+        "reassembly_timeout",
+        Duration::from_secs(600),
+        false,
+        p,
+    );
+    let dedup_window = match &raw.dedup_window {
+        None => Some(None),
+        Some(text) => {
+            validate_duration(Some(text), "dedup_window", Duration::ZERO, false, p).map(Some)
+        }
+    };
+    let cache_mb = validate_integer(raw.cache_mb.as_ref(), "cache_mb", 32, 1..=65536, p);
+
+    Some(Daemon {
+        data_dir: data_dir?,
+        admin_listen: admin_listen?,
+        admin_token: token?,
+        reassembly_timeout: reassembly_timeout?,
+        dedup_window: dedup_window?,
+        cache_mb: u64::try_from(cache_mb?).ok()?,
+        fsync: raw.fsync.unwrap_or(true),
+    })
+}
+
+/// A host to connect to: an IP address or a DNS name, without a port.
+fn validate_host(host: &Spanned<String>, p: &mut Problems<'_>) -> Option<String> {
+    let text = host.get_ref();
+    // "[::1]" is how addresses are written in URLs; the resolver wants "::1".
+    let unbracketed = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    if unbracketed.parse::<IpAddr>().is_ok() {
+        return Some(unbracketed.to_string());
+    }
+    let problem = if text.is_empty() {
+        Some("`host` must not be empty".to_string())
+    } else if text.contains(':') {
+        Some(format!(
+            "`host` {text:?} is not a host name or IP address; give the port in `port`"
+        ))
+    } else if !text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
+        Some(format!("`host` {text:?} is not a host name or IP address"))
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => {
+            p.error(&host.span(), message);
+            None
+        }
+        None => Some(text.clone()),
+    }
+}
+
+/// An SMPP C-Octet String field: ASCII without NUL and at most `max` characters (SMPP 3.4
+/// sizes include the terminating NUL, so `max` is one less than the spec's figure).
+fn check_smpp_string(value: &str, what: &str, max: usize) -> Result<(), String> {
+    if !value.bytes().all(|b| b.is_ascii() && b != 0) {
+        Err(format!("{what} must be ASCII (SMPP 3.4)"))
+    } else if value.len() > max {
+        Err(format!(
+            "{what} is {} characters long; SMPP 3.4 allows at most {max}",
+            value.len()
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks one `[[carrier]]` (its name's uniqueness is checked with the others).
+fn validate_carrier(
+    at: &Span,
+    raw: &RawCarrier,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems<'_>,
+) -> Option<Carrier> {
+    let name = raw.name.get_ref();
+    let host = validate_host(&raw.host, p);
+    let port = validate_integer(Some(&raw.port), "port", 0, 1..=65535, p);
+
+    let system_id = raw.system_id.get_ref();
+    let system_id_ok = if system_id.is_empty() {
+        p.error(&raw.system_id.span(), "`system_id` must not be empty");
+        false
+    } else if let Err(message) = check_smpp_string(system_id, "`system_id`", 15) {
+        p.error(&raw.system_id.span(), message);
+        false
+    } else {
+        true
+    };
+
+    let password = match validate_secret(
+        raw.password.as_ref(),
+        raw.password_env.as_ref(),
+        "password",
+        env,
+        p,
+    ) {
+        Some(Some(secret)) => {
+            match check_smpp_string(&secret.value, &secret.origin("password"), 8) {
+                Ok(()) => Some(secret.value),
+                Err(message) => {
+                    p.error(&secret.at, message);
+                    None
+                }
+            }
+        }
+        Some(None) => {
+            // An SMSC that needs no password still gets an explicit `password = ""`: a
+            // forgotten line should not bind with an empty one.
+            p.error(
+                at,
+                format!("carrier {name:?} has no password: set `password` or `password_env`"),
+            );
+            None
+        }
+        None => None,
+    };
+
+    let system_type = match &raw.system_type {
+        None => Some(String::new()),
+        Some(text) => match check_smpp_string(text.get_ref(), "`system_type`", 12) {
+            Ok(()) => Some(text.get_ref().clone()),
+            Err(message) => {
+                p.error(&text.span(), message);
+                None
+            }
+        },
+    };
+
+    let bind = match &raw.bind {
+        None => Some(BindMode::Transceiver),
+        Some(text) => match text.get_ref().as_str() {
+            "transceiver" => Some(BindMode::Transceiver),
+            "receiver" => Some(BindMode::Receiver),
+            other => {
+                p.error(
+                    &text.span(),
+                    format!("`bind` must be \"transceiver\" or \"receiver\", got {other:?}"),
+                );
+                None
+            }
+        },
+    };
+
+    let window = validate_integer(raw.window.as_ref(), "window", 32, 1..=1000, p);
+    let enquire_link = validate_duration(
+        raw.enquire_link.as_ref(),
+        "enquire_link",
+        Duration::from_secs(30),
+        false,
+        p,
+    );
+    let response_timeout = validate_duration(
+        raw.response_timeout.as_ref(),
+        "response_timeout",
+        Duration::from_secs(10),
+        false,
+        p,
+    );
+    let reconnect_min = validate_duration(
+        raw.reconnect_min.as_ref(),
+        "reconnect_min",
+        Duration::from_secs(1),
+        false,
+        p,
+    );
+    let reconnect_max = validate_duration(
+        raw.reconnect_max.as_ref(),
+        "reconnect_max",
+        Duration::from_secs(60),
+        false,
+        p,
+    );
+    if let (Some(min), Some(max)) = (reconnect_min, reconnect_max) {
+        if max < min {
+            // Point at whichever of the two the operator wrote (max if both).
+            let span = raw
+                .reconnect_max
+                .as_ref()
+                .or(raw.reconnect_min.as_ref())
+                .map_or(at.clone(), |s| s.span());
+            p.error(
+                &span,
+                format!(
+                    "`reconnect_max` ({}) must be at least `reconnect_min` ({})",
+                    show_duration(max),
+                    show_duration(min)
+                ),
+            );
+        }
+    }
+
+    let reconnect_ok = matches!((reconnect_min, reconnect_max), (Some(a), Some(b)) if a <= b);
+    if !system_id_ok || !reconnect_ok || name.is_empty() {
+        return None;
+    }
+    Some(Carrier {
+        name: name.clone(),
+        host: host?,
+        port: u16::try_from(port?).ok()?,
+        system_id: system_id.clone(),
+        password: password?,
+        system_type: system_type?,
+        bind: bind?,
+        window: u32::try_from(window?).ok()?,
+        enquire_link: enquire_link?,
+        response_timeout: response_timeout?,
+        gsm_packed: raw.gsm_packed.unwrap_or(false),
+        reconnect_min: reconnect_min?,
+        reconnect_max: reconnect_max?,
+    })
+}
+
+/// A duration in the config's own syntax, for messages.
+fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// Checks a webhook URL: `http://host[:port]/path`. Returns it with the scheme in lower case
+/// and a `/` path when none was written, so the sender never has to guess.
+fn validate_url(url: &str) -> Result<String, String> {
+    const SHAPE: &str = "http://host[:port]/path";
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        return Err("https webhooks need TLS, which this build does not include yet".to_string());
+    }
+    // `to_ascii_lowercase` keeps byte offsets, so the prefix length is valid in `url` too.
+    let Some(rest) = lower
+        .strip_prefix("http://")
+        .map(|_| &url["http://".len()..])
+    else {
+        return Err(format!("webhook `url` {url:?} must look like {SHAPE}"));
+    };
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "webhook `url` {url:?} must not contain spaces or control characters"
+        ));
+    }
+    if url.contains('#') {
+        return Err(format!(
+            "webhook `url` {url:?} has a #fragment, which is never sent to the server"
+        ));
+    }
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(split);
+    if authority.contains('@') {
+        return Err(format!(
+            "webhook `url` {url:?} carries credentials, which are not supported; requests are signed with `secret` instead"
+        ));
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((inside, after)) = bracketed.split_once(']') else {
+            return Err(format!("webhook `url` {url:?} has an unclosed '['"));
+        };
+        if inside.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!(
+                "webhook `url` {url:?}: [{inside}] is not an IPv6 address"
+            ));
+        }
+        match after {
+            "" => (authority, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (&authority[..authority.len() - after.len()], Some(port)),
+                None => return Err(format!("webhook `url` {url:?} must look like {SHAPE}")),
+            },
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("webhook `url` {url:?} has no host"));
+    }
+    if !host.starts_with('[')
+        && !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
+        return Err(format!(
+            "webhook `url` {url:?}: {host:?} is not a host name or IP address"
+        ));
+    }
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => {
+                return Err(format!(
+                    "webhook `url` {url:?}: port {port:?} must be a number from 1 to 65535"
+                ));
+            }
+        }
+    }
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    Ok(format!("http://{authority}{path}"))
+}
+
+/// Checks one `[[webhook]]` (its name's uniqueness is checked with the others).
+fn validate_webhook(
+    raw: &RawWebhook,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems<'_>,
+) -> Option<Webhook> {
+    let name = raw.name.get_ref();
+    let url = match validate_url(raw.url.get_ref()) {
+        Ok(url) => Some(url),
+        Err(message) => {
+            p.error(&raw.url.span(), message);
+            None
+        }
+    };
+    let secret = match validate_secret(
+        raw.secret.as_ref(),
+        raw.secret_env.as_ref(),
+        "secret",
+        env,
+        p,
+    ) {
+        Some(Some(secret)) if secret.value.is_empty() => {
+            p.error(
+                &secret.at,
+                format!(
+                    "{} is empty; remove it to send unsigned requests",
+                    secret.origin("secret")
+                ),
+            );
+            None
+        }
+        other => other.map(|s| s.map(|s| s.value)),
+    };
+    let retry_for = validate_duration(
+        raw.retry_for.as_ref(),
+        "retry_for",
+        Duration::from_secs(86_400),
+        // Zero is meaningful: one attempt, then the dead-letter list.
+        true,
+        p,
+    );
+    let timeout = validate_duration(
+        raw.timeout.as_ref(),
+        "timeout",
+        Duration::from_secs(10),
+        false,
+        p,
+    );
+    let concurrency = validate_integer(raw.concurrency.as_ref(), "concurrency", 32, 1..=1024, p);
+    if name.is_empty() {
+        return None;
+    }
+    Some(Webhook {
+        name: name.clone(),
+        url: url?,
+        secret: secret?,
+        retry_for: retry_for?,
+        timeout: timeout?,
+        concurrency: usize::try_from(concurrency?).ok()?,
+    })
+}
+
+/// Checks every `[[number]]`: the VMN, uniqueness after normalisation, and the carrier and
+/// webhooks it names.
+fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>> {
+    let mut seen: Vec<(String, Span)> = Vec::new();
+    let mut numbers = Vec::new();
+    for (_, number) in &raw.numbers {
+        let vmn = match normalize_vmn(number.vmn.get_ref()) {
+            Ok(vmn) => {
+                if let Some((_, first)) = seen.iter().find(|(v, _)| *v == vmn) {
+                    let line = p.line(first);
+                    p.error(
+                        &number.vmn.span(),
+                        format!(
+                            "number {vmn} is already configured at line {line} (numbers are compared without spaces and punctuation)"
+                        ),
+                    );
+                    None
+                } else {
+                    seen.push((vmn.clone(), number.vmn.span()));
+                    Some(vmn)
+                }
+            }
+            Err(message) => {
+                p.error(&number.vmn.span(), message);
+                None
+            }
+        };
+        let carrier_ok = number
+            .carrier
+            .as_ref()
+            .is_none_or(|c| raw.carrier_names.check_reference(c, "carrier", p));
+        let default_ok = number.default.as_ref().is_none_or(|d| {
+            raw.webhook_names
+                .check_reference(&d.webhook, "default.webhook", p)
+        });
+        let receipts_ok = number
+            .receipts
+            .as_ref()
+            .is_none_or(|r| raw.webhook_names.check_reference(r, "receipts", p));
+        if number.default.is_none() {
+            p.warning(
+                &number.vmn.span(),
+                format!(
+                    "number {:?} has no `default` webhook: messages to it are stored but not forwarded",
+                    number.vmn.get_ref()
+                ),
+            );
+        }
+        numbers.push(match vmn {
+            Some(vmn) if carrier_ok && default_ok && receipts_ok => Some(Number {
+                vmn,
+                carrier: number.carrier.as_ref().map(|c| c.get_ref().clone()),
+                default_webhook: number.default.as_ref().map(|d| d.webhook.get_ref().clone()),
+                receipts_webhook: number.receipts.as_ref().map(|r| r.get_ref().clone()),
+            }),
+            _ => None,
+        });
+    }
+    numbers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An environment with nothing set.
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn errors_of(source: &str) -> Vec<String> {
+        match parse(source, "t.toml", &no_env) {
+            Ok((_, warnings)) => panic!("expected errors, got a config (warnings {warnings:?})"),
+            Err(diagnostics) => diagnostics.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    const VALID: &str = r#"
+[daemon]
+data_dir = "./var"
+
+[[carrier]]
+name = "sim"
+host = "127.0.0.1"
+port = 2775
+system_id = "vmnd"
+password = "secret"
+
+[[webhook]]
+name = "crm"
+url = "http://127.0.0.1:8080/sms"
+secret = "whsec-test"
+
+[[number]]
+vmn = "567 678"
+carrier = "sim"
+default = { webhook = "crm" }
+receipts = "crm"
+"#;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let (config, warnings) = parse(VALID, "t.toml", &no_env).expect("valid");
+        assert!(warnings.is_empty());
+        let d = &config.daemon;
+        assert_eq!(d.admin_listen, "127.0.0.1:8640".parse().unwrap());
+        assert_eq!(d.admin_token, None);
+        assert_eq!(d.reassembly_timeout, Duration::from_secs(600));
+        assert_eq!(d.dedup_window, None);
+        assert_eq!((d.cache_mb, d.fsync), (32, true));
+        let c = config.carrier("sim").unwrap();
+        assert_eq!(c.system_type, "");
+        assert_eq!(c.bind, BindMode::Transceiver);
+        assert_eq!(c.window, 32);
+        assert_eq!(c.enquire_link, Duration::from_secs(30));
+        assert_eq!(c.response_timeout, Duration::from_secs(10));
+        assert!(!c.gsm_packed);
+        assert_eq!(c.reconnect_min, Duration::from_secs(1));
+        assert_eq!(c.reconnect_max, Duration::from_secs(60));
+        let w = config.webhook("crm").unwrap();
+        assert_eq!(w.retry_for, Duration::from_secs(86_400));
+        assert_eq!(w.timeout, Duration::from_secs(10));
+        assert_eq!(w.concurrency, 32);
+        let n = config.number("567678").unwrap();
+        assert_eq!(n.vmn, "567678");
+        assert_eq!(n.default_webhook.as_deref(), Some("crm"));
+        assert_eq!(n.receipts_webhook.as_deref(), Some("crm"));
+    }
+
+    #[test]
+    fn lookups_normalise_and_miss_cleanly() {
+        let (config, _) = parse(VALID, "t.toml", &no_env).expect("valid");
+        assert!(config.number("567-678").is_some());
+        assert!(config.number("(567) 678").is_some());
+        assert!(config.number("5676789").is_none());
+        assert!(config.number("").is_none());
+        assert!(config.carrier("SIM").is_none());
+        assert!(config.webhook("nope").is_none());
+    }
+
+    #[test]
+    fn vmns_are_normalised_to_six_or_ten_digits() {
+        assert_eq!(normalize_vmn("567678").as_deref(), Ok("567678"));
+        assert_eq!(normalize_vmn(" 56-76.78 ").as_deref(), Ok("567678"));
+        assert_eq!(normalize_vmn("(98) 7654-3210").as_deref(), Ok("9876543210"));
+        assert_eq!(normalize_vmn("98\t76543210").as_deref(), Ok("9876543210"));
+        for bad in [
+            "",
+            "()",
+            "56767",
+            "5676789",
+            "+919876543210",
+            "56767a",
+            "٥٦٧٦٧٨",
+        ] {
+            let err = normalize_vmn(bad).unwrap_err();
+            assert!(err.contains("6 digits"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn positions_are_one_based_and_count_characters() {
+        let s = "ab\nçé = 1\n";
+        assert_eq!(position(s, 0), (1, 1));
+        assert_eq!(position(s, 3), (2, 1));
+        // 'ç' and 'é' are two bytes each: byte 7 is the third character of line 2.
+        assert_eq!(position(s, 7), (2, 3));
+        // Inside a character, past the end: clamped, no panic.
+        assert_eq!(position(s, 4), (2, 1));
+        assert_eq!(position(s, 1000), (3, 1));
+        assert_eq!(position("", 5), (1, 1));
+        // A byte-order mark does not count as a column.
+        assert_eq!(position("\u{feff}[daemon]", 4), (1, 2));
+    }
+
+    #[test]
+    fn urls_are_checked_and_normalised() {
+        assert_eq!(
+            validate_url("http://127.0.0.1:8080/sms").as_deref(),
+            Ok("http://127.0.0.1:8080/sms")
+        );
+        assert_eq!(
+            validate_url("HTTP://Example.net").as_deref(),
+            Ok("http://Example.net/")
+        );
+        assert_eq!(validate_url("http://h?x=1").as_deref(), Ok("http://h/?x=1"));
+        assert_eq!(
+            validate_url("http://[::1]:80/a").as_deref(),
+            Ok("http://[::1]:80/a")
+        );
+        assert_eq!(
+            validate_url("https://example.net/sms"),
+            Err("https webhooks need TLS, which this build does not include yet".to_string())
+        );
+        for bad in [
+            "",
+            "http://",
+            "http:///x",
+            "ftp://h/x",
+            "http://h:0/",
+            "http://h:65536/",
+            "http://h:/",
+            "http://u@h/",
+            "http://h /x",
+            "http://h/x#f",
+            "http://[::1/",
+            "http://[zz]/",
+            "http://[::1]x/",
+            "http://h_é/",
+            "httpé://h/",
+        ] {
+            assert!(validate_url(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn durations_are_shown_in_config_syntax() {
+        assert_eq!(show_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(show_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(show_duration(Duration::from_secs(86_400)), "1d");
+        assert_eq!(show_duration(Duration::ZERO), "0ms");
+    }
+
+    #[test]
+    fn secrets_come_from_the_env_closure_and_are_never_printed() {
+        let source = VALID.replace("password = \"secret\"", "password_env = \"SIM_PW\"");
+        let env = |k: &str| (k == "SIM_PW").then(|| "from-env".to_string());
+        let (config, _) = parse(&source, "t.toml", &env).expect("valid");
+        assert_eq!(config.carrier("sim").unwrap().password, "from-env");
+
+        let long = |k: &str| (k == "SIM_PW").then(|| "hunter2-too-long".to_string());
+        let errors = parse(&source, "t.toml", &long).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("SIM_PW"), "{}", errors[0]);
+        assert!(!errors[0].message.contains("hunter2"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn non_loopback_admin_needs_a_token() {
+        let open = VALID.replace(
+            "data_dir = \"./var\"",
+            "data_dir = \"./var\"\nadmin_listen = \"[::]:8640\"",
+        );
+        let errors = errors_of(&open);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("t.toml:4:16: `admin_listen` [::]:8640 is not a loopback"));
+        let with_token = open.replace("[daemon]", "[daemon]\nadmin_token = \"tok\"");
+        let (config, _) = parse(&with_token, "t.toml", &no_env).expect("valid");
+        assert_eq!(config.daemon.admin_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn warnings_are_marked_and_also_returned_with_errors() {
+        let source = VALID
+            .replace("default = { webhook = \"crm\" }\n", "")
+            .replace("port = 2775", "port = 0");
+        let errors = parse(&source, "t.toml", &no_env).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(
+            errors[0].to_string(),
+            "t.toml:8:8: `port` must be between 1 and 65535, got 0"
+        );
+        assert!(!errors[0].is_warning());
+        assert!(errors[1].is_warning(), "{}", errors[1]);
+        assert_eq!(
+            errors[1].message,
+            "warning: number \"567 678\" has no `default` webhook: messages to it are stored but not forwarded"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_once_per_line() {
+        let errors = errors_of("[daemon]\ndata_dir = [1,\n\nx = = 2\n");
+        assert!(!errors.is_empty());
+        let mut lines: Vec<&str> = errors
+            .iter()
+            .map(|e| e.split(':').nth(1).unwrap())
+            .collect();
+        let before = lines.len();
+        lines.dedup();
+        assert_eq!(before, lines.len(), "{errors:?}");
+        assert!(
+            errors.iter().all(|e| e.contains("TOML syntax: ")),
+            "{errors:?}"
+        );
+        assert!(errors.iter().all(|e| !e.contains('\n')), "{errors:?}");
+    }
+
+    #[test]
+    fn an_empty_document_needs_a_daemon_section() {
+        assert_eq!(
+            errors_of(""),
+            ["t.toml:1:1: missing [daemon] section; it must give at least `data_dir`"]
+        );
+    }
+
+    /// Checks that `parse` returns (never panics) and that every diagnostic is well formed.
+    fn must_not_panic(source: &str) {
+        let result = std::panic::catch_unwind(|| parse(source, "g.toml", &no_env));
+        let Ok(result) = result else {
+            panic!("parse panicked on {source:?}");
+        };
+        let diagnostics = match result {
+            Ok((_, warnings)) => warnings,
+            Err(errors) => {
+                assert!(
+                    errors.iter().any(|d| !d.is_warning()),
+                    "refused without an error: {source:?}"
+                );
+                errors
+            }
+        };
+        let lines = source.split('\n').count();
+        for d in diagnostics {
+            assert!(
+                d.line >= 1 && d.line <= lines && d.col >= 1,
+                "{d} for {source:?}"
+            );
+            assert!(!d.message.is_empty() && !d.message.contains('\n'), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for s in [
+            "\0",
+            "\u{feff}",
+            "[",
+            "[[",
+            "]]",
+            "=",
+            "\"",
+            "'''",
+            "[daemon",
+            "[daemon]\ndata_dir = ",
+            "[daemon]\ndata_dir = 1",
+            "daemon = 1\ncarrier = 2\nwebhook = \"x\"\nnumber = []",
+            "carrier = [1, \"a\", {}]",
+            "[[number]]\nvmn = \"\"\n[[number.keyword]]\n[[number.keyword]]",
+            "[daemon.x]\n[carrier.y]",
+            "a.b.c.d = 1",
+            "[daemon]\ndata_dir = \"é\"\ncache_mb = 99999999999999999999",
+            "[daemon]\ndata_dir = \"x\"\nadmin_listen = \"\u{0}\"",
+            "[daemon]\ndata_dir = \"x\"\ndedup_window = \"99999999999999999999d\"",
+            "[[webhook]]\nname = 1\nurl = []",
+        ] {
+            must_not_panic(s);
+        }
+
+        // Every prefix of a valid config, cut at each character.
+        for (i, _) in VALID.char_indices() {
+            must_not_panic(&VALID[..i]);
+        }
+
+        // Random edits of a valid config and random strings from TOML's own alphabet.
+        let mut rng = fastrand::Rng::with_seed(0x766d_6e64);
+        let pieces = [
+            "[",
+            "]",
+            "[[",
+            "]]",
+            "{",
+            "}",
+            "=",
+            ",",
+            ".",
+            "\"",
+            "'",
+            "\n",
+            " ",
+            "#",
+            "\\",
+            "é",
+            "\u{feff}",
+            "\0",
+            "0",
+            "-1",
+            "1e3",
+            "true",
+            "daemon",
+            "carrier",
+            "webhook",
+            "number",
+            "keyword",
+            "name",
+            "vmn",
+            "port",
+            "url",
+            "\"http://h:1/x\"",
+            "\"30s\"",
+            "\"567678\"",
+        ];
+        for _ in 0..2000 {
+            let mut text: Vec<char> = VALID.chars().collect();
+            for _ in 0..rng.usize(1..6) {
+                let at = rng.usize(..=text.len());
+                match rng.u8(..3) {
+                    0 if at < text.len() => {
+                        text.remove(at);
+                    }
+                    1 => text.insert(at, rng.char('\0'..='\u{10ffff}')),
+                    _ => {
+                        let piece = pieces[rng.usize(..pieces.len())];
+                        text.splice(at..at, piece.chars());
+                    }
+                }
+            }
+            must_not_panic(&text.into_iter().collect::<String>());
+
+            let random: String = (0..rng.usize(0..40))
+                .map(|_| pieces[rng.usize(..pieces.len())])
+                .collect();
+            must_not_panic(&random);
+        }
     }
 }

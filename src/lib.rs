@@ -17,11 +17,23 @@
 //! | [`processor`] | after the ack: receipts, reassembly, text decoding, the message record, jobs |
 //! | [`outbound::webhook`] | signed HTTP POSTs from the queue with backoff until `retry_for` |
 //! | [`admin`] | hyper server: `/healthz`, `/metrics`, `/api/messages`, `/` |
+//! | [`outbound::dispatcher`] | runs queued jobs per endpoint with concurrency limits and backoff |
 //! | [`daemon`] | wires everything together for `vmnd run` and `vmnd demo` |
 //! | [`demo`] | `vmnd demo`: daemon, simulated carrier, HTTP sink, scripted messages |
 //! | [`sim`] | a carrier SMSC simulator used by tests, benches and the demo |
+//! | [`http_sink`] | a recording HTTP server standing in for a tenant's endpoint (tests, demo, benches) |
+//! | [`cli`] | the subcommands behind `main.rs` |
 //! | [`clock`] | durations in config syntax and timestamps in the contract's format |
 
+pub mod admin;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod http_sink;
+pub mod outbound;
+pub mod processor;
+pub mod sim;
 pub mod smpp;
+pub mod store;

@@ -1,1 +1,43 @@
-fn main() {}
+//! The `vmnd` binary: parses the command line and hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage:
+  vmnd run --config FILE     run the daemon in the foreground
+  vmnd check --config FILE   validate FILE; print every problem as FILE:LINE:COL: message
+  vmnd demo [--once]         everything on loopback with a simulated carrier (--once: exit after the script)
+  vmnd --version";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().map(String::as_str);
+    let config_path = || -> Result<PathBuf, String> {
+        match (args.get(1).map(String::as_str), args.get(2)) {
+            (Some("--config"), Some(path)) if args.len() == 3 => Ok(PathBuf::from(path)),
+            _ => Err(format!("expected --config FILE\n{USAGE}")),
+        }
+    };
+    let result = match command {
+        Some("check") => config_path().map(|p| vmnd::cli::check(&p)),
+        Some("run") => config_path().map(|p| vmnd::cli::run(&p)),
+        Some("demo") => match args.get(1).map(String::as_str) {
+            None => Ok(vmnd::cli::demo(false)),
+            Some("--once") if args.len() == 2 => Ok(vmnd::cli::demo(true)),
+            _ => Err(format!("unexpected arguments\n{USAGE}")),
+        },
+        Some("--version") | Some("-V") => {
+            println!("vmnd {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("--help") | Some("-h") | Some("help") => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Err(USAGE.to_string()),
+    };
+    result.unwrap_or_else(|message| {
+        eprintln!("{message}");
+        ExitCode::from(2)
+    })
+}

@@ -4,5 +4,7 @@
 pub mod codec;
 pub mod pdu;
 pub mod receipt;
+pub mod session;
+pub mod supervisor;
 pub mod text;
 pub mod udh;

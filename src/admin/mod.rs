@@ -1,0 +1,346 @@
+//! The admin HTTP server (hyper): `/healthz`, `/metrics` (Prometheus), `/api/messages` and the
+//! operators' page at `/`. Loopback by default; when it listens elsewhere the config requires a
+//! bearer token, checked on everything but `/healthz` (load balancers probe that one).
+
+mod page;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::clock;
+use crate::smpp::supervisor::CarrierState;
+use crate::store::{self, MessageFilter, Store};
+
+/// Largest page `/api/messages` returns.
+const MAX_PAGE: usize = 1000;
+
+/// What the admin server reads.
+#[derive(Clone)]
+pub struct AdminState {
+    pub store: Store,
+    /// Carrier name -> bind state, in config order.
+    pub carriers: Arc<Vec<(String, Arc<CarrierState>)>>,
+    pub token: Option<String>,
+    pub metrics: PrometheusHandle,
+}
+
+/// The process-wide Prometheus recorder (a process has one global recorder; tests start
+/// several daemons in one process).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed (e.g. by an embedding program):
+            // then our handle renders nothing, which /metrics makes visible.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "vmnd_deliver_sm_received_total",
+        "deliver_sm PDUs received, per carrier"
+    );
+    describe_counter!(
+        "vmnd_deliver_sm_acked_total",
+        "deliver_sm_resp sent, per carrier and status (ok, tempfail)"
+    );
+    describe_histogram!(
+        "vmnd_ack_latency_seconds",
+        "from a deliver_sm read off the socket to its deliver_sm_resp written"
+    );
+    describe_histogram!(
+        "vmnd_store_flush_seconds",
+        "one group commit: journal write, flush and fsync"
+    );
+    describe_histogram!("vmnd_store_batch_size", "deliver_sm PDUs per group commit");
+    describe_counter!(
+        "vmnd_webhook_attempts_total",
+        "webhook attempts per webhook and outcome (delivered, failed, dead)"
+    );
+    describe_histogram!("vmnd_webhook_latency_seconds", "webhook request latency");
+    describe_gauge!("vmnd_queue_depth", "jobs waiting in the durable queue");
+    describe_gauge!(
+        "vmnd_journal_depth",
+        "acknowledged deliver_sm not yet processed"
+    );
+    describe_gauge!("vmnd_dead_letters", "jobs given up on");
+    describe_gauge!("vmnd_bind_up", "1 while the carrier's session is bound");
+    describe_counter!(
+        "vmnd_bind_refused_total",
+        "bind attempts refused by the SMSC, per status"
+    );
+    describe_counter!(
+        "vmnd_pdu_errors_total",
+        "PDUs that could not be framed or decoded, answered with an error"
+    );
+    describe_counter!(
+        "vmnd_messages_unrouted_total",
+        "messages to numbers vmnd does not serve"
+    );
+}
+
+/// Serves until `shutdown` turns true. Connection errors are logged and never stop the server.
+pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req)) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, content_type)
+        .body(Full::new(body.into()))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn json_reply(status: StatusCode, value: &serde_json::Value) -> Reply {
+    reply(
+        status,
+        "application/json",
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+}
+
+fn error(status: StatusCode, message: &str) -> Reply {
+    json_reply(status, &json!({ "error": message }))
+}
+
+fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().to_string();
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    if path != "/healthz" && !authorized(state, &req) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    if req.method() != Method::GET {
+        return error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here");
+    }
+    match path.as_str() {
+        "/healthz" => healthz(state),
+        "/metrics" => {
+            update_gauges(state);
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                state.metrics.render(),
+            )
+        }
+        "/api/messages" => list_messages(state, &query),
+        "/api/deadletters" => dead_letters(state, &query),
+        "/" => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            page::render(state),
+        ),
+        p if p.starts_with("/api/messages/") => one_message(state, &p["/api/messages/".len()..]),
+        _ => error(StatusCode::NOT_FOUND, "no such page"),
+    }
+}
+
+fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    let Some(header) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let given = header.strip_prefix("Bearer ").unwrap_or("");
+    // Constant-time: the token is a secret.
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+fn update_gauges(state: &AdminState) {
+    metrics::gauge!("vmnd_queue_depth").set(state.store.queue_depth() as f64);
+    metrics::gauge!("vmnd_journal_depth").set(state.store.journal_depth() as f64);
+    metrics::gauge!("vmnd_dead_letters").set(state.store.dead_letter_count() as f64);
+}
+
+fn healthz(state: &AdminState) -> Reply {
+    let store_ok = state.store.healthy();
+    let carriers: serde_json::Map<String, serde_json::Value> = state
+        .carriers
+        .iter()
+        .map(|(name, s)| {
+            (
+                name.clone(),
+                serde_json::to_value(s.status()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let all_bound = state.carriers.iter().all(|(_, s)| s.is_bound());
+    let ok = store_ok && all_bound;
+    let body = json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "store": if store_ok { "open" } else { "failing" },
+        "carriers": carriers,
+        "queue_depth": state.store.queue_depth(),
+        "journal_depth": state.store.journal_depth(),
+    });
+    json_reply(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &body,
+    )
+}
+
+/// `since`/`until`: RFC 3339, or Unix seconds.
+fn parse_time(text: &str) -> Option<u64> {
+    clock::parse_rfc3339_ms(text).or_else(|| text.parse::<u64>().ok().map(|s| s * 1000))
+}
+
+fn list_messages(state: &AdminState, q: &HashMap<String, String>) -> Reply {
+    let mut filter = MessageFilter {
+        to: q.get("to").cloned(),
+        from: q.get("from").cloned(),
+        keyword: q.get("keyword").cloned(),
+        inbox: q.get("inbox").cloned(),
+        limit: 100,
+        ..Default::default()
+    };
+    for (key, slot) in [
+        ("since", &mut filter.since_ms),
+        ("until", &mut filter.until_ms),
+    ] {
+        if let Some(text) = q.get(key) {
+            match parse_time(text) {
+                Some(t) => *slot = Some(t),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("{key}: expected RFC 3339 time or Unix seconds, got {text:?}"),
+                    );
+                }
+            }
+        }
+    }
+    if let Some(limit) = q.get("limit") {
+        match limit.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => filter.limit = n,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("limit: expected 1..={MAX_PAGE}, got {limit:?}"),
+                );
+            }
+        }
+    }
+    if let Some(before) = q.get("before") {
+        match store::parse_id(before) {
+            Some(id) => filter.before = Some(id),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("before: not a message id: {before:?}"),
+                );
+            }
+        }
+    }
+    match state.store.list_messages(&filter) {
+        Ok(messages) => {
+            let next = (messages.len() == filter.limit)
+                .then(|| messages.last().map(|m| m.id.clone()))
+                .flatten();
+            json_reply(
+                StatusCode::OK,
+                &json!({ "messages": messages, "next": next }),
+            )
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn one_message(state: &AdminState, id: &str) -> Reply {
+    let Some(id) = store::parse_id(id) else {
+        return error(StatusCode::BAD_REQUEST, "not a message id");
+    };
+    match state.store.message(id) {
+        Ok(Some(m)) => json_reply(StatusCode::OK, &json!(m)),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such message"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn dead_letters(state: &AdminState, q: &HashMap<String, String>) -> Reply {
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100)
+        .min(MAX_PAGE);
+    match state.store.dead_letters(limit) {
+        Ok(letters) => json_reply(StatusCode::OK, &json!({ "deadletters": letters })),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// Binds the admin listener (port 0 picks one; the daemon reports the real address).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -1,0 +1,90 @@
+//! The subcommands behind `main.rs`: `check`, `run` and `demo`, each returning an exit code.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use crate::config;
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// `vmnd check --config FILE`: every problem as `FILE:LINE:COL: message`; exit 1 if any.
+pub fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok((config, warnings)) => {
+            for w in &warnings {
+                println!("{w}");
+            }
+            println!(
+                "{}: ok ({} carriers, {} webhooks, {} numbers)",
+                path.display(),
+                config.carriers.len(),
+                config.webhooks.len(),
+                config.numbers.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `vmnd run --config FILE`: a bad config is refused before anything starts.
+pub fn run(path: &Path) -> ExitCode {
+    init_logging("info");
+    let config = match config::load(path) {
+        Ok((config, warnings)) => {
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
+            config
+        }
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(crate::daemon::run(config)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmnd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `vmnd demo`: see [`crate::demo`].
+pub fn demo(once: bool) -> ExitCode {
+    init_logging("warn");
+    let outcome = runtime()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(crate::demo::run(once)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vmnd demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

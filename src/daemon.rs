@@ -1,0 +1,153 @@
+//! Wires the parts together for `vmnd run` and `vmnd demo`: store, group-commit writer,
+//! processor, job dispatcher, one supervisor per carrier, and the admin server. `start` returns
+//! a handle the caller stops with `shutdown`, so tests and the demo drive the same code as
+//! systemd does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::outbound::dispatcher::{self, Scheduler};
+use crate::outbound::webhook::WebhookClient;
+use crate::processor::Processor;
+use crate::smpp::session::SessionContext;
+use crate::smpp::supervisor::{self, CarrierState};
+use crate::store::{Store, writer};
+
+/// A running daemon.
+pub struct Daemon {
+    pub store: Store,
+    pub config: Arc<Config>,
+    /// Where the admin server really listens (useful when configured with port 0).
+    pub admin_addr: SocketAddr,
+    pub carriers: Arc<Vec<(String, Arc<CarrierState>)>>,
+    shutdown: watch::Sender<bool>,
+    supervisors: Vec<JoinHandle<()>>,
+    others: Vec<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Opens the store, recovers what a previous run left, and starts every task.
+    pub async fn start(config: Config) -> Result<Daemon, String> {
+        let config = Arc::new(config);
+        let d = &config.daemon;
+        let store = Store::open(&d.data_dir, d.cache_mb, d.fsync)
+            .map_err(|e| format!("cannot open the store in {}: {e}", d.data_dir.display()))?;
+        let metrics = admin::metrics_handle();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let (scheduler, scheduled) = Scheduler::channel();
+        let mut processor = Processor::new(store.clone(), &config, scheduler);
+        let recovered = processor
+            .recover()
+            .map_err(|e| format!("cannot recover the journal: {e}"))?;
+        if recovered > 0 {
+            tracing::info!(
+                recovered,
+                "processed journal entries left by the previous run"
+            );
+        }
+        let (journal_ids_tx, journal_ids_rx) = mpsc::unbounded_channel();
+        let journal = writer::spawn(store.clone(), journal_ids_tx);
+        let mut others = vec![tokio::spawn(processor.run(journal_ids_rx))];
+        others.push(tokio::spawn(dispatcher::run(
+            store.clone(),
+            config.clone(),
+            WebhookClient::new(),
+            scheduled,
+            shutdown_rx.clone(),
+        )));
+
+        let listener = admin::bind(d.admin_listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (admin_listen): {e}", d.admin_listen))?;
+        let admin_addr = listener.local_addr().map_err(|e| e.to_string())?;
+
+        let carriers: Arc<Vec<(String, Arc<CarrierState>)>> = Arc::new(
+            config
+                .carriers
+                .iter()
+                .map(|c| (c.name.clone(), Arc::new(CarrierState::default())))
+                .collect(),
+        );
+        let mut supervisors = Vec::new();
+        for (carrier, (_, state)) in config.carriers.iter().zip(carriers.iter()) {
+            let ctx = SessionContext {
+                carrier: carrier.clone(),
+                carrier_name: Arc::from(carrier.name.as_str()),
+                journal: journal.clone(),
+                state: state.clone(),
+            };
+            supervisors.push(tokio::spawn(supervisor::supervise(
+                ctx,
+                shutdown_rx.clone(),
+            )));
+        }
+        let admin_state = AdminState {
+            store: store.clone(),
+            carriers: carriers.clone(),
+            token: d.admin_token.clone(),
+            metrics,
+        };
+        others.push(tokio::spawn(admin::serve(
+            listener,
+            admin_state,
+            shutdown_rx.clone(),
+        )));
+        tracing::info!(admin = %admin_addr, carriers = config.carriers.len(), "vmnd started");
+        Ok(Daemon {
+            store,
+            config,
+            admin_addr,
+            carriers,
+            shutdown,
+            supervisors,
+            others,
+        })
+    }
+
+    /// Unbinds every session, stops the workers and makes the store durable.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for s in self.supervisors {
+            let _ = s.await;
+        }
+        // The writer and processor end when their channels close; give in-flight work a moment.
+        if let Err(e) = self.store.commit().await {
+            tracing::error!(error = %e, "final flush failed");
+        }
+        for t in self.others {
+            t.abort();
+        }
+        tracing::info!("vmnd stopped");
+    }
+}
+
+/// `vmnd run`: until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<(), String> {
+    let daemon = Daemon::start(config).await?;
+    wait_for_signal().await;
+    tracing::info!("signal received; unbinding");
+    daemon.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

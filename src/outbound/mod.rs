@@ -1,0 +1,7 @@
+//! Everything vmnd sends out: signed webhook POSTs (and, later, e-mail and SMS forwards).
+//!
+//! These modules do one attempt well and report its outcome; retries, due times and dead
+//! letters belong to the durable queue (`store::queue`), which calls into them.
+
+pub mod dispatcher;
+pub mod webhook;

@@ -1,0 +1,491 @@
+//! The HTTP side of webhook delivery: signing, one POST attempt, and the backoff between attempts.
+//!
+//! The contract (see `DESIGN.md`, "Webhook request"): a JSON body POSTed with
+//! `Vmnd-Event-Id: <id>` and `Vmnd-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
+//! "<t>.<raw body>")>`. Any 2xx is success; any other status, or no answer, is retried. Each
+//! attempt is signed afresh, so the timestamp lets a tenant refuse replays.
+//!
+//! This module makes exactly one attempt per [`WebhookClient::post`] call and reports what
+//! happened as an [`Attempt`]; deciding when to try again ([`backoff`]) and when to give up
+//! (`retry_for`) is the durable queue's job.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Uri, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Header carrying the message's stable id, so receivers can de-duplicate retries.
+pub const EVENT_ID_HEADER: &str = "vmnd-event-id";
+/// Header carrying `t=<unix seconds>,v1=<hex HMAC-SHA256>`.
+pub const SIGNATURE_HEADER: &str = "vmnd-signature";
+/// `User-Agent` of every request, so tenants can tell vmnd apart in their logs.
+pub const USER_AGENT: &str = concat!("vmnd/", env!("CARGO_PKG_VERSION"));
+/// A reasonable clock-skew allowance for [`verify_signature`] (what we document for tenants).
+pub const DEFAULT_TOLERANCE_SECS: u64 = 300;
+/// First retry delay ceiling for [`backoff`].
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest retry delay ceiling for [`backoff`]: a long-dead endpoint is still tried every 10 min.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(600);
+
+/// How much of a response body we read before giving up on reusing the connection.
+/// Receivers should answer with a short body; reading a bounded amount keeps a misbehaving one
+/// from costing us memory or time, while the common small answer leaves the connection pooled.
+const MAX_DRAIN_BYTES: usize = 64 * 1024;
+/// How much of a failed answer's body goes into the error text shown to operators.
+const ERROR_SNIPPET_BYTES: usize = 200;
+/// Idle pooled connections are closed after this. Many servers close idle keep-alive
+/// connections on their side after 5-75 s; staying under the common values limits the race
+/// where we write a request onto a connection the server is closing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A MAC keyed with `secret` that has absorbed `"<t>.<body>"`.
+fn signed_payload_mac(secret: &str, t: u64, body: &[u8]) -> HmacSha256 {
+    // HMAC accepts keys of any length (long ones are hashed), so this cannot fail.
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret.as_bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
+}
+
+/// Signature header value for `body` signed at unix time `t`: `t=<t>,v1=<lowercase hex>`.
+pub fn signature(secret: &str, t: u64, body: &[u8]) -> String {
+    let tag = signed_payload_mac(secret, t, body).finalize().into_bytes();
+    format!("t={t},v1={}", hex::encode(tag))
+}
+
+/// Verifies a `Vmnd-Signature` header value against the raw `body`.
+///
+/// Valid when the header has exactly one `t=`, that time is within `tolerance_secs` of `now`
+/// (either side, for clock skew), and at least one `v1=` tag matches. Several `v1=` values are
+/// accepted so a secret can be rotated by signing with both for a while; unknown keys are
+/// ignored so a future `v2=` does not break old verifiers. The tag comparison is constant-time.
+/// Any malformed input is simply `false`.
+///
+/// Tenants: verify the raw bytes you received, before parsing the JSON.
+pub fn verify_signature(
+    secret: &str,
+    header: &str,
+    body: &[u8],
+    now: u64,
+    tolerance_secs: u64,
+) -> bool {
+    let mut t = None;
+    for part in header.split(',') {
+        if let Some(("t", value)) = part.trim().split_once('=') {
+            if t.is_some() {
+                // Two timestamps: ambiguous which one was signed, so refuse.
+                return false;
+            }
+            match value.trim().parse::<u64>() {
+                Ok(v) => t = Some(v),
+                Err(_) => return false,
+            }
+        }
+    }
+    let Some(t) = t else { return false };
+    if now.abs_diff(t) > tolerance_secs {
+        return false;
+    }
+    let mac = signed_payload_mac(secret, t, body);
+    let mut valid = false;
+    for part in header.split(',') {
+        if let Some(("v1", value)) = part.trim().split_once('=') {
+            let mut tag = [0u8; 32];
+            if hex::decode_to_slice(value.trim(), &mut tag).is_ok() {
+                // `verify_slice` compares in constant time; keep checking the remaining tags
+                // anyway so timing does not say which one matched.
+                valid |= mac.clone().verify_slice(&tag).is_ok();
+            }
+        }
+    }
+    valid
+}
+
+/// The current unix time in seconds (0 if the clock is before 1970, which only a broken host has).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Outcome of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// The endpoint answered 2xx.
+    Delivered {
+        /// The 2xx status it answered.
+        status: u16,
+        /// From the start of the attempt until the answer's status arrived and its body was read.
+        latency: Duration,
+    },
+    /// Anything else: the queue retries it later.
+    Failed {
+        /// The status the endpoint answered, or `None` when there was no answer at all
+        /// (bad URL, connection refused, reset, timeout).
+        status: Option<u16>,
+        /// Time spent on the attempt.
+        latency: Duration,
+        /// A readable reason for operators, starting with a stable word: `invalid url:`,
+        /// `invalid request:`, `connect:`, `request:`, `timeout:` or `http <status>`.
+        error: String,
+    },
+}
+
+impl Attempt {
+    /// Whether the endpoint accepted the event.
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, Attempt::Delivered { .. })
+    }
+
+    /// The HTTP status answered, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Attempt::Delivered { status, .. } => Some(*status),
+            Attempt::Failed { status, .. } => *status,
+        }
+    }
+
+    /// How long the attempt took.
+    pub fn latency(&self) -> Duration {
+        match self {
+            Attempt::Delivered { latency, .. } | Attempt::Failed { latency, .. } => *latency,
+        }
+    }
+}
+
+/// A failed attempt before its latency is known: (status if any, readable error).
+type Failure = (Option<u16>, String);
+
+/// A keep-alive pooled HTTP/1.1 client shared by all webhooks.
+///
+/// Cloning is cheap and clones share one connection pool, so one client serves every tenant:
+/// consecutive events to the same endpoint reuse a warm connection instead of paying a TCP
+/// handshake each. Only `http://` URLs are supported (this build has no TLS connector).
+#[derive(Clone)]
+pub struct WebhookClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl fmt::Debug for WebhookClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookClient").finish_non_exhaustive()
+    }
+}
+
+impl Default for WebhookClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WebhookClient {
+    /// A client with its own connection pool. Does not need a runtime until the first `post`.
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        // Small JSON requests: do not let Nagle hold the body back waiting for an ACK.
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        WebhookClient { http }
+    }
+
+    /// Makes one POST of `body` (`application/json`) to `url`.
+    ///
+    /// Sends `Vmnd-Event-Id: event_id`, `Vmnd-Signature` signed now when `secret` is given, and
+    /// `User-Agent: vmnd/<version>`. Everything up to the answer's status must happen within
+    /// `timeout`; the response body is then read (up to 64 KiB) within what is left of it, so
+    /// the connection can go back to the pool. Redirects are not followed: a 3xx is a failure
+    /// the tenant should fix in the config.
+    ///
+    /// Never panics on bad input: a URL without scheme or host, an `https` URL, or an event id
+    /// that is not a valid header value come back as [`Attempt::Failed`].
+    pub async fn post(
+        &self,
+        url: &Uri,
+        event_id: &str,
+        secret: Option<&str>,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Attempt {
+        let started = Instant::now();
+        let outcome = match build_request(url, event_id, secret, body) {
+            Ok(request) => self.exchange(request, started, timeout).await,
+            Err(error) => Err((None, error)),
+        };
+        let latency = started.elapsed();
+        match outcome {
+            Ok(status) => Attempt::Delivered { status, latency },
+            Err((status, error)) => {
+                tracing::debug!(%url, event_id, ?status, %error, "webhook attempt failed");
+                Attempt::Failed {
+                    status,
+                    latency,
+                    error,
+                }
+            }
+        }
+    }
+
+    /// Sends `request` and reads the answer, all before `started + timeout`.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        started: Instant,
+        timeout: Duration,
+    ) -> Result<u16, Failure> {
+        let deadline = tokio::time::Instant::from_std(started) + timeout;
+        let response = match tokio::time::timeout_at(deadline, self.http.request(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return Err((None, describe_client_error(&e))),
+            Err(_) => {
+                return Err((None, format!("timeout: no answer within {timeout:?}")));
+            }
+        };
+        let status = response.status();
+        // Once a 2xx status has arrived the event is delivered, whatever happens to the body:
+        // failing it now would only make the tenant see a duplicate.
+        let snippet = drain(response.into_body(), deadline, !status.is_success()).await;
+        if status.is_success() {
+            return Ok(status.as_u16());
+        }
+        let mut error = format!("http {}", status.as_u16());
+        if let Some(reason) = status.canonical_reason() {
+            error.push(' ');
+            error.push_str(reason);
+        }
+        if !snippet.is_empty() {
+            error.push_str(": ");
+            error.push_str(&snippet);
+        }
+        Err((Some(status.as_u16()), error))
+    }
+}
+
+/// Builds the signed request, or says in words why `url` / `event_id` cannot be used.
+fn build_request(
+    url: &Uri,
+    event_id: &str,
+    secret: Option<&str>,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, String> {
+    match url.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "invalid url: `{url}`: https is not supported by this build (no TLS connector)"
+            ));
+        }
+        Some(other) => {
+            return Err(format!(
+                "invalid url: `{url}`: scheme `{other}` is not http"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "invalid url: `{url}` has no scheme (expected http://host[:port]/path)"
+            ));
+        }
+    }
+    if url.host().is_none_or(str::is_empty) {
+        return Err(format!("invalid url: `{url}` has no host"));
+    }
+    let mut builder = Request::builder()
+        .method(Method::POST)
+        .uri(url.clone())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::USER_AGENT, USER_AGENT)
+        .header(EVENT_ID_HEADER, event_id);
+    if let Some(secret) = secret {
+        // Signed at send time, not enqueue time: each retry carries a fresh timestamp so the
+        // tenant's replay window does not reject our own late retries.
+        builder = builder.header(SIGNATURE_HEADER, signature(secret, unix_now(), &body));
+    }
+    builder
+        .body(Full::new(body))
+        .map_err(|e| format!("invalid request: {e}"))
+}
+
+/// Reads and discards up to [`MAX_DRAIN_BYTES`] of `body` before `deadline`, so a fully read
+/// response leaves its connection reusable. Returns the start of the body as cleaned-up text
+/// when `keep_snippet` (for error messages), else an empty string.
+async fn drain(mut body: Incoming, deadline: tokio::time::Instant, keep_snippet: bool) -> String {
+    let mut read = 0usize;
+    let mut head = Vec::new();
+    while read <= MAX_DRAIN_BYTES {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    read += data.len();
+                    if keep_snippet && head.len() < ERROR_SNIPPET_BYTES {
+                        let take = data.len().min(ERROR_SNIPPET_BYTES - head.len());
+                        head.extend_from_slice(&data[..take]);
+                    }
+                }
+            }
+            // End of body, a broken body, or out of time: the pool will not reuse a
+            // connection whose body was not read to the end, which is what we want then.
+            Ok(None) | Ok(Some(Err(_))) | Err(_) => break,
+        }
+    }
+    if head.is_empty() {
+        return String::new();
+    }
+    // Endpoints answer anything (HTML error pages, binary); keep one readable line.
+    let text = String::from_utf8_lossy(&head);
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Turns a hyper-util client error into one readable line, e.g.
+/// `connect: tcp connect error: Connection refused (os error 111)`.
+fn describe_client_error(err: &hyper_util::client::legacy::Error) -> String {
+    let prefix = if err.is_connect() {
+        "connect"
+    } else {
+        "request"
+    };
+    // The top-level Display is only "client error (Kind)"; the useful words are in the sources.
+    let mut parts: Vec<String> = Vec::new();
+    let mut source: Option<&(dyn StdError + 'static)> = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    if parts.is_empty() {
+        parts.push(err.to_string());
+    }
+    format!("{prefix}: {}", parts.join(": "))
+}
+
+/// The upper bound of [`backoff`] for `attempt`: `base * 2^(attempt-1)`, capped at `max`.
+///
+/// Attempt numbers start at 1 (the first retry); 0 is treated as 1. Saturates instead of
+/// overflowing, so any attempt number is safe.
+pub fn backoff_ceiling(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.max(1) - 1);
+    base.saturating_mul(factor).min(max)
+}
+
+/// Delay before retry number `attempt`: exponential backoff with full jitter, uniformly
+/// random in `[0, backoff_ceiling(attempt, base, max)]`.
+///
+/// With the defaults ([`DEFAULT_BACKOFF_BASE`], [`DEFAULT_BACKOFF_MAX`]) the ceiling is ~1 s
+/// for attempt 1, doubling to 10 min from attempt 11 on. Full jitter spreads the retries of
+/// many queued events after an endpoint outage, so they do not all arrive at once when it
+/// comes back.
+pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
+    let ceiling = backoff_ceiling(attempt, base, max);
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(fastrand::u64(0..=nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec-test";
+    const BODY: &[u8] = br#"{"event":"message","id":"m1"}"#;
+
+    #[test]
+    fn signature_round_trips() {
+        let header = signature(SECRET, 1_700_000_000, BODY);
+        assert!(header.starts_with("t=1700000000,v1="));
+        assert_eq!(header.len(), "t=1700000000,v1=".len() + 64);
+        assert!(verify_signature(SECRET, &header, BODY, 1_700_000_000, 300));
+    }
+
+    #[test]
+    fn verify_rejects_what_it_should() {
+        let t = 1_700_000_000;
+        let header = signature(SECRET, t, BODY);
+        assert!(!verify_signature("other", &header, BODY, t, 300));
+        assert!(!verify_signature(SECRET, &header, b"{}", t, 300));
+        // Outside the tolerance on either side.
+        assert!(!verify_signature(SECRET, &header, BODY, t + 301, 300));
+        assert!(!verify_signature(SECRET, &header, BODY, t - 301, 300));
+        assert!(verify_signature(SECRET, &header, BODY, t + 300, 300));
+        // Malformed headers.
+        for bad in [
+            "",
+            ",,,",
+            "t=",
+            "t=abc,v1=00",
+            "v1=00",
+            &format!("t={t}"),
+            &format!("t={t},v1=zz"),
+            &format!("t={t},v1="),
+            &format!("t={t},t={t},{}", &header[header.find("v1").unwrap()..]),
+        ] {
+            assert!(!verify_signature(SECRET, bad, BODY, t, 300), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn verify_accepts_rotation_and_spacing() {
+        let t = 1_700_000_000;
+        let good = signature(SECRET, t, BODY);
+        let tag = &good[good.find("v1=").unwrap() + 3..];
+        let rotated = format!("t={t}, v1={}, v1={tag}, v2=future", "ab".repeat(32));
+        assert!(verify_signature(SECRET, &rotated, BODY, t, 0));
+        assert!(verify_signature(
+            SECRET,
+            &good
+                .to_uppercase()
+                .replace("T=", "t=")
+                .replace("V1=", "v1="),
+            BODY,
+            t,
+            0
+        ));
+    }
+
+    #[test]
+    fn backoff_never_exceeds_its_ceiling() {
+        let (base, max) = (DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_MAX);
+        for attempt in [0, 1, 2, 5, 10, 11, 40, u32::MAX] {
+            let ceiling = backoff_ceiling(attempt, base, max);
+            for _ in 0..100 {
+                assert!(backoff(attempt, base, max) <= ceiling);
+            }
+        }
+        assert_eq!(backoff(3, Duration::ZERO, max), Duration::ZERO);
+    }
+
+    #[test]
+    fn bad_urls_are_errors_not_panics() {
+        for url in [
+            "/just/a/path",
+            "https://example.net/x",
+            "ftp://example.net/x",
+        ] {
+            let uri: Uri = url.parse().unwrap();
+            let err = build_request(&uri, "id", None, Bytes::new()).unwrap_err();
+            assert!(err.starts_with("invalid url:"), "{err}");
+        }
+        let uri: Uri = "http://127.0.0.1/x".parse().unwrap();
+        let err = build_request(&uri, "bad\nid", None, Bytes::new()).unwrap_err();
+        assert!(err.starts_with("invalid request:"), "{err}");
+    }
+}

@@ -1,0 +1,505 @@
+//! After the ack: turns journaled deliver_sm PDUs into message records and queued jobs.
+//!
+//! One task, fed with journal ids by the group-commit writer (and, at startup, with whatever the
+//! journal still holds). For each entry: a receipt is parsed and indexed by the carrier's
+//! message id; a part of a concatenated message (UDH or `sar_*` TLVs) goes to durable
+//! reassembly; anything else is decoded and stored with its jobs in one transaction that also
+//! removes the journal entry. Reprocessing an entry after a crash writes the same record and the
+//! same jobs (ids derive from the journal id), so it is idempotent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::clock;
+use crate::config::{Config, Number};
+use crate::outbound::dispatcher::Scheduler;
+use crate::smpp::pdu::{self, Address, Body, ShortMessage, tlv_tag};
+use crate::smpp::receipt;
+use crate::smpp::text::{self, Encoding};
+use crate::smpp::udh;
+use crate::store::parts::{GroupKey, GroupMeta, PartAdded, PartRecord};
+use crate::store::queue::Job;
+use crate::store::{self, JournalEntry, MessageRecord, Store, receipt_key};
+
+/// Numbers as configured, looked up by the digits a carrier sends.
+pub struct NumberIndex {
+    by_digits: HashMap<String, Number>,
+}
+
+impl NumberIndex {
+    pub fn new(config: &Config) -> NumberIndex {
+        NumberIndex {
+            by_digits: config
+                .numbers
+                .iter()
+                .map(|n| (n.vmn.clone(), n.clone()))
+                .collect(),
+        }
+    }
+
+    /// The configured number for a destination as received: exact digits, or, for a long code
+    /// sent in international form (country code + 10 digits), its last 10 digits.
+    pub fn lookup(&self, to_digits: &str) -> Option<&Number> {
+        if let Some(n) = self.by_digits.get(to_digits) {
+            return Some(n);
+        }
+        if (11..=13).contains(&to_digits.len()) && to_digits.bytes().all(|b| b.is_ascii_digit()) {
+            return self.by_digits.get(&to_digits[to_digits.len() - 10..]);
+        }
+        None
+    }
+}
+
+/// Digits only for numeric addresses (no `+`, no blanks); alphanumeric senders as received.
+pub fn normalize_address(address: &Address) -> String {
+    let trimmed = address.addr.trim();
+    let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
+    if address.ton != 5 && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// Everything the processor needs; built once per config.
+pub struct Processor {
+    store: Store,
+    numbers: NumberIndex,
+    gsm_packed: HashMap<String, bool>,
+    reassembly_timeout: Duration,
+    dedup_window: Option<Duration>,
+    /// Payload hash -> (first seen ms, message id); only with `dedup_window`.
+    recent: HashMap<u64, u64>,
+    scheduler: Scheduler,
+}
+
+impl Processor {
+    pub fn new(store: Store, config: &Arc<Config>, scheduler: Scheduler) -> Processor {
+        Processor {
+            store,
+            numbers: NumberIndex::new(config),
+            gsm_packed: config
+                .carriers
+                .iter()
+                .map(|c| (c.name.clone(), c.gsm_packed))
+                .collect(),
+            reassembly_timeout: config.daemon.reassembly_timeout,
+            dedup_window: config.daemon.dedup_window,
+            recent: HashMap::new(),
+            scheduler,
+        }
+    }
+
+    /// Processes what a previous run journaled but did not finish, and groups that completed
+    /// or timed out meanwhile. Call before the sessions start.
+    pub fn recover(&mut self) -> store::Result<usize> {
+        let ids = self.store.pending_journal_ids()?;
+        let n = ids.len();
+        for id in ids {
+            self.process(id);
+        }
+        self.sweep_groups(clock::now_ms());
+        Ok(n)
+    }
+
+    /// Runs until the writer's channel closes.
+    pub async fn run(mut self, mut journal_ids: mpsc::UnboundedReceiver<u64>) {
+        let sweep_every =
+            (self.reassembly_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut sweep = tokio::time::interval(sweep_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(1024);
+        loop {
+            tokio::select! {
+                n = journal_ids.recv_many(&mut batch, 1024) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for id in batch.drain(..) {
+                        self.process(id);
+                    }
+                }
+                _ = sweep.tick() => {
+                    self.sweep_groups(clock::now_ms());
+                    self.expire_recent(clock::now_ms());
+                }
+            }
+        }
+    }
+
+    /// Processes one journal entry. Errors are logged and counted; the entry stays in the
+    /// journal and is retried at the next start (nothing acknowledged is dropped).
+    pub fn process(&mut self, journal_id: u64) {
+        if let Err(e) = self.try_process(journal_id) {
+            metrics::counter!("vmnd_processing_errors_total").increment(1);
+            tracing::error!(journal_id, error = %e, "processing failed; entry stays in the journal");
+        }
+    }
+
+    fn try_process(&mut self, journal_id: u64) -> store::Result<()> {
+        let Some(entry) = self.store.journal_entry(journal_id)? else {
+            return Ok(()); // already processed (e.g. recovered and then notified)
+        };
+        let sm = match pdu::decode(&entry.pdu) {
+            Ok(pdu::Pdu {
+                body: Body::DeliverSm(sm),
+                ..
+            }) => sm,
+            other => {
+                // Validated before the ack, so only a changed decoder gets here: keep the bytes.
+                tracing::warn!(
+                    journal_id,
+                    ?other,
+                    "journaled PDU no longer decodes; kept as binary"
+                );
+                let record = self.record_base(journal_id, &entry, "", "", entry.received_at_ms);
+                let record = MessageRecord {
+                    text: hex::encode(&entry.pdu),
+                    encoding: Encoding::Binary.as_str().to_string(),
+                    routed: false,
+                    ..record
+                };
+                return self.store.finish_message(journal_id, &record, &[], None);
+            }
+        };
+        let from = normalize_address(&sm.source);
+        let to = normalize_address(&sm.dest);
+        metrics::counter!("vmnd_messages_processed_total", "carrier" => entry.carrier.clone())
+            .increment(1);
+        if sm.is_receipt() {
+            return self.finish_receipt(journal_id, &entry, &sm, from, to);
+        }
+        if self.is_duplicate(&entry, &sm, &from, &to) {
+            metrics::counter!("vmnd_messages_deduplicated_total").increment(1);
+            return self.store.drop_journal_entry(journal_id);
+        }
+        let gsm_packed = self
+            .gsm_packed
+            .get(&entry.carrier)
+            .copied()
+            .unwrap_or(false);
+        let user_data = sm.user_data().clone();
+        let (body, udh_octets, concat) = if sm.has_udh() {
+            match udh::parse_udh(&user_data) {
+                Ok((header, rest)) => (
+                    rest.to_vec(),
+                    header.len,
+                    header.concat().map(|c| (c.reference, c.total, c.seq)),
+                ),
+                Err(e) => {
+                    // Keep the message: forwarded as binary rather than refused (a refusal
+                    // would make the carrier retry forever or drop it).
+                    tracing::warn!(journal_id, error = ?e, "bad UDH; message kept as binary");
+                    metrics::counter!("vmnd_bad_udh_total").increment(1);
+                    let decoded = text::DecodedText {
+                        text: hex::encode(&user_data),
+                        encoding: Encoding::Binary,
+                    };
+                    return self.finish_single(journal_id, &entry, from, to, decoded, 1);
+                }
+            }
+        } else {
+            (user_data.to_vec(), 0, sm.sar())
+        };
+        match concat {
+            Some((reference, total, seq)) if total > 1 => {
+                let group = GroupKey::new(&entry.carrier, &from, &to, reference, total);
+                let part = PartRecord {
+                    seq,
+                    data_coding: sm.data_coding,
+                    user_data: body,
+                    udh_octets,
+                };
+                match self
+                    .store
+                    .add_part(journal_id, entry.received_at_ms, &group, total, &part)?
+                {
+                    PartAdded::Waiting => Ok(()),
+                    PartAdded::Duplicate => {
+                        metrics::counter!("vmnd_parts_duplicate_total").increment(1);
+                        Ok(())
+                    }
+                    PartAdded::Complete(meta) => self.finish_group(&group, &meta, true),
+                }
+            }
+            _ => {
+                let decoded = text::decode_text(sm.data_coding, &body, gsm_packed, udh_octets);
+                self.finish_single(journal_id, &entry, from, to, decoded, 1)
+            }
+        }
+    }
+
+    fn record_base(
+        &self,
+        id: u64,
+        entry: &JournalEntry,
+        from: &str,
+        to: &str,
+        received_at_ms: u64,
+    ) -> MessageRecord {
+        MessageRecord {
+            id: store::format_id(id),
+            event: "message".to_string(),
+            to: to.to_string(),
+            from: from.to_string(),
+            text: String::new(),
+            encoding: Encoding::Gsm7.as_str().to_string(),
+            keyword: None,
+            inbox: None,
+            args: None,
+            carrier: entry.carrier.clone(),
+            received_at: clock::rfc3339_ms(received_at_ms),
+            received_at_ms,
+            parts: 1,
+            complete: true,
+            missing_parts: Vec::new(),
+            routed: false,
+            receipt: None,
+            webhooks: Vec::new(),
+        }
+    }
+
+    /// Routes a message: the number's default webhook (keyword rules arrive with routing).
+    fn route(&self, record: &mut MessageRecord) -> Vec<Job> {
+        let Some(number) = self.numbers.lookup(&record.to) else {
+            metrics::counter!("vmnd_messages_unrouted_total").increment(1);
+            return Vec::new();
+        };
+        record.to = number.vmn.clone();
+        record.routed = true;
+        let webhook = match record.event.as_str() {
+            "receipt" => number.receipts_webhook.clone(),
+            _ => number.default_webhook.clone(),
+        };
+        let id = store::parse_id(&record.id).unwrap_or(0);
+        let now = clock::now_ms();
+        webhook
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| {
+                record.webhooks.push(name.clone());
+                Job {
+                    id: Job::id_for(id, i as u8),
+                    message_id: id,
+                    webhook: name,
+                    event: record.event.clone(),
+                    attempts: 0,
+                    created_ms: now,
+                    due_ms: now,
+                    first_attempt_ms: None,
+                    last_error: None,
+                    last_status: None,
+                }
+            })
+            .collect()
+    }
+
+    fn finish_single(
+        &mut self,
+        journal_id: u64,
+        entry: &JournalEntry,
+        from: String,
+        to: String,
+        decoded: text::DecodedText,
+        parts: u32,
+    ) -> store::Result<()> {
+        let mut record = self.record_base(journal_id, entry, &from, &to, entry.received_at_ms);
+        record.text = decoded.text;
+        record.encoding = decoded.encoding.as_str().to_string();
+        record.parts = parts;
+        let jobs = self.route(&mut record);
+        self.store
+            .finish_message(journal_id, &record, &jobs, None)?;
+        self.schedule(&jobs);
+        Ok(())
+    }
+
+    fn finish_receipt(
+        &mut self,
+        journal_id: u64,
+        entry: &JournalEntry,
+        sm: &ShortMessage,
+        from: String,
+        to: String,
+    ) -> store::Result<()> {
+        let gsm_packed = self
+            .gsm_packed
+            .get(&entry.carrier)
+            .copied()
+            .unwrap_or(false);
+        let decoded = text::decode_text(sm.data_coding, sm.user_data(), gsm_packed, 0);
+        let mut parsed = receipt::parse_receipt(&decoded.text).unwrap_or_default();
+        // The TLVs, when present, are authoritative over the text (SMPP 3.4 5.3.2.12).
+        if let Some(id) = sm.tlv(tlv_tag::RECEIPTED_MESSAGE_ID) {
+            let id = String::from_utf8_lossy(id);
+            parsed.id = id.trim_end_matches('\0').to_string();
+        }
+        if parsed.stat.is_empty() {
+            if let Some(state) = sm.tlv(tlv_tag::MESSAGE_STATE).and_then(|v| v.first()) {
+                parsed.stat = message_state_name(*state).to_string();
+            }
+        }
+        metrics::counter!("vmnd_receipts_total", "stat" => parsed.stat.clone()).increment(1);
+        let mut record = self.record_base(journal_id, entry, &from, &to, entry.received_at_ms);
+        record.event = "receipt".to_string();
+        record.text = decoded.text;
+        record.encoding = decoded.encoding.as_str().to_string();
+        // A receipt comes from the handset's side to our number: `to` is ours.
+        let index = (!parsed.id.is_empty()).then(|| receipt_key(&entry.carrier, &parsed.id));
+        record.receipt = Some(parsed);
+        let jobs = self.route(&mut record);
+        self.store
+            .finish_message(journal_id, &record, &jobs, index.as_deref())?;
+        self.schedule(&jobs);
+        Ok(())
+    }
+
+    /// Assembles a group (complete, or timed out with `complete == false`) into one message.
+    fn finish_group(
+        &mut self,
+        group: &GroupKey,
+        meta: &GroupMeta,
+        complete: bool,
+    ) -> store::Result<()> {
+        let parts = self.store.group_parts(group, meta)?;
+        let (carrier, from, to) = group_fields(group);
+        let gsm_packed = self.gsm_packed.get(&carrier).copied().unwrap_or(false);
+        let mut text_out = String::new();
+        let mut encoding = None;
+        for part in &parts {
+            let decoded = text::decode_text(
+                part.data_coding,
+                &part.user_data,
+                gsm_packed,
+                part.udh_octets,
+            );
+            encoding.get_or_insert(decoded.encoding);
+            text_out.push_str(&decoded.text);
+        }
+        let entry = JournalEntry {
+            carrier,
+            received_at_ms: meta.first_received_ms,
+            pdu: bytes::Bytes::new(),
+        };
+        let mut record = self.record_base(
+            meta.first_journal_id,
+            &entry,
+            &from,
+            &to,
+            meta.first_received_ms,
+        );
+        record.text = text_out;
+        record.encoding = encoding.unwrap_or(Encoding::Gsm7).as_str().to_string();
+        record.parts = u32::from(meta.total);
+        record.complete = complete;
+        record.missing_parts = meta.missing();
+        if !complete {
+            metrics::counter!("vmnd_messages_incomplete_total").increment(1);
+        }
+        let jobs = self.route(&mut record);
+        self.store.finish_group(group, meta, &record, &jobs)?;
+        self.schedule(&jobs);
+        Ok(())
+    }
+
+    /// Delivers complete groups left by a crash and groups past the reassembly timeout.
+    fn sweep_groups(&mut self, now_ms: u64) {
+        let groups = match self.store.open_groups() {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read reassembly state");
+                return;
+            }
+        };
+        let timeout = self.reassembly_timeout.as_millis() as u64;
+        for (group, meta) in groups {
+            let complete = meta.is_complete();
+            if complete || now_ms.saturating_sub(meta.first_received_ms) >= timeout {
+                if let Err(e) = self.finish_group(&group, &meta, complete) {
+                    tracing::error!(error = %e, "cannot deliver concatenated message");
+                }
+            }
+        }
+    }
+
+    /// True when the same payload from the same sender to the same number over the same
+    /// carrier was seen within `dedup_window` (a redelivery of something we acknowledged).
+    fn is_duplicate(
+        &mut self,
+        entry: &JournalEntry,
+        sm: &ShortMessage,
+        from: &str,
+        to: &str,
+    ) -> bool {
+        let Some(window) = self.dedup_window else {
+            return false;
+        };
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            &entry.carrier,
+            from,
+            to,
+            sm.data_coding,
+            sm.esm_class,
+            &sm.short_message,
+            &sm.tlvs
+                .iter()
+                .map(|t| (t.tag, &t.value))
+                .collect::<Vec<_>>(),
+        )
+            .hash(&mut h);
+        let key = h.finish();
+        let now = entry.received_at_ms;
+        match self.recent.get(&key) {
+            Some(&seen) if now.saturating_sub(seen) <= window.as_millis() as u64 => true,
+            _ => {
+                self.recent.insert(key, now);
+                false
+            }
+        }
+    }
+
+    fn expire_recent(&mut self, now_ms: u64) {
+        if let Some(window) = self.dedup_window {
+            let window = window.as_millis() as u64;
+            self.recent
+                .retain(|_, seen| now_ms.saturating_sub(*seen) <= window);
+        }
+    }
+
+    fn schedule(&self, jobs: &[Job]) {
+        for job in jobs {
+            self.scheduler.schedule(job);
+        }
+    }
+}
+
+/// carrier, from, to back out of a group key.
+fn group_fields(group: &GroupKey) -> (String, String, String) {
+    let mut fields = group
+        .0
+        .split(|b| *b == 0)
+        .map(|f| String::from_utf8_lossy(f).into_owned());
+    let carrier = fields.next().unwrap_or_default();
+    let from = fields.next().unwrap_or_default();
+    let to = fields.next().unwrap_or_default();
+    (carrier, from, to)
+}
+
+/// message_state TLV values (SMPP 3.4 5.2.28) as receipt `stat` words.
+fn message_state_name(state: u8) -> &'static str {
+    match state {
+        1 => "ENROUTE",
+        2 => "DELIVRD",
+        3 => "EXPIRED",
+        4 => "DELETED",
+        5 => "UNDELIV",
+        6 => "ACCEPTD",
+        8 => "REJECTD",
+        _ => "UNKNOWN",
+    }
+}

@@ -1,0 +1,432 @@
+//! One SMPP session with one carrier, from bind to unbind.
+//!
+//! The loop `select!`s over: frames from the SMSC, acknowledgements coming back from the group
+//! commit, the idle timer (enquire_link, response timeouts) and shutdown. Every inbound PDU is
+//! answered: a deliver_sm only once the journal says it is durable; a body that does not decode
+//! with an error response carrying its sequence number; an unknown command with generic_nack.
+//! None of those end the session: only the peer closing, an unbind, a dead link, or shutdown do.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::FramedRead;
+
+use crate::clock;
+use crate::config::{BindMode, Carrier};
+use crate::smpp::codec::{Frame, FrameCodec};
+use crate::smpp::pdu::{self, Bind, Body, Pdu, command_id, status};
+use crate::smpp::supervisor::CarrierState;
+use crate::store::JournalEntry;
+use crate::store::writer::{AckOutcome, JournalRequest, JournalWriter};
+
+/// Why a session ended; the supervisor decides what to do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The SMSC refused the bind with this status.
+    BindRefused(u32),
+    /// Either side unbound cleanly.
+    Unbound,
+    /// The SMSC closed the connection.
+    Closed,
+    /// I/O error or a response that never came.
+    Failed(String),
+    /// We were asked to stop and unbound.
+    Shutdown,
+}
+
+/// What a session needs from the daemon.
+#[derive(Clone)]
+pub struct SessionContext {
+    pub carrier: Carrier,
+    /// Shared carrier name for journal entries (cloned per PDU).
+    pub carrier_name: Arc<str>,
+    pub journal: JournalWriter,
+    pub state: Arc<CarrierState>,
+}
+
+/// A request of ours that awaits its response.
+struct Pending {
+    command_id: u32,
+    sent: Instant,
+}
+
+struct Session {
+    ctx: SessionContext,
+    writer: BufWriter<OwnedWriteHalf>,
+    out: BytesMut,
+    next_sequence: u32,
+    pending: HashMap<u32, Pending>,
+    last_heard: Instant,
+    acks_tx: mpsc::UnboundedSender<AckOutcome>,
+    /// deliver_sm journaled but not yet answered.
+    unanswered: usize,
+}
+
+/// Binds over `stream` and serves the session until it ends.
+pub async fn run(
+    ctx: SessionContext,
+    stream: TcpStream,
+    mut shutdown: watch::Receiver<bool>,
+) -> SessionEnd {
+    let _ = stream.set_nodelay(true);
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = FramedRead::with_capacity(read_half, FrameCodec, 64 * 1024);
+    let (acks_tx, mut acks_rx) = mpsc::unbounded_channel();
+    let mut s = Session {
+        ctx,
+        writer: BufWriter::with_capacity(64 * 1024, write_half),
+        out: BytesMut::with_capacity(4096),
+        next_sequence: 1,
+        pending: HashMap::new(),
+        last_heard: Instant::now(),
+        acks_tx,
+        unanswered: 0,
+    };
+    if let Err(end) = s.bind(&mut reader).await {
+        return end;
+    }
+    let carrier = s.ctx.carrier_name.to_string();
+    s.ctx.state.set_bound(true);
+    metrics::gauge!("vmnd_bind_up", "carrier" => carrier.clone()).set(1.0);
+    tracing::info!(carrier = %carrier, "bound");
+    let end = s.serve(&mut reader, &mut acks_rx, &mut shutdown).await;
+    s.ctx.state.set_bound(false);
+    metrics::gauge!("vmnd_bind_up", "carrier" => carrier.clone()).set(0.0);
+    let _ = s.writer.flush().await;
+    end
+}
+
+type Reader = FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>;
+
+impl Session {
+    fn sequence(&mut self) -> u32 {
+        let seq = self.next_sequence;
+        // Sequence numbers run 0x00000001..=0x7FFFFFFF (SMPP 3.4 5.1.1.4).
+        self.next_sequence = if seq >= 0x7FFF_FFFF { 1 } else { seq + 1 };
+        seq
+    }
+
+    async fn send(&mut self, pdu: &Pdu) -> Result<(), SessionEnd> {
+        self.out.clear();
+        pdu::encode(pdu, &mut self.out);
+        self.writer
+            .write_all(&self.out)
+            .await
+            .map_err(|e| SessionEnd::Failed(format!("write: {e}")))
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionEnd> {
+        self.writer
+            .flush()
+            .await
+            .map_err(|e| SessionEnd::Failed(format!("write: {e}")))
+    }
+
+    async fn request(&mut self, body: Body) -> Result<u32, SessionEnd> {
+        let sequence_number = self.sequence();
+        let pdu = Pdu {
+            command_status: status::ESME_ROK,
+            sequence_number,
+            body,
+        };
+        self.pending.insert(
+            sequence_number,
+            Pending {
+                command_id: pdu.command_id(),
+                sent: Instant::now(),
+            },
+        );
+        self.send(&pdu).await?;
+        self.flush().await?;
+        Ok(sequence_number)
+    }
+
+    async fn bind(&mut self, reader: &mut Reader) -> Result<(), SessionEnd> {
+        let c = &self.ctx.carrier;
+        let bind = Bind {
+            system_id: c.system_id.clone(),
+            password: c.password.clone(),
+            system_type: c.system_type.clone(),
+            interface_version: 0x34,
+            addr_ton: 0,
+            addr_npi: 0,
+            address_range: String::new(),
+        };
+        let body = match c.bind {
+            BindMode::Transceiver => Body::BindTransceiver(bind),
+            BindMode::Receiver => Body::BindReceiver(bind),
+        };
+        let timeout = c.response_timeout;
+        let seq = self.request(body).await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, reader.next()).await {
+                Err(_) => return Err(SessionEnd::Failed("no answer to bind".into())),
+                Ok(None) => return Err(SessionEnd::Closed),
+                Ok(Some(Err(e))) => return Err(SessionEnd::Failed(format!("read: {e}"))),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Frame::Pdu(bytes) = frame else { continue };
+            match pdu::decode(&bytes) {
+                Ok(p) if p.sequence_number == seq && is_bind_resp(p.command_id()) => {
+                    self.pending.remove(&seq);
+                    if p.command_status != status::ESME_ROK {
+                        return Err(SessionEnd::BindRefused(p.command_status));
+                    }
+                    return Ok(());
+                }
+                Ok(Pdu {
+                    body: Body::GenericNack,
+                    command_status,
+                    sequence_number,
+                    ..
+                }) if sequence_number == seq => {
+                    return Err(SessionEnd::BindRefused(command_status));
+                }
+                Ok(p) => {
+                    // Before the bind completes nothing else is valid (SMPP 3.4 2.3).
+                    if let Some(resp) = p.response(status::ESME_RINVBNDSTS) {
+                        self.send(&resp).await?;
+                        self.flush().await?;
+                    }
+                }
+                Err(e) => {
+                    self.send(&pdu::error_response(&e)).await?;
+                    self.flush().await?;
+                }
+            }
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        reader: &mut Reader,
+        acks: &mut mpsc::UnboundedReceiver<AckOutcome>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let enquire_every = self.ctx.carrier.enquire_link;
+        let response_timeout = self.ctx.carrier.response_timeout;
+        let tick = (enquire_every.min(response_timeout) / 4).max(Duration::from_millis(20));
+        let mut timer = tokio::time::interval(tick);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unbind_sent: Option<Instant> = None;
+        loop {
+            let step = tokio::select! {
+                biased;
+                Some(ack) = acks.recv() => self.on_ack(ack, acks).await,
+                frame = reader.next() => match frame {
+                    None => Err(SessionEnd::Closed),
+                    Some(Err(e)) => Err(SessionEnd::Failed(format!("read: {e}"))),
+                    Some(Ok(frame)) => {
+                        let r = self.on_frame(frame).await;
+                        if r.is_ok() && reader.read_buffer().is_empty() {
+                            self.flush().await
+                        } else {
+                            r
+                        }
+                    }
+                },
+                _ = timer.tick() => self.on_tick(enquire_every, response_timeout).await,
+                changed = shutdown.changed(), if unbind_sent.is_none() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        unbind_sent = Some(Instant::now());
+                        self.request(Body::Unbind).await.map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            if let Some(sent) = unbind_sent {
+                let answered = !self
+                    .pending
+                    .values()
+                    .any(|p| p.command_id == command_id::UNBIND);
+                if answered || sent.elapsed() > response_timeout {
+                    return SessionEnd::Shutdown;
+                }
+            }
+        }
+    }
+
+    async fn on_ack(
+        &mut self,
+        first: AckOutcome,
+        acks: &mut mpsc::UnboundedReceiver<AckOutcome>,
+    ) -> Result<(), SessionEnd> {
+        let mut next = Some(first);
+        while let Some(ack) = next {
+            self.unanswered = self.unanswered.saturating_sub(1);
+            let resp = Pdu {
+                command_status: ack.status,
+                sequence_number: ack.sequence_number,
+                body: Body::DeliverSmResp {
+                    message_id: String::new(),
+                },
+            };
+            self.send(&resp).await?;
+            let label = if ack.status == status::ESME_ROK {
+                "ok"
+            } else {
+                "tempfail"
+            };
+            metrics::counter!("vmnd_deliver_sm_acked_total", "carrier" => self.ctx.carrier_name.to_string(), "status" => label).increment(1);
+            metrics::histogram!("vmnd_ack_latency_seconds")
+                .record(ack.received.elapsed().as_secs_f64());
+            next = acks.try_recv().ok();
+        }
+        self.flush().await
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), SessionEnd> {
+        self.last_heard = Instant::now();
+        let bytes = match frame {
+            Frame::Pdu(bytes) => bytes,
+            Frame::BadLength {
+                command_length,
+                sequence_number,
+                ..
+            } => {
+                tracing::warn!(carrier = %self.ctx.carrier_name, command_length, "PDU with invalid command_length; generic_nack");
+                metrics::counter!("vmnd_pdu_errors_total", "carrier" => self.ctx.carrier_name.to_string(), "kind" => "bad_length").increment(1);
+                let nack = Pdu {
+                    command_status: status::ESME_RINVCMDLEN,
+                    sequence_number,
+                    body: Body::GenericNack,
+                };
+                return self.send(&nack).await;
+            }
+        };
+        let p = match pdu::decode(&bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(carrier = %self.ctx.carrier_name, error = ?e, "PDU does not decode; answered with an error");
+                metrics::counter!("vmnd_pdu_errors_total", "carrier" => self.ctx.carrier_name.to_string(), "kind" => "bad_body").increment(1);
+                return self.send(&pdu::error_response(&e)).await;
+            }
+        };
+        match p.body {
+            Body::DeliverSm(_) => {
+                metrics::counter!("vmnd_deliver_sm_received_total", "carrier" => self.ctx.carrier_name.to_string()).increment(1);
+                let request = JournalRequest {
+                    entry: JournalEntry {
+                        carrier: self.ctx.carrier_name.to_string(),
+                        received_at_ms: clock::now_ms(),
+                        pdu: bytes,
+                    },
+                    sequence_number: p.sequence_number,
+                    received: Instant::now(),
+                    reply: self.acks_tx.clone(),
+                };
+                self.unanswered += 1;
+                if self.ctx.journal.submit(request).await.is_err() {
+                    // The writer is gone (daemon stopping): a temporary error makes the
+                    // carrier retry later.
+                    let resp = Pdu {
+                        command_status: status::ESME_RX_T_APPN,
+                        sequence_number: p.sequence_number,
+                        body: Body::DeliverSmResp {
+                            message_id: String::new(),
+                        },
+                    };
+                    self.send(&resp).await?;
+                }
+                Ok(())
+            }
+            Body::EnquireLink => {
+                let resp = Pdu {
+                    command_status: status::ESME_ROK,
+                    sequence_number: p.sequence_number,
+                    body: Body::EnquireLinkResp,
+                };
+                self.send(&resp).await
+            }
+            Body::Unbind => {
+                tracing::info!(carrier = %self.ctx.carrier_name, "SMSC unbinds");
+                let resp = Pdu {
+                    command_status: status::ESME_ROK,
+                    sequence_number: p.sequence_number,
+                    body: Body::UnbindResp,
+                };
+                self.send(&resp).await?;
+                self.flush().await?;
+                Err(SessionEnd::Unbound)
+            }
+            Body::EnquireLinkResp
+            | Body::SubmitSmResp { .. }
+            | Body::UnbindResp
+            | Body::GenericNack
+            | Body::BindReceiverResp { .. }
+            | Body::BindTransmitterResp { .. }
+            | Body::BindTransceiverResp { .. }
+            | Body::DeliverSmResp { .. } => {
+                match self.pending.remove(&p.sequence_number) {
+                    Some(pending) if p.command_status != status::ESME_ROK => {
+                        tracing::warn!(carrier = %self.ctx.carrier_name, command_id = pending.command_id, status = %pdu::status_name(p.command_status), "request refused");
+                    }
+                    Some(_) => {}
+                    None => {
+                        tracing::debug!(carrier = %self.ctx.carrier_name, seq = p.sequence_number, "response to nothing we sent; ignored")
+                    }
+                }
+                Ok(())
+            }
+            Body::SubmitSm(_)
+            | Body::BindReceiver(_)
+            | Body::BindTransmitter(_)
+            | Body::BindTransceiver(_) => {
+                // Requests an SMSC must not send to an ESME: refuse, stay bound.
+                match p.response(status::ESME_RINVBNDSTS) {
+                    Some(resp) => self.send(&resp).await,
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    async fn on_tick(
+        &mut self,
+        enquire_every: Duration,
+        response_timeout: Duration,
+    ) -> Result<(), SessionEnd> {
+        if let Some((seq, p)) = self
+            .pending
+            .iter()
+            .find(|(_, p)| p.sent.elapsed() > response_timeout)
+        {
+            return Err(SessionEnd::Failed(format!(
+                "no response to command 0x{:08x} (sequence {seq}) within {response_timeout:?}",
+                p.command_id
+            )));
+        }
+        let window = self.ctx.carrier.window as usize;
+        if self.last_heard.elapsed() >= enquire_every
+            && self.pending.len() < window
+            && !self
+                .pending
+                .values()
+                .any(|p| p.command_id == command_id::ENQUIRE_LINK)
+        {
+            self.request(Body::EnquireLink).await?;
+        }
+        Ok(())
+    }
+}
+
+fn is_bind_resp(id: u32) -> bool {
+    matches!(
+        id,
+        command_id::BIND_RECEIVER_RESP
+            | command_id::BIND_TRANSCEIVER_RESP
+            | command_id::BIND_TRANSMITTER_RESP
+    )
+}

@@ -1,0 +1,389 @@
+//! Everything vmnd keeps on disk, behind one module: sled 0.34 (see DESIGN.md on its durability
+//! caveats), the pre-ack inbound journal with group commit, message records, concatenation
+//! parts, receipts, and (in [`queue`]) the durable job queue and dead letters.
+//!
+//! Trees:
+//! - `inbound`:  id (u64 BE) -> journal entry: a deliver_sm exactly as received, written and
+//!   flushed before `deliver_sm_resp` 0 goes out; removed once processed.
+//! - `messages`: id (u64 BE) -> [`MessageRecord`] (JSON). The id is the journal id of the
+//!   message (of its first part, for a concatenated one), so reprocessing is idempotent.
+//! - `parts`:    reassembly state, see [`parts`].
+//! - `receipts`: "<carrier>\0<carrier message id>" -> message id (u64 BE) of the receipt record.
+//! - `jobs`, `dead`: see [`queue`].
+
+pub mod parts;
+pub mod queue;
+pub mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::smpp::receipt::Receipt;
+
+/// What can go wrong in the store. The daemon never panics on these: the session answers
+/// ESME_RX_T_APPN and the carrier retries.
+#[derive(Debug)]
+pub enum StoreError {
+    Sled(sled::Error),
+    Io(std::io::Error),
+    Corrupt(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Sled(e) => write!(f, "sled: {e}"),
+            StoreError::Io(e) => write!(f, "i/o: {e}"),
+            StoreError::Corrupt(e) => write!(f, "corrupt record: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e)
+    }
+}
+
+impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A deliver_sm as it came off a bind, before anything was decoded beyond validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub carrier: String,
+    pub received_at_ms: u64,
+    /// The whole PDU, header included.
+    pub pdu: Bytes,
+}
+
+impl JournalEntry {
+    /// `[received_at_ms u64 BE][carrier len u8][carrier][pdu]`: compact, no serde on the hot path.
+    pub fn encode(&self) -> Vec<u8> {
+        let carrier = self.carrier.as_bytes();
+        let carrier = &carrier[..carrier.len().min(255)];
+        let mut out = Vec::with_capacity(9 + carrier.len() + self.pdu.len());
+        out.extend_from_slice(&self.received_at_ms.to_be_bytes());
+        out.push(carrier.len() as u8);
+        out.extend_from_slice(carrier);
+        out.extend_from_slice(&self.pdu);
+        out
+    }
+
+    pub fn decode(raw: &[u8]) -> Result<JournalEntry> {
+        let corrupt = || StoreError::Corrupt("journal entry too short".into());
+        let at: [u8; 8] = raw
+            .get(..8)
+            .ok_or_else(corrupt)?
+            .try_into()
+            .map_err(|_| corrupt())?;
+        let len = *raw.get(8).ok_or_else(corrupt)? as usize;
+        let carrier = raw.get(9..9 + len).ok_or_else(corrupt)?;
+        let pdu = raw.get(9 + len..).ok_or_else(corrupt)?;
+        Ok(JournalEntry {
+            carrier: String::from_utf8_lossy(carrier).into_owned(),
+            received_at_ms: u64::from_be_bytes(at),
+            pdu: Bytes::copy_from_slice(pdu),
+        })
+    }
+}
+
+/// One stored message (or receipt) as operators and the webhook see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// Stable id, assigned when the (first part of the) message was journaled.
+    pub id: String,
+    /// `message` or `receipt`.
+    pub event: String,
+    pub to: String,
+    pub from: String,
+    /// Decoded text; hex of the payload when `encoding` is `binary`.
+    pub text: String,
+    pub encoding: String,
+    pub keyword: Option<String>,
+    pub inbox: Option<String>,
+    pub args: Option<String>,
+    pub carrier: String,
+    pub received_at: String,
+    pub received_at_ms: u64,
+    pub parts: u32,
+    /// False when a concatenated message was delivered after the reassembly timeout.
+    pub complete: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_parts: Vec<u8>,
+    /// False when the destination is not a number vmnd serves (stored, counted, never forwarded).
+    pub routed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
+    /// The webhooks this message was queued for.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+}
+
+/// Formats a numeric id the way every API and payload shows it.
+pub fn format_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// Parses an id as [`format_id`] writes it.
+pub fn parse_id(text: &str) -> Option<u64> {
+    if text.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok()
+}
+
+/// Filters of `GET /api/messages`.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter {
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub keyword: Option<String>,
+    pub inbox: Option<String>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    /// Newest first, starting strictly before this id (the previous page's `next`).
+    pub before: Option<u64>,
+    pub limit: usize,
+}
+
+impl MessageFilter {
+    fn matches(&self, m: &MessageRecord) -> bool {
+        let eq = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        let eq_opt = |want: &Option<String>, have: &Option<String>| {
+            want.as_deref()
+                .is_none_or(|w| have.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(w)))
+        };
+        eq(&self.to, &m.to)
+            && eq(&self.from, &m.from)
+            && eq_opt(&self.keyword, &m.keyword)
+            && eq_opt(&self.inbox, &m.inbox)
+            && self.since_ms.is_none_or(|s| m.received_at_ms >= s)
+            && self.until_ms.is_none_or(|u| m.received_at_ms < u)
+    }
+}
+
+/// The open database and its trees. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    inbound: sled::Tree,
+    messages: sled::Tree,
+    parts: sled::Tree,
+    receipts: sled::Tree,
+    jobs: sled::Tree,
+    dead: sled::Tree,
+    /// sled's main file, opened by us so a commit can fsync it (sled uses sync_file_range).
+    db_file: Option<File>,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir` with a page cache of `cache_mb` MiB.
+    /// `fsync`: also fsync sled's file after each flush (sled issue #1452).
+    pub fn open(dir: &Path, cache_mb: u64, fsync: bool) -> Result<Store> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+            // We flush explicitly on every group commit; the background flush only bounds the
+            // work left for the next one.
+            .flush_every_ms(Some(1000))
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let db_file = if fsync {
+            Some(File::open(dir.join("db"))?)
+        } else {
+            None
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                inbound: db.open_tree("inbound")?,
+                messages: db.open_tree("messages")?,
+                parts: db.open_tree("parts")?,
+                receipts: db.open_tree("receipts")?,
+                jobs: db.open_tree("jobs")?,
+                dead: db.open_tree("dead")?,
+                db,
+                db_file,
+                dir: dir.to_path_buf(),
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// A new id, unique and increasing across restarts.
+    pub fn next_id(&self) -> Result<u64> {
+        Ok(self.inner.db.generate_id()?)
+    }
+
+    /// Puts journal entries in memory (not yet durable: see [`Store::commit`]) and returns ids.
+    pub fn journal(&self, entries: &[JournalEntry]) -> Result<Vec<u64>> {
+        let mut ids = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let id = self.next_id()?;
+            self.inner
+                .inbound
+                .insert(id.to_be_bytes(), entry.encode())?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// Makes everything written so far durable: sled's flush, then our own fsync.
+    pub async fn commit(&self) -> Result<()> {
+        self.inner.db.flush_async().await?;
+        if self.inner.db_file.is_some() {
+            let store = self.clone();
+            tokio::task::spawn_blocking(move || match &store.inner.db_file {
+                Some(f) => f.sync_data(),
+                None => Ok(()),
+            })
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+        }
+        Ok(())
+    }
+
+    /// A journal entry by id, if it has not been processed yet.
+    pub fn journal_entry(&self, id: u64) -> Result<Option<JournalEntry>> {
+        match self.inner.inbound.get(id.to_be_bytes())? {
+            Some(raw) => Ok(Some(JournalEntry::decode(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Ids of every journal entry not yet processed (restart recovery), oldest first.
+    pub fn pending_journal_ids(&self) -> Result<Vec<u64>> {
+        let mut ids = Vec::new();
+        for kv in self.inner.inbound.iter().keys() {
+            ids.push(key_u64(&kv?)?);
+        }
+        Ok(ids)
+    }
+
+    /// Number of journal entries not yet processed.
+    pub fn journal_depth(&self) -> usize {
+        self.inner.inbound.len()
+    }
+
+    /// A stored message by id.
+    pub fn message(&self, id: u64) -> Result<Option<MessageRecord>> {
+        match self.inner.messages.get(id.to_be_bytes())? {
+            Some(raw) => Ok(Some(decode_json(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Messages matching the filter, newest first, at most `filter.limit`.
+    pub fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<MessageRecord>> {
+        let upper = filter.before.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for kv in self.inner.messages.range(..upper.to_be_bytes()).rev() {
+            let (_, raw) = kv?;
+            let m: MessageRecord = decode_json(&raw)?;
+            // Ids grow with the journal and so with `received_at`: past `since`, stop.
+            if filter.since_ms.is_some_and(|s| m.received_at_ms < s) {
+                break;
+            }
+            if filter.matches(&m) {
+                out.push(m);
+                if out.len() >= filter.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of stored messages.
+    pub fn message_count(&self) -> usize {
+        self.inner.messages.len()
+    }
+
+    /// The receipt record id for a carrier's message id.
+    pub fn receipt_for(&self, carrier: &str, carrier_message_id: &str) -> Result<Option<u64>> {
+        let key = receipt_key(carrier, carrier_message_id);
+        match self.inner.receipts.get(key)? {
+            Some(raw) => Ok(Some(key_u64(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// True when sled answers: for /healthz.
+    pub fn healthy(&self) -> bool {
+        self.inner.db.get(b"health-probe").is_ok()
+    }
+
+    pub(crate) fn trees(&self) -> Trees<'_> {
+        Trees {
+            inbound: &self.inner.inbound,
+            messages: &self.inner.messages,
+            parts: &self.inner.parts,
+            receipts: &self.inner.receipts,
+            jobs: &self.inner.jobs,
+            dead: &self.inner.dead,
+        }
+    }
+}
+
+/// Borrowed trees for the other store submodules.
+pub(crate) struct Trees<'a> {
+    pub inbound: &'a sled::Tree,
+    pub messages: &'a sled::Tree,
+    pub parts: &'a sled::Tree,
+    pub receipts: &'a sled::Tree,
+    pub jobs: &'a sled::Tree,
+    pub dead: &'a sled::Tree,
+}
+
+pub fn receipt_key(carrier: &str, carrier_message_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(carrier.len() + 1 + carrier_message_id.len());
+    key.extend_from_slice(carrier.as_bytes());
+    key.push(0);
+    key.extend_from_slice(carrier_message_id.as_bytes());
+    key
+}
+
+pub(crate) fn key_u64(raw: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = raw
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("key of {} bytes, want 8", raw.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<T> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising our own plain structs to a Vec cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}

@@ -1,0 +1,216 @@
+//! Reassembly state for concatenated messages, kept durably so a restart in the middle of a
+//! long message loses nothing.
+//!
+//! `parts` tree keys: `<group>` + one byte. `<group>` is
+//! `carrier \0 from \0 to \0 reference \0 total \0`; the last byte is 0 for the group's
+//! [`GroupMeta`] and the part number (1..=total) for a [`PartRecord`]. Adding a part consumes its
+//! journal entry in the same transaction; the assembled message replaces the group in another.
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+
+use super::queue::Job;
+use super::{MessageRecord, Result, Store, StoreError, decode_json, encode_json};
+
+/// Which concatenated message a part belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GroupKey(pub Vec<u8>);
+
+impl GroupKey {
+    pub fn new(carrier: &str, from: &str, to: &str, reference: u16, total: u8) -> GroupKey {
+        let mut key = Vec::with_capacity(carrier.len() + from.len() + to.len() + 16);
+        for field in [carrier, from, to] {
+            key.extend_from_slice(field.as_bytes());
+            key.push(0);
+        }
+        key.extend_from_slice(reference.to_string().as_bytes());
+        key.push(0);
+        key.extend_from_slice(total.to_string().as_bytes());
+        key.push(0);
+        GroupKey(key)
+    }
+
+    fn with(&self, byte: u8) -> Vec<u8> {
+        let mut key = self.0.clone();
+        key.push(byte);
+        key
+    }
+}
+
+/// What is known about a concatenated message while its parts arrive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupMeta {
+    /// The journal id of the first part to arrive: it becomes the message's id.
+    pub first_journal_id: u64,
+    /// When the first part arrived: becomes the message's `received_at`.
+    pub first_received_ms: u64,
+    pub total: u8,
+    /// Part numbers received so far.
+    pub received: Vec<u8>,
+}
+
+impl GroupMeta {
+    pub fn is_complete(&self) -> bool {
+        self.received.len() >= usize::from(self.total)
+    }
+
+    pub fn missing(&self) -> Vec<u8> {
+        (1..=self.total)
+            .filter(|n| !self.received.contains(n))
+            .collect()
+    }
+}
+
+/// One part's payload, enough to decode it later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartRecord {
+    pub seq: u8,
+    pub data_coding: u8,
+    /// User data after the UDH.
+    pub user_data: Vec<u8>,
+    /// Octets of the removed UDH, UDHL included (packed GSM fill bits depend on it).
+    pub udh_octets: usize,
+}
+
+/// What adding a part did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PartAdded {
+    /// Stored; others are still missing.
+    Waiting,
+    /// This part number was already there (a carrier redelivery): absorbed.
+    Duplicate,
+    /// Every part is there: assemble and call [`Store::finish_group`].
+    Complete(GroupMeta),
+}
+
+impl Store {
+    /// Stores one part and consumes its journal entry, atomically.
+    pub fn add_part(
+        &self,
+        journal_id: u64,
+        received_at_ms: u64,
+        group: &GroupKey,
+        total: u8,
+        part: &PartRecord,
+    ) -> Result<PartAdded> {
+        let t = self.trees();
+        let meta_key = group.with(0);
+        let part_key = group.with(part.seq);
+        let part_value = encode_json(part);
+        let outcome = (t.inbound, t.parts).transaction(|(inbound, parts)| {
+            inbound.remove(&journal_id.to_be_bytes())?;
+            let mut meta = match parts.get(&meta_key)? {
+                Some(raw) => {
+                    decode_json::<GroupMeta>(&raw).map_err(ConflictableTransactionError::Abort)?
+                }
+                None => GroupMeta {
+                    first_journal_id: journal_id,
+                    first_received_ms: received_at_ms,
+                    total,
+                    received: Vec::new(),
+                },
+            };
+            if meta.received.contains(&part.seq) {
+                return Ok(PartAdded::Duplicate);
+            }
+            meta.received.push(part.seq);
+            parts.insert(part_key.as_slice(), part_value.as_slice())?;
+            parts.insert(meta_key.as_slice(), encode_json(&meta))?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(if meta.is_complete() {
+                PartAdded::Complete(meta)
+            } else {
+                PartAdded::Waiting
+            })
+        })?;
+        Ok(outcome)
+    }
+
+    /// The parts received so far, in part-number order.
+    pub fn group_parts(&self, group: &GroupKey, meta: &GroupMeta) -> Result<Vec<PartRecord>> {
+        let mut seqs = meta.received.clone();
+        seqs.sort_unstable();
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(raw) = self.trees().parts.get(group.with(seq))? {
+                out.push(decode_json(&raw)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every group still waiting, with its meta (for the timeout sweep and restart recovery).
+    pub fn open_groups(&self) -> Result<Vec<(GroupKey, GroupMeta)>> {
+        let mut out = Vec::new();
+        for kv in self.trees().parts.iter() {
+            let (k, v) = kv?;
+            if k.last() == Some(&0) {
+                let group = GroupKey(k[..k.len() - 1].to_vec());
+                out.push((group, decode_json(&v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces a group by its assembled message and the message's jobs, atomically.
+    pub fn finish_group(
+        &self,
+        group: &GroupKey,
+        meta: &GroupMeta,
+        message: &MessageRecord,
+        jobs: &[Job],
+    ) -> Result<()> {
+        let t = self.trees();
+        let id = meta.first_journal_id;
+        let message_value = encode_json(message);
+        let job_values: Vec<(u64, Vec<u8>)> = jobs.iter().map(|j| (j.id, encode_json(j))).collect();
+        let mut part_keys = vec![group.with(0)];
+        part_keys.extend(meta.received.iter().map(|seq| group.with(*seq)));
+        (t.parts, t.messages, t.jobs).transaction(|(parts, messages, jobs_tree)| {
+            for key in &part_keys {
+                parts.remove(key.as_slice())?;
+            }
+            messages.insert(&id.to_be_bytes(), message_value.as_slice())?;
+            for (job_id, value) in &job_values {
+                jobs_tree.insert(&job_id.to_be_bytes(), value.as_slice())?;
+            }
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    /// Stores a whole message (or receipt) and its jobs, consuming its journal entry, atomically.
+    /// `receipt_index` maps the carrier's message id to this record.
+    pub fn finish_message(
+        &self,
+        journal_id: u64,
+        message: &MessageRecord,
+        jobs: &[Job],
+        receipt_index: Option<&[u8]>,
+    ) -> Result<()> {
+        let t = self.trees();
+        let message_value = encode_json(message);
+        let job_values: Vec<(u64, Vec<u8>)> = jobs.iter().map(|j| (j.id, encode_json(j))).collect();
+        (t.inbound, t.messages, t.jobs, t.receipts).transaction(
+            |(inbound, messages, jobs_tree, receipts)| {
+                inbound.remove(&journal_id.to_be_bytes())?;
+                messages.insert(&journal_id.to_be_bytes(), message_value.as_slice())?;
+                for (job_id, value) in &job_values {
+                    jobs_tree.insert(&job_id.to_be_bytes(), value.as_slice())?;
+                }
+                if let Some(key) = receipt_index {
+                    receipts.insert(key, &journal_id.to_be_bytes())?;
+                }
+                Ok::<(), ConflictableTransactionError<StoreError>>(())
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Drops a journal entry that turned out to be a duplicate (dedup window) or unreadable
+    /// after a restart (kept as a message record instead by the processor).
+    pub fn drop_journal_entry(&self, journal_id: u64) -> Result<()> {
+        self.trees().inbound.remove(journal_id.to_be_bytes())?;
+        Ok(())
+    }
+}
