@@ -38,7 +38,7 @@ secret = "whsec-demo"
 retry_for = "1h"
 
 [[number]]
-vmn = "56767"
+vmn = "567678"
 carrier = "sim"
 default = { webhook = "crm" }
 receipts = "crm"
@@ -89,20 +89,20 @@ pub async fn run(once: bool) -> Result<(), String> {
     println!();
 
     let mut script = vec![
-        mo::gsm("919812345678", "56767", "JOIN summer"),
-        mo::gsm("919812345679", "56767", "Price: 10€ {promo} [x] ~ \\ ^ |"),
+        mo::gsm("919812345678", "567678", "JOIN summer"),
+        mo::gsm("919812345679", "567678", "Price: 10€ {promo} [x] ~ \\ ^ |"),
         mo::ucs2("919812345680", "9876543210", "नमस्ते, order #42 😀"),
-        mo::payload_tlv("919812345681", "56767", "HELP via message_payload"),
-        mo::latin1("33612345678", "56767", "Café crème, s'il vous plaît"),
+        mo::payload_tlv("919812345681", "567678", "HELP via message_payload"),
+        mo::latin1("33612345678", "567678", "Café crème, s'il vous plaît"),
         mo::gsm("919812345682", "11111", "to a number nobody serves"),
     ];
     let long = "This message is long enough to need three parts. ".repeat(8);
-    let mut parts = mo::concat_udh("919812345683", "56767", long.trim_end(), 0x42, false);
+    let mut parts = mo::concat_udh("919812345683", "567678", long.trim_end(), 0x42, false);
     parts.reverse(); // delivered out of order: 3, 2, 1
     script.extend(parts);
     script.push(mo::receipt(
         "919812345678",
-        "56767",
+        "567678",
         &Receipt {
             id: "sim-0001".into(),
             sub: Some("001".into()),
@@ -161,7 +161,7 @@ pub async fn run(once: bool) -> Result<(), String> {
                 r.map(|r| r.stat.as_str()).unwrap_or("?")
             )
         } else {
-            format!("{:?}", m.text)
+            format!("\"{}\"", m.text.replace('\n', "\\n"))
         };
         println!(
             "{}  {} -> {}  [{}{}]  {}\n      {}",

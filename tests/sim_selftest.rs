@@ -383,15 +383,12 @@ async fn unbind_all_closes_sessions() {
     let smsc = start(SmscConfig::default()).await;
     let mut a = Esme::bound(&smsc, Kind::Transceiver).await;
     let mut b = Esme::bound(&smsc, Kind::Receiver).await;
-    let answer = |e: &mut Esme| {
-        let e = &mut *e;
-        async move {
-            let p = e.recv().await;
-            assert_eq!(p.body, Body::Unbind);
-            e.send(&p.response(0).unwrap()).await;
-            e.closed().await
-        }
-    };
+    async fn answer(e: &mut Esme) -> bool {
+        let p = e.recv().await;
+        assert_eq!(p.body, Body::Unbind);
+        e.send(&p.response(0).unwrap()).await;
+        e.closed().await
+    }
     let (n, a_closed, b_closed) = tokio::join!(smsc.unbind_all(), answer(&mut a), answer(&mut b));
     assert_eq!(n, 2);
     assert!(a_closed && b_closed);
@@ -552,17 +549,14 @@ async fn messages_dealt_across_sessions() {
     for i in 0..6 {
         smsc.enqueue(mo::gsm("919812345678", "56767", &format!("d{i}")));
     }
-    let drain = |e: &mut Esme| {
-        let e = &mut *e;
-        async move {
-            let mut n = 0;
-            while let Some(p) = e.try_recv(Duration::from_millis(300)).await {
-                e.send(&p.response(0).unwrap()).await;
-                n += 1;
-            }
-            n
+    async fn drain(e: &mut Esme) -> usize {
+        let mut n = 0;
+        while let Some(p) = e.try_recv(Duration::from_millis(300)).await {
+            e.send(&p.response(0).unwrap()).await;
+            n += 1;
         }
-    };
+        n
+    }
     let (na, nb) = tokio::join!(drain(&mut a), drain(&mut b));
     assert_eq!(na + nb, 6);
     assert!(

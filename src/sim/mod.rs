@@ -179,6 +179,7 @@ impl Smsc {
             counters: Counters::default(),
             sessions: Mutex::new(HashMap::new()),
             receivers_bound: AtomicUsize::new(0),
+            inflight_total: AtomicUsize::new(0),
             ready_hint: AtomicUsize::new(0),
             next_msg_id: AtomicU64::new(1),
             next_submit_id: AtomicU64::new(1),

@@ -24,7 +24,7 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
 
 use super::AckRecord;
-use super::state::{Ctrl, Inner, Msg, Retry, lock};
+use super::state::{Ctrl, Deal, Inner, Msg, Retry, lock};
 use crate::smpp::codec::{Frame, FrameCodec};
 use crate::smpp::pdu::{self, Body, Header, Pdu, ShortMessage, command_id, status};
 
@@ -94,8 +94,10 @@ struct Session {
     local: Local,
     /// Reused for each batch taken from the queue.
     batch: Vec<Arc<Msg>>,
-    /// The rate limit said: nothing more before this.
-    rate_wait: Option<Instant>,
+    /// Take nothing from the queue before this (the rate limit, or the fair share is taken).
+    take_after: Option<Instant>,
+    /// This session's in-flight count as last added to `Inner::inflight_total`.
+    reported_inflight: usize,
 }
 
 /// Run one connection to its end, then hand its in-flight messages back for redelivery.
@@ -128,7 +130,8 @@ pub(super) async fn run(
         out: BytesMut::with_capacity(64 * 1024),
         local: Local::default(),
         batch: Vec::with_capacity(window),
-        rate_wait: None,
+        take_after: None,
+        reported_inflight: 0,
     };
     let mut ticker: Option<Interval> = None;
     let far = || Instant::now() + Duration::from_secs(3600);
@@ -147,10 +150,10 @@ pub(super) async fn run(
             }
         }
         let can_read = s.out.len() < MAX_OUT && !s.closing;
-        let wait_queue = s.wants_messages() && s.rate_wait.is_none();
+        let wait_queue = s.wants_messages() && s.take_after.is_none();
         // The earliest of: rate limit, unbind timeout, enquire_link_all timeouts.
         let deadline = [
-            s.rate_wait,
+            s.take_after,
             s.unbind.as_ref().map(|u| u.1),
             s.enquires.values().map(|e| e.0).min(),
         ]
@@ -278,10 +281,11 @@ impl Session {
         let retries = !self.local.retries.is_empty();
         let free = self.window.saturating_sub(self.inflight.len());
         let take = self.wants_messages()
-            && self.rate_wait.is_none()
+            && self.take_after.is_none()
             && inner.ready_hint.load(Ordering::Acquire) > 0
             && free > 0;
         if !retries && !take {
+            self.report_inflight(self.inflight.len());
             return;
         }
 
@@ -297,11 +301,17 @@ impl Session {
             }
             if take {
                 raws.extend(q.raw.drain(..));
-                let receivers = inner.receivers_bound.load(Ordering::Acquire);
-                if let Err(until) = q.take(free, receivers, now, &mut self.batch) {
-                    self.rate_wait = Some(until);
+                let deal = Deal {
+                    receivers: inner.receivers_bound.load(Ordering::Acquire),
+                    inflight_total: inner.inflight_total.load(Ordering::Acquire),
+                    mine: self.inflight.len(),
+                };
+                if let Err(until) = q.take(free, deal, now, &mut self.batch) {
+                    self.take_after = Some(until);
                 }
                 inner.ready_hint.store(q.ready_len(), Ordering::Release);
+                // Report before the lock goes, so the next taker sees this batch as in flight.
+                self.report_inflight(self.inflight.len() + self.batch.len());
             }
             q.ready_len() > 0
         };
@@ -336,9 +346,20 @@ impl Session {
             c.sent.fetch_add(n as u64, Ordering::AcqRel);
         }
         // Let the other sessions take their share of what is left.
-        if more_left && inner.receivers_bound.load(Ordering::Acquire) > 1 {
+        if n > 0 && more_left && inner.receivers_bound.load(Ordering::Acquire) > 1 {
             inner.wake_sessions(Some(self.id));
         }
+    }
+
+    /// Bring this session's share of `Inner::inflight_total` to `now`.
+    fn report_inflight(&mut self, now: usize) {
+        let total = &self.inner.inflight_total;
+        if now > self.reported_inflight {
+            total.fetch_add(now - self.reported_inflight, Ordering::AcqRel);
+        } else if now < self.reported_inflight {
+            total.fetch_sub(self.reported_inflight - now, Ordering::AcqRel);
+        }
+        self.reported_inflight = now;
     }
 
     /// Handle one item from the reader; false when the connection is over.
@@ -656,8 +677,8 @@ impl Session {
     /// A timer fired: clear the rate wait, give up on late answers.
     fn on_deadline(&mut self) {
         let now = Instant::now();
-        if self.rate_wait.is_some_and(|t| t <= now) {
-            self.rate_wait = None;
+        if self.take_after.is_some_and(|t| t <= now) {
+            self.take_after = None;
         }
         if self.unbind.as_ref().is_some_and(|u| u.1 <= now) {
             tracing::debug!(session = self.id, "sim: no unbind_resp in time; closing");
@@ -684,6 +705,7 @@ impl Session {
             }
         }
         lock(&inner.sessions).remove(&self.id);
+        self.report_inflight(0);
         let unacked: Vec<Arc<Msg>> = self
             .inflight
             .drain()

@@ -101,6 +101,17 @@ impl Bucket {
     }
 }
 
+/// What a session tells `Queue::take` about how work is spread.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Deal {
+    /// Sessions bound to receive now (the taker included).
+    pub receivers: usize,
+    /// deliver_sm in flight over all sessions, as last reported.
+    pub inflight_total: usize,
+    /// deliver_sm in flight on the taking session.
+    pub mine: usize,
+}
+
 /// What sessions deal from.
 #[derive(Default)]
 pub(super) struct Queue {
@@ -114,22 +125,26 @@ pub(super) struct Queue {
 }
 
 impl Queue {
-    /// Move up to `max` ready messages into `out`. With several receiving sessions a session
-    /// takes only its share of what is queued, so a short queue is dealt round-robin instead of
-    /// going whole to whoever asks first. `Err` carries when the rate limit allows the next one.
-    pub fn take(
-        &mut self,
-        max: usize,
-        receivers: usize,
-        now: Instant,
-        out: &mut Vec<Arc<Msg>>,
-    ) -> Result<(), Instant> {
+    /// Move up to `max` ready messages into `out`, for a session that has `mine` in flight.
+    ///
+    /// With several receiving sessions a session takes no more than its fair share of all
+    /// undelivered work (queued plus in flight everywhere), so a short queue is dealt round-robin
+    /// instead of going whole to whichever session runs first; with one session the share is the
+    /// whole queue. `Err` carries when to look again: the rate limit's next token, or shortly
+    /// when this session has its share already.
+    pub fn take(&mut self, max: usize, deal: Deal, now: Instant, out: &mut Vec<Arc<Msg>>) -> Result<(), Instant> {
         let len = self.ready.len();
         if len == 0 || max == 0 {
             return Ok(());
         }
-        let share = len.div_ceil(receivers.max(1));
-        let mut n = max.min(share).max(1);
+        let total = len + deal.inflight_total.max(deal.mine);
+        let share = total.div_ceil(deal.receivers.max(1)).saturating_sub(deal.mine);
+        if share == 0 {
+            // Another session is due this work; it was woken when it arrived. Look again soon
+            // in case that session is gone or stuck (counts between syncs are a little stale).
+            return Err(now + std::time::Duration::from_millis(2));
+        }
+        let mut n = max.min(share).min(len);
         if let Some(bucket) = &mut self.bucket {
             n = bucket.take(n, now)?;
         }
@@ -249,6 +264,8 @@ pub(super) struct Inner {
     pub sessions: Mutex<HashMap<u64, SessionHandle>>,
     /// Sessions bound as receiver or transceiver now (for the round-robin share).
     pub receivers_bound: AtomicUsize,
+    /// deliver_sm in flight over all sessions, each session reporting its count when it syncs.
+    pub inflight_total: AtomicUsize,
     /// `Queue::ready_len()` as of the last change, read without the lock.
     pub ready_hint: AtomicUsize,
     pub next_msg_id: AtomicU64,
