@@ -686,3 +686,106 @@ fn mo_builders() {
     assert_eq!(sm.tlv(tlv_tag::MESSAGE_STATE).unwrap().as_ref(), &[2]);
     assert!(text_of(&sm).contains("id:abc123"));
 }
+
+/// Answer every deliver_sm with status 0 as fast as possible (responses written in batches),
+/// until the connection closes or nothing arrives for `idle`. Returns how many were answered.
+async fn ack_fast(e: &mut Esme, idle: Duration) -> u64 {
+    use futures_util::FutureExt;
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut n = 0;
+    loop {
+        let first = match tokio::time::timeout(idle, e.rd.next()).await {
+            Ok(Some(Ok(f))) => f,
+            _ => return n,
+        };
+        let mut frame = Some(first);
+        while let Some(f) = frame.take() {
+            if let Frame::Pdu(b) = f {
+                let h = pdu::header(&b).expect("header");
+                if h.command_id == command_id::DELIVER_SM {
+                    // deliver_sm_resp with an empty message_id: 17 octets.
+                    out.put_u32(17);
+                    out.put_u32(command_id::DELIVER_SM_RESP);
+                    out.put_u32(0);
+                    out.put_u32(h.sequence_number);
+                    out.put_u8(0);
+                    n += 1;
+                }
+            }
+            if out.len() < 60_000 {
+                if let Some(Some(Ok(f))) = e.rd.next().now_or_never() {
+                    frame = Some(f);
+                }
+            }
+        }
+        if e.wr.write_all(&out).await.is_err() {
+            return n;
+        }
+        out.clear();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_messages_over_two_sessions_with_a_drop_all_acked_once() {
+    const N: u64 = 20_000;
+    let smsc = start(SmscConfig {
+        window: 50,
+        ..SmscConfig::default()
+    })
+    .await;
+    let ids = smsc.enqueue_many((0..N).map(|i| mo::gsm("919812345678", "56767", &format!("s{i}"))));
+
+    let run = |smsc: Smsc| async move {
+        let mut total = 0;
+        // Reconnect after the drop, like the daemon's supervisor.
+        while !smsc.wait_until(Duration::from_millis(1), |s| s.acked_ok == N).await {
+            let mut e = Esme::bound(&smsc, Kind::Transceiver).await;
+            total += ack_fast(&mut e, Duration::from_millis(300)).await;
+        }
+        total
+    };
+    let a = tokio::spawn(run(smsc.clone()));
+    let b = tokio::spawn(run(smsc.clone()));
+    assert!(smsc.wait_until(Duration::from_secs(30), |s| s.acked_ok >= N / 3).await);
+    smsc.drop_connections();
+    assert!(smsc.wait_until(Duration::from_secs(60), |s| s.acked_ok == N).await, "{:?}", smsc.stats());
+    let answered = a.await.unwrap() + b.await.unwrap();
+
+    let s = smsc.stats();
+    assert_eq!((s.acked_ok, s.outstanding), (N, 0));
+    assert!(s.sent >= N && answered >= N, "{s:?}, answered {answered}");
+    let mut acked: Vec<u64> = smsc.acked().iter().map(|a| a.id).collect();
+    acked.sort_unstable();
+    assert_eq!(acked, ids.collect::<Vec<_>>(), "every message acked exactly once");
+    assert_eq!(smsc.ack_latencies_us().len() as u64, N);
+}
+
+/// Not a benchmark (speed is never asserted in a test): prints the simulator's rate against an
+/// ESME that only acks. `cargo test --release --test sim_selftest -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn throughput_smoke() {
+    const N: u64 = 300_000;
+    let smsc = start(SmscConfig {
+        window: 256,
+        record_acks: false,
+        ..SmscConfig::default()
+    })
+    .await;
+    smsc.enqueue_many((0..N).map(|i| mo::gsm("919812345678", "56767", &format!("t{i}"))));
+    let mut e = Esme::bound(&smsc, Kind::Receiver).await;
+    let t0 = Instant::now();
+    let esme = tokio::spawn(async move { ack_fast(&mut e, Duration::from_millis(500)).await });
+    assert!(smsc.wait_until(Duration::from_secs(120), |s| s.acked_ok == N).await);
+    let secs = t0.elapsed().as_secs_f64();
+    let mut lat = smsc.ack_latencies_us();
+    lat.sort_unstable();
+    println!(
+        "{N} deliver_sm in {secs:.2}s = {:.0}/s; latency p50 {}us p99 {}us",
+        N as f64 / secs,
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100]
+    );
+    smsc.shutdown();
+    let _ = esme.await;
+}

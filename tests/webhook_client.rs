@@ -408,8 +408,59 @@ async fn sink_throughput() {
     let elapsed = started.elapsed();
     let n = sink.count();
     println!(
-        "{n} requests in {elapsed:?} over {} connections: {:.0} req/s",
+        "WebhookClient -> sink: {n} requests in {elapsed:?} over {} connections: {:.0} req/s",
         sink.connections(),
         n as f64 / elapsed.as_secs_f64()
     );
+
+    // The same load from a minimal raw-TCP client, so the figure is mostly the sink's cost.
+    let before = sink.count();
+    let request = format!(
+        "POST /bench HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        sink.addr(),
+        event_body().len()
+    );
+    let request = Bytes::from([request.as_bytes(), &event_body()[..]].concat());
+    let started = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (addr, request) = (sink.addr(), request.clone());
+            tokio::spawn(async move { raw_keep_alive_posts(addr, &request, per_task).await })
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let n = sink.count() - before;
+    println!(
+        "raw TCP -> sink: {n} requests in {elapsed:?} over {tasks} connections: {:.0} req/s",
+        n as f64 / elapsed.as_secs_f64()
+    );
+}
+
+/// Sends `request` `n` times over one keep-alive connection, each after the previous answer
+/// (a `200` with the sink's 3-byte `ok\n` body) has been read completely.
+async fn raw_keep_alive_posts(addr: std::net::SocketAddr, request: &[u8], n: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    for _ in 0..n {
+        stream.write_all(request).await.unwrap();
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let total = end + 4 + 3;
+                if buf.len() >= total {
+                    assert!(buf.starts_with(b"HTTP/1.1 200"));
+                    buf.drain(..total);
+                    break;
+                }
+            }
+            let read = stream.read(&mut chunk).await.unwrap();
+            assert!(read > 0, "sink closed the connection");
+            buf.extend_from_slice(&chunk[..read]);
+        }
+    }
 }

@@ -1847,22 +1847,4 @@ mod tests {
             "mutations should often stay valid: {decoded_ok}"
         );
     }
-
-    #[test]
-    #[ignore]
-    fn tmp_perf() {
-        let f = frame(command_id::DELIVER_SM, 0, 1, &hand_deliver_sm_body());
-        let n = 500_000;
-        let t = std::time::Instant::now();
-        for _ in 0..n { std::hint::black_box(decode(std::hint::black_box(&f)).is_ok()); }
-        let d = t.elapsed();
-        let pdu = decode(&f).unwrap();
-        let t2 = std::time::Instant::now();
-        for _ in 0..n { std::hint::black_box(encode_to_bytes(std::hint::black_box(&pdu))); }
-        let e = t2.elapsed();
-        let resp = pdu.response(0).unwrap();
-        let t3 = std::time::Instant::now();
-        for _ in 0..n { std::hint::black_box(encode_to_bytes(std::hint::black_box(&resp))); }
-        eprintln!("decode {:?}/pdu, encode {:?}/pdu, resp {:?}/pdu", d / n, e / n, t3.elapsed() / n);
-    }
 }

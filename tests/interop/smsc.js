@@ -6,22 +6,26 @@
 //   {"bound": "transceiver"}          after a successful bind
 //   {"results": [{"name", "status"}]} after the last response
 // It answers enquire_link and unbind, and exits when stdin closes (the test ends).
+// Usage: node smsc.js [destination]. Every message goes to `destination` (default 567678, a
+// number the test config serves: vmnd only forwards what is addressed to a 6- or 10-digit VMN).
 'use strict';
 const smpp = require('smpp');
 
+const to = process.argv[2] || '567678';
+
 const script = [
   { name: 'plain', pdu: { source_addr: '919800000001', source_addr_ton: 1, source_addr_npi: 1,
-      destination_addr: '56767', data_coding: 0, short_message: 'Hello from node 42' } },
+      destination_addr: to, data_coding: 0, short_message: 'Hello from node 42' } },
   { name: 'ucs2', pdu: { source_addr: '919800000002', source_addr_ton: 1, source_addr_npi: 1,
-      destination_addr: '56767', data_coding: 8, short_message: 'Привет 😀' } },
+      destination_addr: to, data_coding: 8, short_message: 'Привет 😀' } },
   { name: 'udh-part-2', pdu: { source_addr: '919800000003', source_addr_ton: 1, source_addr_npi: 1,
-      destination_addr: '56767', data_coding: 0, esm_class: 0x40,
+      destination_addr: to, data_coding: 0, esm_class: 0x40,
       short_message: { udh: Buffer.from([0x05, 0x00, 0x03, 0x7a, 0x02, 0x02]), message: 'second half' } } },
   { name: 'udh-part-1', pdu: { source_addr: '919800000003', source_addr_ton: 1, source_addr_npi: 1,
-      destination_addr: '56767', data_coding: 0, esm_class: 0x40,
+      destination_addr: to, data_coding: 0, esm_class: 0x40,
       short_message: { udh: Buffer.from([0x05, 0x00, 0x03, 0x7a, 0x02, 0x01]), message: 'first half, ' } } },
   { name: 'receipt', pdu: { source_addr: '919800000001', source_addr_ton: 1, source_addr_npi: 1,
-      destination_addr: '56767', esm_class: 0x04, data_coding: 0,
+      destination_addr: to, esm_class: 0x04, data_coding: 0,
       short_message: 'id:abc123 sub:001 dlvrd:001 submit date:2611281400 done date:2611281401 stat:DELIVRD err:000 text:Hello',
       receipted_message_id: 'abc123', message_state: 2 } },
 ];
