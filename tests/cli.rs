@@ -1,0 +1,80 @@
+//! The `vmnd` binary's command line: `check` prints every problem as `FILE:LINE:COL: message`
+//! and exits 1; a good file exits 0; `run` refuses a bad config before starting anything;
+//! bad arguments exit 2 with the usage.
+
+use std::process::Command;
+
+fn vmnd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vmnd"))
+}
+
+#[test]
+fn check_reports_every_problem_with_position_and_exits_1() {
+    let out = vmnd()
+        .args(["check", "--config", "tests/config/invalid/two_problems.toml"])
+        .output()
+        .expect("run vmnd");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let expected = std::fs::read_to_string("tests/config/invalid/two_problems.expected").expect("fixture");
+    assert_eq!(stdout.trim_end(), expected.trim_end());
+    assert_eq!(stdout.lines().count(), 2, "both problems reported: {stdout}");
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let out = vmnd()
+        .args(["check", "--config", "conf/vmnd.toml"])
+        .env("VMND_CRM_SECRET", "whsec-example")
+        .output()
+        .expect("run vmnd");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("conf/vmnd.toml: ok"), "{stdout}");
+}
+
+#[test]
+fn check_names_a_missing_secret_variable() {
+    let out = vmnd()
+        .args(["check", "--config", "conf/vmnd.toml"])
+        .env_remove("VMND_CRM_SECRET")
+        .output()
+        .expect("run vmnd");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("conf/vmnd.toml:") && stdout.contains("VMND_CRM_SECRET"), "{stdout}");
+}
+
+#[test]
+fn run_refuses_a_bad_config_before_starting() {
+    let out = vmnd()
+        .args(["run", "--config", "tests/config/invalid/bad_vmn.toml"])
+        .output()
+        .expect("run vmnd");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tests/config/invalid/bad_vmn.toml:"), "{stderr}");
+}
+
+#[test]
+fn bad_arguments_print_usage_and_exit_2() {
+    for args in [&["frobnicate"][..], &["check"], &["check", "--config"], &["demo", "--forever"]] {
+        let out = vmnd().args(args).output().expect("run vmnd");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"), "{args:?}");
+    }
+}
+
+#[test]
+fn demo_runs_its_script_end_to_end() {
+    let out = vmnd().args(["demo", "--once"]).env("RUST_LOG", "error").output().expect("run vmnd");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("10 deliver_sm sent, 10 acknowledged"), "{stdout}");
+    assert!(stdout.contains("Price: 10€ {promo} [x] ~ \\ ^ |"), "{stdout}");
+    assert!(stdout.contains("😀"), "{stdout}");
+    assert!(stdout.contains("3 parts"), "{stdout}");
+    assert!(stdout.contains("receipt for sim-0001 stat DELIVRD"), "{stdout}");
+    assert!(stdout.contains("stored as unrouted"), "{stdout}");
+    assert_eq!(stdout.matches("forwarded to crm").count(), 7, "{stdout}");
+}
