@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
@@ -288,8 +288,11 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watc
     // Answers are one small write; don't let Nagle delay them behind the client's ACK.
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |request| handle(shared.clone(), request));
+    // No header-read timeout: it would arm a timer for every request (measurable at benchmark
+    // rates) and close idle keep-alive connections a client expects to reuse; connections
+    // end when the client closes them or the sink shuts down.
     let connection = http1::Builder::new()
-        .timer(TokioTimer::new())
+        .header_read_timeout(None)
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);

@@ -252,3 +252,41 @@ async fn incomplete_message_is_delivered_after_the_reassembly_timeout() {
     assert_eq!(body["parts"], 3);
     assert!(body["text"].as_str().is_some_and(|t| t.starts_with("Three parts")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_answers_rx_t_appn_and_the_carrier_retry_succeeds() {
+    let cfg = SmscConfig {
+        retry_after: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let h = Harness::start(cfg, SinkMode::Ok, "").await;
+    assert!(h.smsc.wait_until(LONG, |s| s.sessions_bound == 1).await);
+    h.daemon().store.inject_commit_failure(true);
+    h.smsc.enqueue(mo::gsm("919800000020", "567678", "retry me"));
+    assert!(h.smsc.wait_until(LONG, |s| s.acked_error >= 1).await);
+    assert_eq!(h.smsc.stats().acked_ok, 0, "nothing acknowledged while the store fails");
+    h.daemon().store.inject_commit_failure(false);
+    assert!(h.smsc.wait_until(LONG, |s| s.acked_ok == 1).await, "{:?}", h.smsc.stats());
+    assert!(h.sink.wait_for(1, LONG).await);
+    assert_eq!(sink_bodies(&h.sink)[0]["text"], "retry me");
+    let (_, metrics) = h.admin_get("/metrics").await;
+    assert!(metrics.contains("vmnd_store_commit_failures_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_gsm_is_decoded_for_a_carrier_that_packs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smsc = vmnd::sim::Smsc::start(SmscConfig::default()).await.expect("sim");
+    let sink = vmnd::http_sink::HttpSink::start(SinkMode::Ok).await.expect("sink");
+    let text = common::config_text(&dir.path().join("var"), smsc.addr().port(), &sink.url("/sms"), "")
+        .replace("reconnect_max = \"500ms\"", "reconnect_max = \"500ms\"\ngsm_packed = true");
+    let daemon = vmnd::daemon::Daemon::start(common::parse_config(&text)).await.expect("daemon");
+    smsc.enqueue(mo::gsm_packed("919800000021", "567678", "Packed: 10€ [ok] @home"));
+    let text = "Packed across parts with extension chars {} ".repeat(5);
+    smsc.enqueue_many(mo::concat_udh_packed("919800000022", "567678", &text, 5, false));
+    assert!(sink.wait_for(2, LONG).await);
+    let bodies = sink_bodies(&sink);
+    assert!(bodies.iter().any(|b| b["text"] == "Packed: 10€ [ok] @home"), "{bodies:?}");
+    assert!(bodies.iter().any(|b| b["text"] == text.as_str()), "{bodies:?}");
+    daemon.shutdown().await;
+}

@@ -200,6 +200,9 @@ struct Inner {
     /// sled's main file, opened by us so a commit can fsync it (sled uses sync_file_range).
     db_file: Option<File>,
     dir: PathBuf,
+    /// When set, every commit fails: lets tests (and a drill on a staging box) prove that a
+    /// failing store answers ESME_RX_T_APPN instead of acknowledging.
+    fail_commits: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -231,6 +234,7 @@ impl Store {
                 db,
                 db_file,
                 dir: dir.to_path_buf(),
+                fail_commits: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -259,6 +263,9 @@ impl Store {
 
     /// Makes everything written so far durable: sled's flush, then our own fsync.
     pub async fn commit(&self) -> Result<()> {
+        if self.inner.fail_commits.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io(std::io::Error::other("commit failure injected")));
+        }
         self.inner.db.flush_async().await?;
         if self.inner.db_file.is_some() {
             let store = self.clone();
@@ -270,6 +277,13 @@ impl Store {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
         }
         Ok(())
+    }
+
+    /// Makes every following commit fail (true) or work again (false). See `fail_commits`.
+    pub fn inject_commit_failure(&self, on: bool) {
+        self.inner
+            .fail_commits
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// A journal entry by id, if it has not been processed yet.

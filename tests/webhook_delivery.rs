@@ -1,0 +1,565 @@
+//! Webhook delivery end to end: the simulated carrier delivers over SMPP to an in-process daemon
+//! configured from TOML, and a real HTTP server ([`HttpSink`]) plays the tenant's endpoint.
+//! Proves that:
+//! - a failing endpoint is retried with the same `Vmnd-Event-Id` until it answers 2xx, once,
+//!   and the delivered request's signature verifies with an independent (Python) verifier;
+//! - an endpoint that never answers has its job dead-lettered after `retry_for`, visible in the
+//!   admin API, leaving the queue empty;
+//! - the JSON body and headers follow the contract in DESIGN.md field by field;
+//! - a dead endpoint never holds up acknowledgements (DESIGN.md promise 5);
+//! - a message to a number vmnd does not serve is acknowledged, stored unrouted, listed by the
+//!   API and never POSTed;
+//! - `GET /api/messages` filters and pages correctly and refuses bad parameters;
+//! - `/metrics` and `/healthz` report what operators rely on.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use common::{Harness, eventually, parse_config, sink_bodies};
+use vmnd::clock;
+use vmnd::daemon::Daemon;
+use vmnd::http_sink::{HttpSink, SinkMode, SinkRequest};
+use vmnd::sim::{Smsc, SmscConfig, mo};
+use vmnd::smpp::pdu::Address;
+use vmnd::store::{self, MessageFilter};
+
+/// Generous: a debug build on a slow, shared two-core machine. Tests poll; this is only the
+/// point at which they give up.
+const STEP: Duration = Duration::from_secs(30);
+/// The config's secret for webhook "crm".
+const SECRET: &str = "whsec-test";
+/// Numbers the test config serves, and senders.
+const SHORT_CODE: &str = "567678";
+const LONG_CODE: &str = "9876543210";
+const ALICE: &str = "919800000011";
+const BOB: &str = "919800000022";
+
+/// Sim + sink + a daemon whose config text is `common::config_text`'s, passed through `edit`
+/// (for per-webhook keys the shared config does not set).
+async fn start_with(mode: SinkMode, edit: impl FnOnce(String) -> String) -> Harness {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let smsc = Smsc::start(SmscConfig::default()).await.expect("sim");
+    let sink = HttpSink::start(mode).await.expect("sink");
+    let mut h = Harness {
+        dir,
+        smsc,
+        sink,
+        daemon: None,
+    };
+    let text = edit(h.config_text(""));
+    h.daemon = Some(Daemon::start(parse_config(&text)).await.expect("daemon starts"));
+    h
+}
+
+/// Polls an admin path every 50 ms until `pred(status, body)` holds; returns the last answer.
+async fn admin_until(
+    h: &Harness,
+    path: &str,
+    pred: impl Fn(u16, &str) -> bool,
+) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let (status, body) = h.admin_get(path).await;
+        if pred(status, &body) || tokio::time::Instant::now() >= deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GET an admin path that must answer 200 with JSON.
+async fn admin_json(h: &Harness, path: &str) -> Value {
+    let (status, body) = h.admin_get(path).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
+}
+
+/// Runs the independent Python verifier (tests/verify_signature.py): true when it exits 0.
+fn python_verifies(header: &str, body: &[u8]) -> bool {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_signature.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(SECRET)
+        .arg(header)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(body)
+        .expect("body written to python");
+    let out = child.wait_with_output().expect("python3 finishes");
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        other => panic!(
+            "verify_signature.py failed to run ({other:?}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// The body of a recorded request as JSON (every request vmnd sends is JSON).
+fn body_json(r: &SinkRequest) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+        panic!(
+            "webhook body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&r.body)
+        )
+    })
+}
+
+/// `messages[].text` of a `/api/messages` answer, in the order given.
+fn texts(page: &Value) -> Vec<String> {
+    page["messages"]
+        .as_array()
+        .expect("messages is an array")
+        .iter()
+        .map(|m| m["text"].as_str().expect("text is a string").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_endpoint_is_retried_until_200_once_with_a_verifiable_signature() {
+    let mut h = Harness::start(
+        SmscConfig::default(),
+        SinkMode::FailFirst { n: 3, status: 500 },
+        "",
+    )
+    .await;
+    h.smsc.enqueue(mo::gsm(ALICE, SHORT_CODE, "retry me"));
+
+    // Three 500s, with backoff of about 1 s, 2 s, 4 s (jittered) between them: ~7 s at most.
+    assert!(
+        h.sink.wait_for(1, STEP).await,
+        "never delivered; requests: {:#?}",
+        h.sink.requests()
+    );
+    // Done means removed from the queue: no further attempt is coming.
+    let store = h.daemon().store.clone();
+    assert!(
+        eventually(STEP, || store.queue_depth() == 0).await,
+        "the job stayed queued after a 200"
+    );
+
+    let requests = h.sink.requests();
+    let id = body_json(&requests[0])["id"]
+        .as_str()
+        .expect("id is a string")
+        .to_owned();
+    let attempts: Vec<&SinkRequest> = requests
+        .iter()
+        .filter(|r| body_json(r)["id"] == id.as_str())
+        .collect();
+    let statuses: Vec<Option<u16>> = attempts.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [Some(500), Some(500), Some(500), Some(200)],
+        "three failures, then exactly one success"
+    );
+    for r in &attempts {
+        // The same event id on every attempt: receivers de-duplicate on it.
+        assert_eq!(r.header("vmnd-event-id"), Some(id.as_str()));
+        // Each attempt is a whole, identical event (only the signature's time may differ).
+        assert_eq!(r.body, attempts[0].body, "retries resend the same body");
+    }
+    // Retries back off rather than hammer: the gaps grow from about a second.
+    let gaps: Vec<Duration> = attempts
+        .windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at))
+        .collect();
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(200)),
+        "retries came too fast: {gaps:?}"
+    );
+
+    let delivered = attempts[3];
+    let signature = delivered
+        .header("vmnd-signature")
+        .expect("a configured secret signs every request");
+    assert!(
+        python_verifies(signature, &delivered.body),
+        "the Python verifier rejects {signature:?} over {:?}",
+        String::from_utf8_lossy(&delivered.body)
+    );
+    // The same signature over a body changed by one character must not verify.
+    let tampered = String::from_utf8(delivered.body.to_vec())
+        .expect("utf-8 body")
+        .replace("retry me", "retry mE");
+    assert_ne!(tampered.as_bytes(), &delivered.body[..]);
+    assert!(
+        !python_verifies(signature, tampered.as_bytes()),
+        "a tampered body verified"
+    );
+
+    let stats = h.smsc.stats();
+    assert_eq!((stats.acked_ok, stats.acked_error), (1, 0));
+    assert_eq!(store.dead_letter_count(), 0);
+    h.stop_daemon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_that_never_answers_becomes_a_dead_letter_after_retry_for() {
+    let mut h = start_with(SinkMode::NeverAnswer, |text| {
+        let edited = text.replace(
+            "retry_for = \"1h\"",
+            "retry_for = \"3s\"\ntimeout = \"500ms\"",
+        );
+        assert_ne!(edited, text, "the shared config no longer says retry_for = \"1h\"");
+        edited
+    })
+    .await;
+    h.smsc.enqueue(mo::gsm(ALICE, SHORT_CODE, "nobody listens"));
+
+    // Attempts time out after 500 ms each; after 3 s of trying the job is given up on.
+    let (status, body) = admin_until(&h, "/api/deadletters", |status, body| {
+        status == 200 && body.contains("\"reason\"")
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let letters: Value = serde_json::from_str(&body).expect("JSON");
+    let letters = letters["deadletters"].as_array().expect("deadletters array");
+    assert_eq!(letters.len(), 1, "one dead letter: {letters:#?}");
+    let letter = &letters[0];
+    let reason = letter["reason"].as_str().expect("reason is a string");
+    assert!(
+        reason.contains("timeout"),
+        "the reason says why it failed: {reason:?}"
+    );
+    assert_eq!(letter["job"]["webhook"], "crm");
+    assert!(
+        letter["job"]["attempts"].as_u64().expect("attempts") >= 2,
+        "retried before giving up: {letter}"
+    );
+
+    // The letter points at the stored message, which is kept.
+    let store = h.daemon().store.clone();
+    let message_id = letter["job"]["message_id"].as_u64().expect("message_id");
+    let record = store
+        .message(message_id)
+        .expect("store reads")
+        .expect("the message is kept");
+    assert_eq!(record.text, "nobody listens");
+
+    assert!(
+        eventually(STEP, || store.queue_depth() == 0).await,
+        "queue depth stayed at {}",
+        store.queue_depth()
+    );
+    assert_eq!(store.dead_letter_count(), 1);
+    assert!(h.sink.received() >= 2, "the endpoint was tried more than once");
+    assert_eq!(h.sink.count(), 0, "nothing was answered");
+    h.stop_daemon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_follows_the_contract() {
+    let mut h = Harness::start(SmscConfig::default(), SinkMode::Ok, "").await;
+    let before_ms = clock::now_ms();
+    // A `+` in an international sender: the contract wants digits only.
+    let mut sm = mo::gsm(ALICE, SHORT_CODE, "Hello contract");
+    sm.source = Address {
+        ton: 1,
+        npi: 1,
+        addr: format!("+{ALICE}"),
+    };
+    h.smsc.enqueue(sm);
+    assert!(h.sink.wait_for(1, STEP).await, "not delivered");
+    let after_ms = clock::now_ms();
+
+    let requests = h.sink.requests();
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, "/sms");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(
+        r.header("user-agent").is_some_and(|ua| ua.starts_with("vmnd/")),
+        "{:?}",
+        r.headers
+    );
+    assert!(r.header("vmnd-signature").is_some(), "signed");
+
+    let body = body_json(r);
+    let keys: BTreeSet<&str> = body
+        .as_object()
+        .expect("body is an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let contract: BTreeSet<&str> = [
+        "event",
+        "id",
+        "to",
+        "from",
+        "text",
+        "keyword",
+        "inbox",
+        "args",
+        "carrier",
+        "received_at",
+        "parts",
+        "encoding",
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(keys, contract, "exactly the contract's fields: {body}");
+
+    assert_eq!(body["event"], "message");
+    let id = body["id"].as_str().expect("id is a string");
+    assert!(!id.is_empty());
+    assert_eq!(r.header("vmnd-event-id"), Some(id), "header and body agree");
+    assert_eq!(body["to"], SHORT_CODE);
+    assert_eq!(body["from"], ALICE, "digits only, no '+'");
+    assert_eq!(body["text"], "Hello contract");
+    // Nothing matched (no keyword rules): null, not absent, not "".
+    assert_eq!(body["keyword"], Value::Null);
+    assert_eq!(body["inbox"], Value::Null);
+    assert_eq!(body["args"], Value::Null);
+    assert_eq!(body["carrier"], "sim");
+    assert_eq!(body["parts"], 1);
+    assert_eq!(body["encoding"], "gsm7");
+
+    // RFC 3339, UTC, milliseconds, `Z`: `2026-11-28T14:00:00.123Z`.
+    let received_at = body["received_at"].as_str().expect("received_at string");
+    let shape_ok = received_at.len() == 24
+        && received_at.ends_with('Z')
+        && received_at.as_bytes()[10] == b'T'
+        && received_at.as_bytes()[19] == b'.'
+        && received_at[20..23].bytes().all(|b| b.is_ascii_digit());
+    assert!(shape_ok, "received_at {received_at:?} is not YYYY-MM-DDThh:mm:ss.mmmZ");
+    let at_ms = clock::parse_rfc3339_ms(received_at).expect("received_at parses");
+    assert!(
+        (before_ms..=after_ms).contains(&at_ms),
+        "received_at {received_at} is not within the test's run"
+    );
+
+    // The body is the stored record: same id, same time.
+    let (status, stored) = h.admin_get(&format!("/api/messages/{id}")).await;
+    assert_eq!(status, 200, "{stored}");
+    let stored: Value = serde_json::from_str(&stored).expect("JSON");
+    assert_eq!(stored["received_at"], received_at);
+    assert_eq!(stored["text"], "Hello contract");
+    h.stop_daemon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_endpoint_never_slows_acknowledgements() {
+    // Default timeout (10 s) and retry_for (1 h): every request hangs, none succeeds.
+    let mut h = Harness::start(SmscConfig::default(), SinkMode::NeverAnswer, "").await;
+    let n = 500;
+    h.smsc.enqueue_many(
+        (0..n).map(|i| mo::gsm(ALICE, SHORT_CODE, &format!("message {i}"))),
+    );
+
+    // Acks wait only on the store's group commit, never on the webhook (promise 5). With the
+    // endpoint hanging, all 500 are acknowledged while no request has succeeded.
+    let smsc = h.smsc.clone();
+    assert!(
+        smsc.wait_until(STEP, |s| s.acked_ok == n).await,
+        "only {:?} acknowledged",
+        smsc.stats()
+    );
+    assert_eq!(smsc.stats().acked_error, 0, "no temporary failures");
+    assert_eq!(h.sink.count(), 0, "no webhook request succeeded");
+
+    // And none is lost: each acknowledged message waits in the durable queue.
+    let store = h.daemon().store.clone();
+    assert!(
+        eventually(STEP, || store.queue_depth() == n as usize).await,
+        "queue depth {} != {n}",
+        store.queue_depth()
+    );
+    assert_eq!(store.message_count(), n as usize);
+    h.stop_daemon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_to_an_unserved_number_is_acked_stored_listed_and_never_posted() {
+    let mut h = Harness::start(SmscConfig::default(), SinkMode::Ok, "").await;
+    const UNSERVED: &str = "111111";
+    h.smsc.enqueue(mo::gsm(ALICE, UNSERVED, "wrong number"));
+    // A routed message after it: processing is in journal order, so once this one is POSTed
+    // the unserved one has been decided on too.
+    h.smsc.enqueue(mo::gsm(ALICE, SHORT_CODE, "right number"));
+    assert!(h.sink.wait_for(1, STEP).await, "the routed message was not delivered");
+    let smsc = h.smsc.clone();
+    assert!(
+        smsc.wait_until(STEP, |s| s.acked_ok == 2).await,
+        "both acknowledged: {:?}",
+        smsc.stats()
+    );
+
+    let store = h.daemon().store.clone();
+    let filter = MessageFilter {
+        to: Some(UNSERVED.into()),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(
+        eventually(STEP, || store.list_messages(&filter).is_ok_and(|m| m.len() == 1)).await,
+        "the unserved message was not stored"
+    );
+    let record = &store.list_messages(&filter).expect("list")[0];
+    assert!(!record.routed, "stored as unrouted");
+    assert!(record.webhooks.is_empty(), "queued for no webhook");
+    assert_eq!(record.text, "wrong number");
+
+    let page = admin_json(&h, &format!("/api/messages?to={UNSERVED}")).await;
+    assert_eq!(texts(&page), ["wrong number"]);
+    assert_eq!(page["messages"][0]["routed"], false);
+
+    // Nothing queued for it, nothing sent for it.
+    assert!(eventually(STEP, || store.queue_depth() == 0).await);
+    let bodies = sink_bodies(&h.sink);
+    assert_eq!(bodies.len(), 1, "only the routed message was POSTed: {bodies:#?}");
+    assert_eq!(bodies[0]["text"], "right number");
+    assert_eq!(store.dead_letter_count(), 0);
+    h.stop_daemon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_messages_filters_pages_and_refuses_bad_parameters() {
+    let mut h = Harness::start(SmscConfig::default(), SinkMode::Ok, "").await;
+    let store = h.daemon().store.clone();
+
+    // Two batches separated by an instant `t`, so since/until have a clean boundary.
+    for (from, to, text) in [
+        (ALICE, SHORT_CODE, "one"),
+        (ALICE, LONG_CODE, "two"),
+        (BOB, SHORT_CODE, "three"),
+    ] {
+        h.smsc.enqueue(mo::gsm(from, to, text));
+    }
+    assert!(eventually(STEP, || store.message_count() == 3).await);
+    let t = clock::now_ms() + 1;
+    assert!(eventually(STEP, || clock::now_ms() > t).await);
+    for (from, to, text) in [(BOB, LONG_CODE, "four"), (ALICE, SHORT_CODE, "five")] {
+        h.smsc.enqueue(mo::gsm(from, to, text));
+    }
+    assert!(eventually(STEP, || store.message_count() == 5).await);
+    let t_text = clock::rfc3339_ms(t);
+
+    // Newest first, every filter combinable.
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        ("".into(), vec!["five", "four", "three", "two", "one"]),
+        (format!("to={SHORT_CODE}"), vec!["five", "three", "one"]),
+        (format!("to={LONG_CODE}"), vec!["four", "two"]),
+        (format!("from={ALICE}"), vec!["five", "two", "one"]),
+        (format!("to={LONG_CODE}&from={BOB}"), vec!["four"]),
+        (format!("to={SHORT_CODE}&from=000"), vec![]),
+        (format!("since={t_text}"), vec!["five", "four"]),
+        (format!("until={t_text}"), vec!["three", "two", "one"]),
+        (format!("since={t_text}&from={ALICE}"), vec!["five"]),
+        // Unix seconds are accepted too.
+        ("since=0".into(), vec!["five", "four", "three", "two", "one"]),
+        ("since=32503680000".into(), vec![]), // year 3000
+        ("limit=1".into(), vec!["five"]),
+    ];
+    for (query, want) in cases {
+        let page = admin_json(&h, &format!("/api/messages?{query}")).await;
+        assert_eq!(texts(&page), want, "GET /api/messages?{query}");
+    }
+
+    // Paging: `next` is passed back as `before` until it is null; pages neither overlap nor
+    // skip, with and without a filter.
+    for (filter, want) in [
+        ("", vec!["five", "four", "three", "two", "one"]),
+        (
+            &*format!("&to={SHORT_CODE}"),
+            vec!["five", "three", "one"],
+        ),
+    ] {
+        let mut seen = Vec::new();
+        let mut before: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let cursor = before.as_deref().map(|b| format!("&before={b}")).unwrap_or_default();
+            let page = admin_json(&h, &format!("/api/messages?limit=2{filter}{cursor}")).await;
+            let got = texts(&page);
+            assert!(got.len() <= 2, "a page holds at most `limit`: {got:?}");
+            seen.extend(got);
+            pages += 1;
+            assert!(pages <= 5, "paging does not end: {seen:?}");
+            match page["next"].as_str() {
+                Some(next) => {
+                    assert!(store::parse_id(next).is_some(), "next is a message id: {next}");
+                    before = Some(next.to_owned());
+                }
+                None => {
+                    assert_eq!(page["next"], Value::Null);
+                    break;
+                }
+            }
+        }
+        assert_eq!(seen, want, "pages of 2{filter}");
+    }
+
+    // Bad parameters: 400 with a JSON error naming the parameter.
+    for (query, names) in [
+        ("limit=0", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=1000000", "limit"),
+        ("since=yesterday", "since"),
+        ("since=2026-13-01T00:00:00Z", "since"),
+        ("until=tomorrow", "until"),
+        ("before=nonsense", "before"),
+    ] {
+        let (status, body) = h.admin_get(&format!("/api/messages?{query}")).await;
+        assert_eq!(status, 400, "GET /api/messages?{query}: {body}");
+        let error: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("?{query}: error is not JSON ({e}): {body}"));
+        let message = error["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(names),
+            "?{query}: the error should name {names:?}: {body}"
+        );
+    }
+    h.stop_daemon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_healthz_report_what_operators_watch() {
+    let mut h = Harness::start(SmscConfig::default(), SinkMode::Ok, "").await;
+    h.smsc.enqueue(mo::gsm(ALICE, SHORT_CODE, "metrics"));
+    assert!(h.sink.wait_for(1, STEP).await, "not delivered");
+
+    // Bound: healthy. (The message being acked already implies the bind; poll anyway so the
+    // state's publication is not raced.)
+    let (status, body) = admin_until(&h, "/healthz", |status, _| status == 200).await;
+    assert_eq!(status, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).expect("healthz is JSON");
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["store"], "open", "{health}");
+    assert_eq!(health["carriers"]["sim"]["bound"], true, "{health}");
+
+    let (status, metrics) = h.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "vmnd_deliver_sm_received_total",
+        "vmnd_deliver_sm_acked_total",
+        "vmnd_ack_latency_seconds",
+        "vmnd_store_flush_seconds",
+        "vmnd_webhook_attempts_total",
+        "vmnd_queue_depth",
+        "vmnd_bind_up",
+    ] {
+        // A sample line, not only its `# HELP`/`# TYPE` description.
+        let sampled = metrics
+            .lines()
+            .any(|l| !l.starts_with('#') && l.starts_with(name));
+        assert!(sampled, "/metrics has no sample of {name}:\n{metrics}");
+    }
+    h.stop_daemon().await;
+}
