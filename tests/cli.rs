@@ -11,14 +11,23 @@ fn vmnd() -> Command {
 #[test]
 fn check_reports_every_problem_with_position_and_exits_1() {
     let out = vmnd()
-        .args(["check", "--config", "tests/config/invalid/two_problems.toml"])
+        .args([
+            "check",
+            "--config",
+            "tests/config/invalid/two_problems.toml",
+        ])
         .output()
         .expect("run vmnd");
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let expected = std::fs::read_to_string("tests/config/invalid/two_problems.expected").expect("fixture");
+    let expected =
+        std::fs::read_to_string("tests/config/invalid/two_problems.expected").expect("fixture");
     assert_eq!(stdout.trim_end(), expected.trim_end());
-    assert_eq!(stdout.lines().count(), 2, "both problems reported: {stdout}");
+    assert_eq!(
+        stdout.lines().count(),
+        2,
+        "both problems reported: {stdout}"
+    );
 }
 
 #[test]
@@ -42,7 +51,10 @@ fn check_names_a_missing_secret_variable() {
         .expect("run vmnd");
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.starts_with("conf/vmnd.toml:") && stdout.contains("VMND_CRM_SECRET"), "{stdout}");
+    assert!(
+        stdout.starts_with("conf/vmnd.toml:") && stdout.contains("VMND_CRM_SECRET"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -53,28 +65,57 @@ fn run_refuses_a_bad_config_before_starting() {
         .expect("run vmnd");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("tests/config/invalid/bad_vmn.toml:"), "{stderr}");
+    assert!(
+        stderr.contains("tests/config/invalid/bad_vmn.toml:"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn bad_arguments_print_usage_and_exit_2() {
-    for args in [&["frobnicate"][..], &["check"], &["check", "--config"], &["demo", "--forever"]] {
+    for args in [
+        &["frobnicate"][..],
+        &["check"],
+        &["check", "--config"],
+        &["demo", "--forever"],
+    ] {
         let out = vmnd().args(args).output().expect("run vmnd");
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("usage:"),
+            "{args:?}"
+        );
     }
 }
 
 #[test]
 fn demo_runs_its_script_end_to_end() {
-    let out = vmnd().args(["demo", "--once"]).env("RUST_LOG", "error").output().expect("run vmnd");
+    let out = vmnd()
+        .args(["demo", "--once"])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run vmnd");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("10 deliver_sm sent, 10 acknowledged"), "{stdout}");
-    assert!(stdout.contains("Price: 10€ {promo} [x] ~ \\ ^ |"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("10 deliver_sm sent, 10 acknowledged"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Price: 10€ {promo} [x] ~ \\ ^ |"),
+        "{stdout}"
+    );
     assert!(stdout.contains("😀"), "{stdout}");
     assert!(stdout.contains("3 parts"), "{stdout}");
-    assert!(stdout.contains("receipt for sim-0001 stat DELIVRD"), "{stdout}");
+    assert!(
+        stdout.contains("receipt for sim-0001 stat DELIVRD"),
+        "{stdout}"
+    );
     assert!(stdout.contains("stored as unrouted"), "{stdout}");
     assert_eq!(stdout.matches("forwarded to crm").count(), 7, "{stdout}");
 }

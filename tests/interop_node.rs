@@ -127,7 +127,10 @@ async fn node_smpp_smsc_delivers_plain_ucs2_concatenated_and_receipt() {
 
     // node binds us and runs its script on its own; it reports every deliver_sm_resp status.
     let bound = node.next_with("bound").await;
-    assert_eq!(bound, "transceiver", "vmnd binds as a transceiver by default");
+    assert_eq!(
+        bound, "transceiver",
+        "vmnd binds as a transceiver by default"
+    );
     let results = node.next_with("results").await;
     let results = results.as_array().expect("results is an array");
     let names: Vec<&str> = results.iter().filter_map(|r| r["name"].as_str()).collect();
@@ -191,7 +194,10 @@ async fn node_smpp_smsc_delivers_plain_ucs2_concatenated_and_receipt() {
 
     // Every forwarded event is one distinct message: no part was forwarded on its own.
     let messages = bodies.iter().filter(|b| b["event"] == "message").count();
-    assert_eq!(messages, 3, "plain, UCS2 and one reassembled message: {bodies:#?}");
+    assert_eq!(
+        messages, 3,
+        "plain, UCS2 and one reassembled message: {bodies:#?}"
+    );
 
     // The receipt is also kept in the store, where operators (and DLR matching) find it.
     let stored = daemon
@@ -210,13 +216,20 @@ async fn node_smpp_smsc_delivers_plain_ucs2_concatenated_and_receipt() {
     assert_eq!(parsed.stat, "DELIVRD");
     assert!(record.routed, "the receipt went to a served number");
     assert_eq!(record.webhooks, ["crm"]);
-    assert_eq!(record.id, receipt["id"], "stored and forwarded under one id");
+    assert_eq!(
+        record.id, receipt["id"],
+        "stored and forwarded under one id"
+    );
     assert_eq!(
         daemon.store.receipt_for("sim", "abc123").expect("index"),
         vmnd::store::parse_id(&record.id),
         "the receipt is indexed by the carrier's message id"
     );
-    assert_eq!(stored.len(), 4, "four records, one per message: {stored:#?}");
+    assert_eq!(
+        stored.len(),
+        4,
+        "four records, one per message: {stored:#?}"
+    );
 
     daemon.shutdown().await;
     node.stop().await;

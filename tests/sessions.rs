@@ -30,12 +30,17 @@ async fn refused_bind_is_retried_until_accepted() {
         ..Default::default()
     };
     let h = Harness::start(cfg, SinkMode::Ok, "").await;
-    assert!(h.smsc.wait_until(LONG, |s| s.binds_ok == 1).await, "never bound: {:?}", h.smsc.stats());
+    assert!(
+        h.smsc.wait_until(LONG, |s| s.binds_ok == 1).await,
+        "never bound: {:?}",
+        h.smsc.stats()
+    );
     assert_eq!(h.smsc.stats().binds_refused, 2);
     // The refusal is visible to operators with the status's name.
     let (_, health) = h.admin_get("/healthz").await;
     assert!(health.contains("ESME_RINVPASWD"), "{health}");
-    h.smsc.enqueue(mo::gsm("919812345678", "567678", "after refusal"));
+    h.smsc
+        .enqueue(mo::gsm("919812345678", "567678", "after refusal"));
     assert!(h.sink.wait_for(1, LONG).await);
 }
 
@@ -48,7 +53,9 @@ async fn enquire_link_both_ways() {
     assert_eq!(h.smsc.stats().enquire_link_resps_received, 1);
     // The daemon asks when idle: restart it with a short enquire_link.
     h.stop_daemon().await;
-    let text = h.config_text("").replace("enquire_link = \"30s\"", "enquire_link = \"200ms\"");
+    let text = h
+        .config_text("")
+        .replace("enquire_link = \"30s\"", "enquire_link = \"200ms\"");
     let config = common::parse_config(&text);
     h.daemon = Some(vmnd::daemon::Daemon::start(config).await.expect("daemon"));
     assert!(
@@ -65,28 +72,49 @@ async fn unbind_from_the_smsc_is_answered_and_the_daemon_rebinds() {
     let h = Harness::start(SmscConfig::default(), SinkMode::Ok, "").await;
     assert!(h.smsc.wait_until(LONG, |s| s.sessions_bound == 1).await);
     assert_eq!(h.smsc.unbind_all().await, 1, "unbind_resp expected");
-    assert!(h.smsc.wait_until(LONG, |s| s.binds_ok == 2 && s.sessions_bound == 1).await);
-    h.smsc.enqueue(mo::gsm("919812345678", "567678", "after unbind"));
+    assert!(
+        h.smsc
+            .wait_until(LONG, |s| s.binds_ok == 2 && s.sessions_bound == 1)
+            .await
+    );
+    h.smsc
+        .enqueue(mo::gsm("919812345678", "567678", "after unbind"));
     assert!(h.sink.wait_for(1, LONG).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connection_mid_stream_loses_nothing() {
-    let h = Harness::start(SmscConfig { window: 20, ..Default::default() }, SinkMode::Ok, "").await;
+    let h = Harness::start(
+        SmscConfig {
+            window: 20,
+            ..Default::default()
+        },
+        SinkMode::Ok,
+        "",
+    )
+    .await;
     let total = 1500u64;
     let texts: Vec<String> = (0..total).map(|i| format!("stream {i:05}")).collect();
-    h.smsc
-        .enqueue_many(texts.iter().enumerate().map(|(i, t)| mo::gsm(&format!("9198{:08}", i % 97), "567678", t)));
+    h.smsc.enqueue_many(
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| mo::gsm(&format!("9198{:08}", i % 97), "567678", t)),
+    );
     assert!(h.smsc.wait_until(LONG, |s| s.acked_ok >= 300).await);
     h.smsc.drop_connections();
     assert!(
-        h.smsc.wait_until(Duration::from_secs(60), |s| s.acked_ok == total).await,
+        h.smsc
+            .wait_until(Duration::from_secs(60), |s| s.acked_ok == total)
+            .await,
         "{:?}",
         h.smsc.stats()
     );
     assert!(h.smsc.stats().connections >= 2, "the daemon reconnected");
     assert!(
-        eventually(Duration::from_secs(60), || texts_posted(&h).len() == total as usize).await,
+        eventually(Duration::from_secs(60), || texts_posted(&h).len()
+            == total as usize)
+        .await,
         "posted {} of {total}",
         texts_posted(&h).len()
     );
@@ -134,31 +162,48 @@ async fn malformed_pdus_are_answered_and_the_session_stays_bound() {
     assert!(h.smsc.wait_until(LONG, |s| s.sessions_bound == 1).await);
     let deliver = command_id::DELIVER_SM;
     // sm_length past the data.
-    h.smsc.enqueue_raw(pdu(deliver, 101, &deliver_body(50, b"short", &[])));
+    h.smsc
+        .enqueue_raw(pdu(deliver, 101, &deliver_body(50, b"short", &[])));
     // Truncated body: ends inside the destination address.
-    h.smsc.enqueue_raw(pdu(deliver, 102, &deliver_body(5, b"hello", &[])[..10]));
+    h.smsc
+        .enqueue_raw(pdu(deliver, 102, &deliver_body(5, b"hello", &[])[..10]));
     // Unterminated C-string: no NUL anywhere after service_type.
-    h.smsc.enqueue_raw(pdu(deliver, 103, b"\0\x01\x01919812345678567678"));
+    h.smsc
+        .enqueue_raw(pdu(deliver, 103, b"\0\x01\x01919812345678567678"));
     // Unknown command id.
     h.smsc.enqueue_raw(pdu(0x0000_0777, 104, b""));
     // Bad command_length (shorter than a header).
-    h.smsc.enqueue_raw(raw_pdu(8, command_id::ENQUIRE_LINK, 105, b""));
+    h.smsc
+        .enqueue_raw(raw_pdu(8, command_id::ENQUIRE_LINK, 105, b""));
     // A TLV whose length runs past the end.
-    h.smsc.enqueue_raw(pdu(deliver, 106, &deliver_body(2, b"hi", &[0x14, 0x01, 0x00, 0x09, 1])));
+    h.smsc.enqueue_raw(pdu(
+        deliver,
+        106,
+        &deliver_body(2, b"hi", &[0x14, 0x01, 0x00, 0x09, 1]),
+    ));
     // A valid deliver_sm with an unknown TLV: accepted and forwarded.
-    h.smsc.enqueue_raw(pdu(deliver, 107, &deliver_body(8, b"tlv test", &[0x14, 0x01, 0x00, 0x01, 7])));
+    h.smsc.enqueue_raw(pdu(
+        deliver,
+        107,
+        &deliver_body(8, b"tlv test", &[0x14, 0x01, 0x00, 0x01, 7]),
+    ));
     // A UDH longer than the message: acknowledged and kept (forwarded as binary).
     let mut udh_body = deliver_body(3, &[0x09, 0x00, 0x03], &[]);
     udh_body[25] = 0x40; // esm_class: UDHI
     h.smsc.enqueue_raw(pdu(deliver, 108, &udh_body));
-    h.smsc.enqueue(mo::gsm("919812345678", "567678", "still bound"));
+    h.smsc
+        .enqueue(mo::gsm("919812345678", "567678", "still bound"));
 
     assert!(
         h.smsc.wait_until(LONG, |s| s.acked_ok == 1).await,
         "the good message after the bad ones was not acked: {:?}",
         h.smsc.stats()
     );
-    assert!(eventually(LONG, || h.smsc.raw_responses().len() == 8).await, "{:?}", h.smsc.raw_responses());
+    assert!(
+        eventually(LONG, || h.smsc.raw_responses().len() == 8).await,
+        "{:?}",
+        h.smsc.raw_responses()
+    );
     let responses = h.smsc.raw_responses();
     let by_seq = |seq: u32| {
         responses
@@ -172,37 +217,68 @@ async fn malformed_pdus_are_answered_and_the_session_stays_bound() {
         assert_ne!(r.command_status, status::ESME_ROK, "{r:?}");
     }
     let unknown = by_seq(104);
-    assert_eq!((&unknown.body, unknown.command_status), (&Body::GenericNack, status::ESME_RINVCMDID));
+    assert_eq!(
+        (&unknown.body, unknown.command_status),
+        (&Body::GenericNack, status::ESME_RINVCMDID)
+    );
     let bad_len = by_seq(105);
-    assert_eq!((&bad_len.body, bad_len.command_status), (&Body::GenericNack, status::ESME_RINVCMDLEN));
+    assert_eq!(
+        (&bad_len.body, bad_len.command_status),
+        (&Body::GenericNack, status::ESME_RINVCMDLEN)
+    );
     for seq in [107, 108] {
-        assert_eq!(by_seq(seq).command_status, status::ESME_ROK, "{:?}", by_seq(seq));
+        assert_eq!(
+            by_seq(seq).command_status,
+            status::ESME_ROK,
+            "{:?}",
+            by_seq(seq)
+        );
     }
     // Never dropped: one bind, one connection.
     let stats = h.smsc.stats();
     assert_eq!((stats.binds_ok, stats.connections), (1, 1), "{stats:?}");
-    assert!(eventually(LONG, || h.sink.count() == 3).await, "posted {}", h.sink.count());
+    assert!(
+        eventually(LONG, || h.sink.count() == 3).await,
+        "posted {}",
+        h.sink.count()
+    );
     let bodies = sink_bodies(&h.sink);
     assert!(bodies.iter().any(|b| b["text"] == "tlv test"));
     assert!(bodies.iter().any(|b| b["text"] == "still bound"));
-    assert!(bodies.iter().any(|b| b["encoding"] == "binary" && b["text"] == "090003"), "{bodies:?}");
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b["encoding"] == "binary" && b["text"] == "090003"),
+        "{bodies:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_carriers_at_once() {
-    let other = vmnd::sim::Smsc::start(SmscConfig::default()).await.expect("second sim");
+    let other = vmnd::sim::Smsc::start(SmscConfig::default())
+        .await
+        .expect("second sim");
     let extra = format!(
         "\n[[carrier]]\nname = \"second\"\nhost = \"127.0.0.1\"\nport = {}\nsystem_id = \"vmnd\"\npassword = \"secret\"\nbind = \"receiver\"\n",
         other.addr().port()
     );
     let h = Harness::start(SmscConfig::default(), SinkMode::Ok, &extra).await;
-    h.smsc.enqueue(mo::gsm("919800000001", "567678", "via the first"));
+    h.smsc
+        .enqueue(mo::gsm("919800000001", "567678", "via the first"));
     other.enqueue(mo::gsm("919800000002", "9876543210", "via the second"));
     assert!(h.sink.wait_for(2, LONG).await);
     let bodies = sink_bodies(&h.sink);
-    let carrier_of = |text: &str| bodies.iter().find(|b| b["text"] == text).map(|b| b["carrier"].clone());
+    let carrier_of = |text: &str| {
+        bodies
+            .iter()
+            .find(|b| b["text"] == text)
+            .map(|b| b["carrier"].clone())
+    };
     assert_eq!(carrier_of("via the first"), Some(serde_json::json!("sim")));
-    assert_eq!(carrier_of("via the second"), Some(serde_json::json!("second")));
+    assert_eq!(
+        carrier_of("via the second"),
+        Some(serde_json::json!("second"))
+    );
     let (status, health) = h.admin_get("/healthz").await;
     assert_eq!(status, 200, "{health}");
     other.shutdown();
@@ -210,7 +286,15 @@ async fn several_carriers_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concatenation_by_udh_and_sar_out_of_order_with_duplicates() {
-    let h = Harness::start(SmscConfig { window: 1, ..Default::default() }, SinkMode::Ok, "").await;
+    let h = Harness::start(
+        SmscConfig {
+            window: 1,
+            ..Default::default()
+        },
+        SinkMode::Ok,
+        "",
+    )
+    .await;
     let udh_text = "Sixteen-bit reference parts, delivered backwards. ".repeat(5);
     let mut udh_parts = mo::concat_udh("919800000010", "567678", &udh_text, 0x1234, true);
     assert_eq!(udh_parts.len(), 2);
@@ -225,10 +309,16 @@ async fn concatenation_by_udh_and_sar_out_of_order_with_duplicates() {
     h.smsc.enqueue_many(sar_parts);
     assert!(h.sink.wait_for(2, LONG).await);
     let bodies = sink_bodies(&h.sink);
-    let udh = bodies.iter().find(|b| b["from"] == "919800000010").expect("udh message");
+    let udh = bodies
+        .iter()
+        .find(|b| b["from"] == "919800000010")
+        .expect("udh message");
     assert_eq!(udh["text"], udh_text.as_str());
     assert_eq!(udh["parts"], 2);
-    let sar = bodies.iter().find(|b| b["from"] == "919800000011").expect("sar message");
+    let sar = bodies
+        .iter()
+        .find(|b| b["from"] == "919800000011")
+        .expect("sar message");
     assert_eq!(sar["text"], sar_text.as_str());
     assert_eq!(sar["encoding"], "ucs2");
     // Exactly two messages: the duplicate part did not make a third.
@@ -250,7 +340,11 @@ async fn incomplete_message_is_delivered_after_the_reassembly_timeout() {
     assert_eq!(body["complete"], false);
     assert_eq!(body["missing_parts"], serde_json::json!([2]));
     assert_eq!(body["parts"], 3);
-    assert!(body["text"].as_str().is_some_and(|t| t.starts_with("Three parts")));
+    assert!(
+        body["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Three parts"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,31 +356,73 @@ async fn a_failing_store_answers_rx_t_appn_and_the_carrier_retry_succeeds() {
     let h = Harness::start(cfg, SinkMode::Ok, "").await;
     assert!(h.smsc.wait_until(LONG, |s| s.sessions_bound == 1).await);
     h.daemon().store.inject_commit_failure(true);
-    h.smsc.enqueue(mo::gsm("919800000020", "567678", "retry me"));
+    h.smsc
+        .enqueue(mo::gsm("919800000020", "567678", "retry me"));
     assert!(h.smsc.wait_until(LONG, |s| s.acked_error >= 1).await);
-    assert_eq!(h.smsc.stats().acked_ok, 0, "nothing acknowledged while the store fails");
+    assert_eq!(
+        h.smsc.stats().acked_ok,
+        0,
+        "nothing acknowledged while the store fails"
+    );
     h.daemon().store.inject_commit_failure(false);
-    assert!(h.smsc.wait_until(LONG, |s| s.acked_ok == 1).await, "{:?}", h.smsc.stats());
+    assert!(
+        h.smsc.wait_until(LONG, |s| s.acked_ok == 1).await,
+        "{:?}",
+        h.smsc.stats()
+    );
     assert!(h.sink.wait_for(1, LONG).await);
     assert_eq!(sink_bodies(&h.sink)[0]["text"], "retry me");
     let (_, metrics) = h.admin_get("/metrics").await;
-    assert!(metrics.contains("vmnd_store_commit_failures_total"), "{metrics}");
+    assert!(
+        metrics.contains("vmnd_store_commit_failures_total"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packed_gsm_is_decoded_for_a_carrier_that_packs() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let smsc = vmnd::sim::Smsc::start(SmscConfig::default()).await.expect("sim");
-    let sink = vmnd::http_sink::HttpSink::start(SinkMode::Ok).await.expect("sink");
-    let text = common::config_text(&dir.path().join("var"), smsc.addr().port(), &sink.url("/sms"), "")
-        .replace("reconnect_max = \"500ms\"", "reconnect_max = \"500ms\"\ngsm_packed = true");
-    let daemon = vmnd::daemon::Daemon::start(common::parse_config(&text)).await.expect("daemon");
-    smsc.enqueue(mo::gsm_packed("919800000021", "567678", "Packed: 10€ [ok] @home"));
+    let smsc = vmnd::sim::Smsc::start(SmscConfig::default())
+        .await
+        .expect("sim");
+    let sink = vmnd::http_sink::HttpSink::start(SinkMode::Ok)
+        .await
+        .expect("sink");
+    let text = common::config_text(
+        &dir.path().join("var"),
+        smsc.addr().port(),
+        &sink.url("/sms"),
+        "",
+    )
+    .replace(
+        "reconnect_max = \"500ms\"",
+        "reconnect_max = \"500ms\"\ngsm_packed = true",
+    );
+    let daemon = vmnd::daemon::Daemon::start(common::parse_config(&text))
+        .await
+        .expect("daemon");
+    smsc.enqueue(mo::gsm_packed(
+        "919800000021",
+        "567678",
+        "Packed: 10€ [ok] @home",
+    ));
     let text = "Packed across parts with extension chars {} ".repeat(5);
-    smsc.enqueue_many(mo::concat_udh_packed("919800000022", "567678", &text, 5, false));
+    smsc.enqueue_many(mo::concat_udh_packed(
+        "919800000022",
+        "567678",
+        &text,
+        5,
+        false,
+    ));
     assert!(sink.wait_for(2, LONG).await);
     let bodies = sink_bodies(&sink);
-    assert!(bodies.iter().any(|b| b["text"] == "Packed: 10€ [ok] @home"), "{bodies:?}");
-    assert!(bodies.iter().any(|b| b["text"] == text.as_str()), "{bodies:?}");
+    assert!(
+        bodies.iter().any(|b| b["text"] == "Packed: 10€ [ok] @home"),
+        "{bodies:?}"
+    );
+    assert!(
+        bodies.iter().any(|b| b["text"] == text.as_str()),
+        "{bodies:?}"
+    );
     daemon.shutdown().await;
 }

@@ -53,16 +53,16 @@ async fn start_with(mode: SinkMode, edit: impl FnOnce(String) -> String) -> Harn
         daemon: None,
     };
     let text = edit(h.config_text(""));
-    h.daemon = Some(Daemon::start(parse_config(&text)).await.expect("daemon starts"));
+    h.daemon = Some(
+        Daemon::start(parse_config(&text))
+            .await
+            .expect("daemon starts"),
+    );
     h
 }
 
 /// Polls an admin path every 50 ms until `pred(status, body)` holds; returns the last answer.
-async fn admin_until(
-    h: &Harness,
-    path: &str,
-    pred: impl Fn(u16, &str) -> bool,
-) -> (u16, String) {
+async fn admin_until(h: &Harness, path: &str, pred: impl Fn(u16, &str) -> bool) -> (u16, String) {
     let deadline = tokio::time::Instant::now() + STEP;
     loop {
         let (status, body) = h.admin_get(path).await;
@@ -173,15 +173,8 @@ async fn failing_endpoint_is_retried_until_200_once_with_a_verifiable_signature(
         // Each attempt is a whole, identical event (only the signature's time may differ).
         assert_eq!(r.body, attempts[0].body, "retries resend the same body");
     }
-    // Retries back off rather than hammer: the gaps grow from about a second.
-    let gaps: Vec<Duration> = attempts
-        .windows(2)
-        .map(|w| w[1].at.duration_since(w[0].at))
-        .collect();
-    assert!(
-        gaps.iter().all(|g| *g >= Duration::from_millis(200)),
-        "retries came too fast: {gaps:?}"
-    );
+    // (No assertion on the gaps between attempts: the backoff has full jitter, so any one
+    // gap may be close to zero. The backoff's bounds are tested in tests/webhook_client.rs.)
 
     let delivered = attempts[3];
     let signature = delivered
@@ -215,7 +208,10 @@ async fn endpoint_that_never_answers_becomes_a_dead_letter_after_retry_for() {
             "retry_for = \"1h\"",
             "retry_for = \"3s\"\ntimeout = \"500ms\"",
         );
-        assert_ne!(edited, text, "the shared config no longer says retry_for = \"1h\"");
+        assert_ne!(
+            edited, text,
+            "the shared config no longer says retry_for = \"1h\""
+        );
         edited
     })
     .await;
@@ -228,7 +224,9 @@ async fn endpoint_that_never_answers_becomes_a_dead_letter_after_retry_for() {
     .await;
     assert_eq!(status, 200, "{body}");
     let letters: Value = serde_json::from_str(&body).expect("JSON");
-    let letters = letters["deadletters"].as_array().expect("deadletters array");
+    let letters = letters["deadletters"]
+        .as_array()
+        .expect("deadletters array");
     assert_eq!(letters.len(), 1, "one dead letter: {letters:#?}");
     let letter = &letters[0];
     let reason = letter["reason"].as_str().expect("reason is a string");
@@ -257,7 +255,10 @@ async fn endpoint_that_never_answers_becomes_a_dead_letter_after_retry_for() {
         store.queue_depth()
     );
     assert_eq!(store.dead_letter_count(), 1);
-    assert!(h.sink.received() >= 2, "the endpoint was tried more than once");
+    assert!(
+        h.sink.received() >= 2,
+        "the endpoint was tried more than once"
+    );
     assert_eq!(h.sink.count(), 0, "nothing was answered");
     h.stop_daemon().await;
 }
@@ -284,7 +285,8 @@ async fn payload_follows_the_contract() {
     assert_eq!(r.path, "/sms");
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert!(
-        r.header("user-agent").is_some_and(|ua| ua.starts_with("vmnd/")),
+        r.header("user-agent")
+            .is_some_and(|ua| ua.starts_with("vmnd/")),
         "{:?}",
         r.headers
     );
@@ -337,7 +339,10 @@ async fn payload_follows_the_contract() {
         && received_at.as_bytes()[10] == b'T'
         && received_at.as_bytes()[19] == b'.'
         && received_at[20..23].bytes().all(|b| b.is_ascii_digit());
-    assert!(shape_ok, "received_at {received_at:?} is not YYYY-MM-DDThh:mm:ss.mmmZ");
+    assert!(
+        shape_ok,
+        "received_at {received_at:?} is not YYYY-MM-DDThh:mm:ss.mmmZ"
+    );
     let at_ms = clock::parse_rfc3339_ms(received_at).expect("received_at parses");
     assert!(
         (before_ms..=after_ms).contains(&at_ms),
@@ -358,9 +363,8 @@ async fn dead_endpoint_never_slows_acknowledgements() {
     // Default timeout (10 s) and retry_for (1 h): every request hangs, none succeeds.
     let mut h = Harness::start(SmscConfig::default(), SinkMode::NeverAnswer, "").await;
     let n = 500;
-    h.smsc.enqueue_many(
-        (0..n).map(|i| mo::gsm(ALICE, SHORT_CODE, &format!("message {i}"))),
-    );
+    h.smsc
+        .enqueue_many((0..n).map(|i| mo::gsm(ALICE, SHORT_CODE, &format!("message {i}"))));
 
     // Acks wait only on the store's group commit, never on the webhook (promise 5). With the
     // endpoint hanging, all 500 are acknowledged while no request has succeeded.
@@ -392,7 +396,10 @@ async fn message_to_an_unserved_number_is_acked_stored_listed_and_never_posted()
     // A routed message after it: processing is in journal order, so once this one is POSTed
     // the unserved one has been decided on too.
     h.smsc.enqueue(mo::gsm(ALICE, SHORT_CODE, "right number"));
-    assert!(h.sink.wait_for(1, STEP).await, "the routed message was not delivered");
+    assert!(
+        h.sink.wait_for(1, STEP).await,
+        "the routed message was not delivered"
+    );
     let smsc = h.smsc.clone();
     assert!(
         smsc.wait_until(STEP, |s| s.acked_ok == 2).await,
@@ -407,7 +414,10 @@ async fn message_to_an_unserved_number_is_acked_stored_listed_and_never_posted()
         ..Default::default()
     };
     assert!(
-        eventually(STEP, || store.list_messages(&filter).is_ok_and(|m| m.len() == 1)).await,
+        eventually(STEP, || store
+            .list_messages(&filter)
+            .is_ok_and(|m| m.len() == 1))
+        .await,
         "the unserved message was not stored"
     );
     let record = &store.list_messages(&filter).expect("list")[0];
@@ -422,7 +432,11 @@ async fn message_to_an_unserved_number_is_acked_stored_listed_and_never_posted()
     // Nothing queued for it, nothing sent for it.
     assert!(eventually(STEP, || store.queue_depth() == 0).await);
     let bodies = sink_bodies(&h.sink);
-    assert_eq!(bodies.len(), 1, "only the routed message was POSTed: {bodies:#?}");
+    assert_eq!(
+        bodies.len(),
+        1,
+        "only the routed message was POSTed: {bodies:#?}"
+    );
     assert_eq!(bodies[0]["text"], "right number");
     assert_eq!(store.dead_letter_count(), 0);
     h.stop_daemon().await;
@@ -462,7 +476,10 @@ async fn api_messages_filters_pages_and_refuses_bad_parameters() {
         (format!("until={t_text}"), vec!["three", "two", "one"]),
         (format!("since={t_text}&from={ALICE}"), vec!["five"]),
         // Unix seconds are accepted too.
-        ("since=0".into(), vec!["five", "four", "three", "two", "one"]),
+        (
+            "since=0".into(),
+            vec!["five", "four", "three", "two", "one"],
+        ),
         ("since=32503680000".into(), vec![]), // year 3000
         ("limit=1".into(), vec!["five"]),
     ];
@@ -475,16 +492,16 @@ async fn api_messages_filters_pages_and_refuses_bad_parameters() {
     // skip, with and without a filter.
     for (filter, want) in [
         ("", vec!["five", "four", "three", "two", "one"]),
-        (
-            &*format!("&to={SHORT_CODE}"),
-            vec!["five", "three", "one"],
-        ),
+        (&*format!("&to={SHORT_CODE}"), vec!["five", "three", "one"]),
     ] {
         let mut seen = Vec::new();
         let mut before: Option<String> = None;
         let mut pages = 0;
         loop {
-            let cursor = before.as_deref().map(|b| format!("&before={b}")).unwrap_or_default();
+            let cursor = before
+                .as_deref()
+                .map(|b| format!("&before={b}"))
+                .unwrap_or_default();
             let page = admin_json(&h, &format!("/api/messages?limit=2{filter}{cursor}")).await;
             let got = texts(&page);
             assert!(got.len() <= 2, "a page holds at most `limit`: {got:?}");
@@ -493,7 +510,10 @@ async fn api_messages_filters_pages_and_refuses_bad_parameters() {
             assert!(pages <= 5, "paging does not end: {seen:?}");
             match page["next"].as_str() {
                 Some(next) => {
-                    assert!(store::parse_id(next).is_some(), "next is a message id: {next}");
+                    assert!(
+                        store::parse_id(next).is_some(),
+                        "next is a message id: {next}"
+                    );
                     before = Some(next.to_owned());
                 }
                 None => {
@@ -534,6 +554,12 @@ async fn metrics_and_healthz_report_what_operators_watch() {
     let mut h = Harness::start(SmscConfig::default(), SinkMode::Ok, "").await;
     h.smsc.enqueue(mo::gsm(ALICE, SHORT_CODE, "metrics"));
     assert!(h.sink.wait_for(1, STEP).await, "not delivered");
+    // The sink counts a request before vmnd has read its answer; the attempt's metric is
+    // recorded before the job leaves the queue, and the ack's before the sim can see the ack.
+    let store = h.daemon().store.clone();
+    assert!(eventually(STEP, || store.queue_depth() == 0).await);
+    let smsc = h.smsc.clone();
+    assert!(smsc.wait_until(STEP, |s| s.acked_ok == 1).await);
 
     // Bound: healthy. (The message being acked already implies the bind; poll anyway so the
     // state's publication is not raced.)

@@ -112,7 +112,7 @@ pub(super) async fn run(
     // deliver_sm are small and latency is measured: never let Nagle hold one back.
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
-    let mut reader = FramedRead::with_capacity(rd, FrameCodec::default(), 64 * 1024);
+    let mut reader = FramedRead::with_capacity(rd, FrameCodec, 64 * 1024);
     let window = inner.cfg.window.max(1);
     let mut s = Session {
         inner: inner.clone(),

@@ -132,13 +132,21 @@ impl Queue {
     /// instead of going whole to whichever session runs first; with one session the share is the
     /// whole queue. `Err` carries when to look again: the rate limit's next token, or shortly
     /// when this session has its share already.
-    pub fn take(&mut self, max: usize, deal: Deal, now: Instant, out: &mut Vec<Arc<Msg>>) -> Result<(), Instant> {
+    pub fn take(
+        &mut self,
+        max: usize,
+        deal: Deal,
+        now: Instant,
+        out: &mut Vec<Arc<Msg>>,
+    ) -> Result<(), Instant> {
         let len = self.ready.len();
         if len == 0 || max == 0 {
             return Ok(());
         }
         let total = len + deal.inflight_total.max(deal.mine);
-        let share = total.div_ceil(deal.receivers.max(1)).saturating_sub(deal.mine);
+        let share = total
+            .div_ceil(deal.receivers.max(1))
+            .saturating_sub(deal.mine);
         if share == 0 {
             // Another session is due this work; it was woken when it arrived. Look again soon
             // in case that session is gone or stuck (counts between syncs are a little stale).

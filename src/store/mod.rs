@@ -263,8 +263,14 @@ impl Store {
 
     /// Makes everything written so far durable: sled's flush, then our own fsync.
     pub async fn commit(&self) -> Result<()> {
-        if self.inner.fail_commits.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Io(std::io::Error::other("commit failure injected")));
+        if self
+            .inner
+            .fail_commits
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Io(std::io::Error::other(
+                "commit failure injected",
+            )));
         }
         self.inner.db.flush_async().await?;
         if self.inner.db_file.is_some() {

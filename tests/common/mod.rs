@@ -57,7 +57,11 @@ pub fn parse_config(text: &str) -> config::Config {
         Ok((c, _)) => c,
         Err(problems) => panic!(
             "test config refused:\n{}",
-            problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         ),
     }
 }
@@ -75,13 +79,23 @@ impl Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let smsc = Smsc::start(smsc_config).await.expect("sim");
         let sink = HttpSink::start(sink_mode).await.expect("sink");
-        let mut h = Harness { dir, smsc, sink, daemon: None };
+        let mut h = Harness {
+            dir,
+            smsc,
+            sink,
+            daemon: None,
+        };
         h.start_daemon(extra).await;
         h
     }
 
     pub fn config_text(&self, extra: &str) -> String {
-        config_text(&self.dir.path().join("var"), self.smsc.addr().port(), &self.sink.url("/sms"), extra)
+        config_text(
+            &self.dir.path().join("var"),
+            self.smsc.addr().port(),
+            &self.sink.url("/sms"),
+            extra,
+        )
     }
 
     pub async fn start_daemon(&mut self, extra: &str) {
@@ -101,7 +115,11 @@ impl Harness {
 
     /// GET on the admin server; returns (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        http_get(&format!("http://{}{}", self.daemon().admin_addr, path), None).await
+        http_get(
+            &format!("http://{}{}", self.daemon().admin_addr, path),
+            None,
+        )
+        .await
     }
 }
 
@@ -111,7 +129,9 @@ pub async fn http_get(url: &str, bearer: Option<&str>) -> (u16, String) {
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect");
-    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
@@ -122,7 +142,10 @@ pub async fn http_get(url: &str, bearer: Option<&str>) -> (u16, String) {
         Some(i) => text[i + 4..].to_string(),
         None => String::new(),
     };
-    let body = if text.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(&body)
     } else {
         body
@@ -134,7 +157,9 @@ fn dechunk(body: &str) -> String {
     let mut out = String::new();
     let mut rest = body;
     while let Some(i) = rest.find("\r\n") {
-        let Ok(len) = usize::from_str_radix(rest[..i].trim(), 16) else { break };
+        let Ok(len) = usize::from_str_radix(rest[..i].trim(), 16) else {
+            break;
+        };
         if len == 0 {
             break;
         }
