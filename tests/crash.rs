@@ -14,7 +14,9 @@
 //!   before the SIGKILL are retried after the restart and delivered once the endpoint answers.
 //!
 //! A process kill (not a task abort) is the point: nothing in the daemon gets to run cleanup
-//! code, so only what was really on disk survives.
+//! code, so only what it had handed to the kernel survives. (The kernel's page cache outlives
+//! the process, so these tests catch an ack sent before the write, not a missing fsync: that
+//! would take a power cut.)
 
 mod common;
 
@@ -283,7 +285,7 @@ fn delivered(sink: &HttpSink) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-/// Texts in `want` the sink has not answered 2xx, first few shown.
+/// Texts in `want` the sink has not answered 2xx.
 fn missing(want: &BTreeSet<String>, got: &BTreeMap<String, Vec<String>>) -> Vec<String> {
     want.iter()
         .filter(|t| !got.contains_key(*t))

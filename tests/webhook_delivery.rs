@@ -589,3 +589,56 @@ async fn metrics_and_healthz_report_what_operators_watch() {
     }
     h.stop_daemon().await;
 }
+
+/// A journal entry left by a previous run is processed at startup and its job runs once:
+/// recovery announces the job and the dispatcher's startup scan finds it too, and the
+/// dispatcher must not run it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_journal_entry_is_posted_exactly_once() {
+    use vmnd::smpp::pdu::{self, Body, Pdu};
+    use vmnd::store::{JournalEntry, Store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("var");
+    {
+        let store = Store::open(&data_dir, 16, true).expect("store");
+        let frame = pdu::encode_to_bytes(&Pdu {
+            command_status: 0,
+            sequence_number: 7,
+            body: Body::DeliverSm(Box::new(vmnd::sim::mo::gsm(
+                "919800000030",
+                "567678",
+                "left behind",
+            ))),
+        });
+        store
+            .journal(&[JournalEntry {
+                carrier: "sim".into(),
+                received_at_ms: vmnd::clock::now_ms(),
+                pdu: frame,
+            }])
+            .expect("journal");
+        store.commit().await.expect("commit");
+    }
+    let smsc = vmnd::sim::Smsc::start(vmnd::sim::SmscConfig::default())
+        .await
+        .expect("sim");
+    let sink = HttpSink::start(SinkMode::Ok).await.expect("sink");
+    let text = common::config_text(&data_dir, smsc.addr().port(), &sink.url("/sms"), "");
+    let daemon = vmnd::daemon::Daemon::start(common::parse_config(&text))
+        .await
+        .expect("daemon");
+    assert!(sink.wait_for(1, Duration::from_secs(20)).await);
+    // Give a second copy every chance to show up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        sink.requests().len(),
+        1,
+        "{:?}",
+        sink.requests()
+            .iter()
+            .map(|r| r.header("vmnd-event-id"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(daemon.store.queue_depth(), 0);
+    daemon.shutdown().await;
+}

@@ -329,11 +329,18 @@ fn one_message(state: &AdminState, id: &str) -> Reply {
 }
 
 fn dead_letters(state: &AdminState, q: &HashMap<String, String>) -> Reply {
-    let limit = q
-        .get("limit")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(100)
-        .min(MAX_PAGE);
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("limit: expected 1..={MAX_PAGE}, got {l:?}"),
+                );
+            }
+        },
+    };
     match state.store.dead_letters(limit) {
         Ok(letters) => json_reply(StatusCode::OK, &json!({ "deadletters": letters })),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),

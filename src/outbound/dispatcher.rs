@@ -8,7 +8,7 @@
 //! startup, so a restart resumes everything that was pending.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +109,9 @@ struct Endpoint {
     config: Webhook,
     uri: Option<hyper::Uri>,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
+    /// Job ids queued or in flight: a job announced twice (recovery announces the jobs it
+    /// writes, and the startup scan of the jobs tree finds them too) runs once.
+    known: HashSet<u64>,
     in_flight: usize,
 }
 
@@ -139,6 +142,7 @@ pub async fn run(
                     config: w.clone(),
                     uri,
                     queue: BinaryHeap::new(),
+                    known: HashSet::new(),
                     in_flight: 0,
                 },
             )
@@ -219,7 +223,11 @@ pub async fn run(
 
 fn enqueue(store: &Store, endpoints: &mut HashMap<Arc<str>, Endpoint>, s: Scheduled) {
     match endpoints.get_mut(&s.webhook) {
-        Some(ep) => ep.queue.push(Reverse((s.due_ms, s.id))),
+        Some(ep) => {
+            if ep.known.insert(s.id) {
+                ep.queue.push(Reverse((s.due_ms, s.id)));
+            }
+        }
         None => {
             // The config that queued it named a webhook this config lacks: keep it for an
             // operator instead of dropping it.
@@ -241,8 +249,11 @@ fn enqueue(store: &Store, endpoints: &mut HashMap<Arc<str>, Endpoint>, s: Schedu
 fn finished(endpoints: &mut HashMap<Arc<str>, Endpoint>, f: Finished) {
     if let Some(ep) = endpoints.get_mut(&f.webhook) {
         ep.in_flight = ep.in_flight.saturating_sub(1);
-        if let Some(due) = f.retry_at {
-            ep.queue.push(Reverse((due, f.id)));
+        match f.retry_at {
+            Some(due) => ep.queue.push(Reverse((due, f.id))),
+            None => {
+                ep.known.remove(&f.id);
+            }
         }
     }
 }

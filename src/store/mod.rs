@@ -68,6 +68,9 @@ impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// How far past `since` a newest-first scan keeps looking for stragglers.
+const SINCE_MARGIN_MS: u64 = 60_000;
+
 /// A deliver_sm as it came off a bind, before anything was decoded beyond validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalEntry {
@@ -329,8 +332,12 @@ impl Store {
         for kv in self.inner.messages.range(..upper.to_be_bytes()).rev() {
             let (_, raw) = kv?;
             let m: MessageRecord = decode_json(&raw)?;
-            // Ids grow with the journal and so with `received_at`: past `since`, stop.
-            if filter.since_ms.is_some_and(|s| m.received_at_ms < s) {
+            // Ids grow with the journal and so, nearly, with `received_at` (sessions stamp
+            // their own PDUs and clocks step): stop only well past `since`.
+            if filter
+                .since_ms
+                .is_some_and(|s| m.received_at_ms.saturating_add(SINCE_MARGIN_MS) < s)
+            {
                 break;
             }
             if filter.matches(&m) {

@@ -1,0 +1,997 @@
+//! Ingest benchmark: the release daemon as a child process, fed over TCP on loopback by the
+//! carrier simulator, forwarding to an HTTP receiver — all three real, nothing mocked.
+//!
+//! ```text
+//! cargo build --release            # the daemon under test: target/release/vmnd
+//! cargo bench --bench ingest       # full run (~5-10 min on 2 cores)
+//! cargo bench --bench ingest -- quick            # fewer messages, ~1-2 min
+//! cargo bench --bench ingest -- quick acks e2e   # only some scenarios: acks e2e latency rss disk
+//! ```
+//!
+//! The simulator (`vmnd::sim::Smsc`) and the HTTP receiver (`vmnd::http_sink::HttpSink`) run in
+//! this process; the daemon runs as `vmnd run --config FILE` (override the binary with
+//! `VMND_BIN`, the data directory's parent with `VMND_BENCH_DIR`), so its CPU time
+//! (utime + stime from `/proc/<pid>/stat`) and peak RSS (`VmHWM` from `/proc/<pid>/status`) are
+//! the daemon's alone. Every run starts a fresh daemon with an empty store; durable group commit
+//! (`fsync = true`, the default) is on throughout. `VMND_PERF=FILE` attaches
+//! `perf record -e cpu-clock` to the daemon of the first end-to-end run.
+//!
+//! Scenarios (each repeated `RUNS` times; medians are reported):
+//! - `acks`: 1 and 4 binds x carrier window 1, 10, 100: acknowledged deliver_sm per second, from
+//!   the first enqueue to the last `deliver_sm_resp` 0, and ack latency (the simulator's send of
+//!   each deliver_sm to its response) under that saturating load.
+//! - `e2e`: 1 and 4 binds at window 100: messages per second from the first enqueue until the
+//!   HTTP receiver has answered 200 to every one; daemon CPU per message over the same interval.
+//! - `latency`: 1 bind, window 100, input paced at 2,000 msg/s (the bench enqueues each message
+//!   when it is due, and the simulator is also rate-limited to 2,000/s): ack latency from the
+//!   simulator, and webhook latency from the enqueue (which is at most the wake-up of the
+//!   simulator's session before its send) to the moment the receiver got the request head,
+//!   using the enqueue time carried in the message text.
+//! - `rss`: 1,000,000 messages (200,000 in quick mode) at window 100 end to end; VmHWM and VmRSS
+//!   of the daemon after the last webhook, and CPU per message over the whole run.
+//! - `disk`: the cost of a 4 KiB write + fdatasync in the data directory, the floor under every
+//!   group commit.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vmnd::http_sink::{HttpSink, SinkMode};
+use vmnd::sim::{Smsc, SmscConfig, mo};
+
+/// The number every message goes to (configured with the webhook as its default action).
+const VMN: &str = "567678";
+
+#[derive(Clone, Copy)]
+struct Sizes {
+    runs: usize,
+    /// Messages per ack-throughput run, by window 1, 10, 100.
+    acks: [u64; 3],
+    e2e: u64,
+    latency_secs: u64,
+    rss: u64,
+}
+
+const FULL: Sizes = Sizes {
+    runs: 3,
+    acks: [3_000, 30_000, 150_000],
+    e2e: 100_000,
+    latency_secs: 10,
+    rss: 1_000_000,
+};
+
+const QUICK: Sizes = Sizes {
+    runs: 1,
+    acks: [1_000, 10_000, 40_000],
+    e2e: 20_000,
+    latency_secs: 3,
+    rss: 200_000,
+};
+
+fn main() {
+    // `cargo bench` passes `--bench`; flags are ignored, words select mode and scenarios.
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let quick = words.iter().any(|w| w == "quick");
+    let all = ["disk", "acks", "e2e", "latency", "rss"];
+    let mut only: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|s| words.iter().any(|w| w == s))
+        .collect();
+    if only.is_empty() {
+        only = all.to_vec();
+    }
+    let sizes = if quick { QUICK } else { FULL };
+    let bin = daemon_binary();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(run(bin, sizes, quick, &only));
+}
+
+/// The release binary: `VMND_BIN`, else `$CARGO_TARGET_DIR/release/vmnd`, else
+/// `<crate>/target/release/vmnd`. Warns when it is older than a source file.
+fn daemon_binary() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = match std::env::var_os("VMND_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(t) => manifest.join(t).join("release/vmnd"),
+            None => manifest.join("target/release/vmnd"),
+        },
+    };
+    let Ok(meta) = std::fs::metadata(&bin) else {
+        eprintln!(
+            "no daemon binary at {}: run `cargo build --release` first (or set VMND_BIN)",
+            bin.display()
+        );
+        std::process::exit(2);
+    };
+    if let (Ok(built), Some(newest)) = (meta.modified(), newest_source(&manifest.join("src"))) {
+        if newest > built {
+            eprintln!(
+                "warning: {} is older than the sources; run `cargo build --release` to bench the current code",
+                bin.display()
+            );
+        }
+    }
+    bin
+}
+
+fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_source(&path)
+        } else {
+            entry.metadata().ok().and_then(|m| m.modified().ok())
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+async fn run(bin: PathBuf, sizes: Sizes, quick: bool, only: &[&str]) {
+    let started = Instant::now();
+    let machine = machine();
+    println!(
+        "# vmnd ingest benchmark ({})",
+        if quick { "quick" } else { "full" }
+    );
+    println!();
+    println!("{machine}");
+    println!("daemon: {}", bin.display());
+    println!();
+    let mut summary = Summary::default();
+
+    if only.contains(&"disk") {
+        let (p50, p99) = disk_sync_cost();
+        println!(
+            "disk: 4 KiB write + fdatasync in the data dir: p50 {p50:.0} µs, p99 {p99:.0} µs\n"
+        );
+        summary.disk = Some((p50, p99));
+    }
+
+    if only.contains(&"acks") {
+        println!("## acknowledged deliver_sm/s (fresh daemon per run)\n");
+        println!(
+            "| binds | window | messages | run | acks/s | ack p50 µs | ack p99 µs | commits | mean batch | mean commit µs |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for binds in [1usize, 4] {
+            for (wi, window) in [1usize, 10, 100].into_iter().enumerate() {
+                let n = sizes.acks[wi];
+                let mut rates = Vec::new();
+                let mut p50s = Vec::new();
+                let mut p99s = Vec::new();
+                for r in 0..sizes.runs {
+                    let res = ack_run(&bin, binds, window, n).await;
+                    println!(
+                        "| {binds} | {window} | {n} | {} | {:.0} | {} | {} | {} | {:.1} | {:.0} |",
+                        r + 1,
+                        res.rate,
+                        res.p50_us,
+                        res.p99_us,
+                        res.commits.count,
+                        res.commits.mean_batch(),
+                        res.commits.mean_flush_us()
+                    );
+                    rates.push(res.rate);
+                    p50s.push(f64::from(res.p50_us));
+                    p99s.push(f64::from(res.p99_us));
+                }
+                summary.acks.push((
+                    binds,
+                    window,
+                    median(&mut rates),
+                    median(&mut p50s),
+                    median(&mut p99s),
+                ));
+            }
+        }
+        println!();
+    }
+
+    if only.contains(&"e2e") {
+        println!("## end to end: deliver_sm -> ack -> webhook 200 (window 100)\n");
+        println!(
+            "| binds | messages | run | delivered/s | acks done after s | all delivered after s | daemon CPU µs/msg | bench CPU µs/msg | daemon VmHWM MiB |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut perf = std::env::var_os("VMND_PERF").map(PathBuf::from);
+        for binds in [1usize, 4] {
+            let mut rates = Vec::new();
+            let mut cpus = Vec::new();
+            for r in 0..sizes.runs {
+                let res = e2e_run(&bin, binds, 100, sizes.e2e, perf.take(), false).await;
+                println!(
+                    "| {binds} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |",
+                    sizes.e2e,
+                    r + 1,
+                    res.rate,
+                    res.acks_done.as_secs_f64(),
+                    res.all_done.as_secs_f64(),
+                    res.cpu_us_per_msg,
+                    res.bench_cpu_us_per_msg,
+                    res.hwm_kib as f64 / 1024.0
+                );
+                rates.push(res.rate);
+                cpus.push(res.cpu_us_per_msg);
+            }
+            summary
+                .e2e
+                .push((binds, median(&mut rates), median(&mut cpus)));
+        }
+        println!();
+    }
+
+    if only.contains(&"latency") {
+        println!(
+            "## latency at 2,000 msg/s (1 bind, window 100, {} s per run)\n",
+            sizes.latency_secs
+        );
+        println!(
+            "| run | messages | ack p50 µs | ack p99 µs | ack max µs | webhook p50 µs | webhook p99 µs | daemon CPU µs/msg |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut v: [Vec<f64>; 5] = Default::default();
+        for r in 0..sizes.runs {
+            let res = latency_run(&bin, 2_000, sizes.latency_secs).await;
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+                r + 1,
+                res.n,
+                res.ack_p50,
+                res.ack_p99,
+                res.ack_max,
+                res.hook_p50,
+                res.hook_p99,
+                res.cpu_us_per_msg
+            );
+            for (i, x) in [res.ack_p50, res.ack_p99, res.hook_p50, res.hook_p99]
+                .into_iter()
+                .enumerate()
+            {
+                v[i].push(f64::from(x));
+            }
+            v[4].push(res.cpu_us_per_msg);
+        }
+        summary.latency = Some([
+            median(&mut v[0]),
+            median(&mut v[1]),
+            median(&mut v[2]),
+            median(&mut v[3]),
+            median(&mut v[4]),
+        ]);
+        println!();
+    }
+
+    if only.contains(&"rss") {
+        println!(
+            "## memory: {} messages end to end (1 bind, window 100, one run)\n",
+            sizes.rss
+        );
+        let res = e2e_run(&bin, 1, 100, sizes.rss, None, true).await;
+        println!(
+            "| messages | delivered/s | acks done after s | all delivered after s | daemon CPU µs/msg | VmHWM MiB | VmRSS after MiB | data dir MiB |"
+        );
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            sizes.rss,
+            res.rate,
+            res.acks_done.as_secs_f64(),
+            res.all_done.as_secs_f64(),
+            res.cpu_us_per_msg,
+            res.hwm_kib as f64 / 1024.0,
+            res.rss_kib as f64 / 1024.0,
+            res.disk_bytes as f64 / (1024.0 * 1024.0)
+        );
+        println!();
+        summary.rss = Some((
+            sizes.rss,
+            res.hwm_kib,
+            res.rss_kib,
+            res.cpu_us_per_msg,
+            res.rate,
+        ));
+    }
+
+    summary.print();
+    println!(
+        "\ntotal bench time: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Medians of every scenario, against the issue's targets and Kannel 1.4.5.
+#[derive(Default)]
+struct Summary {
+    disk: Option<(f64, f64)>,
+    /// (binds, window, acks/s, p50, p99)
+    acks: Vec<(usize, usize, f64, f64, f64)>,
+    /// (binds, delivered/s, daemon CPU µs/msg)
+    e2e: Vec<(usize, f64, f64)>,
+    /// ack p50, p99, webhook p50, p99, CPU µs/msg
+    latency: Option<[f64; 5]>,
+    /// (messages, VmHWM KiB, VmRSS KiB, CPU µs/msg, delivered/s)
+    rss: Option<(u64, u64, u64, f64, f64)>,
+}
+
+impl Summary {
+    fn print(&self) {
+        println!("## summary (medians)\n");
+        println!("| measure | 1 bind | 4 binds | target | Kannel 1.4.5 |");
+        println!("|---|---:|---:|---|---|");
+        for window in [1usize, 10, 100] {
+            let get = |b: usize| {
+                self.acks
+                    .iter()
+                    .find(|a| a.0 == b && a.1 == window)
+                    .map_or("-".to_string(), |a| format!("{:.0}", a.2))
+            };
+            let target = if window == 100 { ">= 50,000" } else { "-" };
+            let kannel = if window == 100 { "6,600-8,600" } else { "-" };
+            println!(
+                "| acked msg/s, window {window} | {} | {} | {target} | {kannel} |",
+                get(1),
+                get(4)
+            );
+        }
+        for window in [1usize, 10, 100] {
+            let get = |b: usize| {
+                self.acks
+                    .iter()
+                    .find(|a| a.0 == b && a.1 == window)
+                    .map_or("-".to_string(), |a| format!("{:.0} / {:.0}", a.3, a.4))
+            };
+            println!(
+                "| ack latency p50 / p99 µs under full load, window {window} | {} | {} | - | - |",
+                get(1),
+                get(4)
+            );
+        }
+        let e2e = |b: usize, f: fn(&(usize, f64, f64)) -> String| {
+            self.e2e
+                .iter()
+                .find(|e| e.0 == b)
+                .map_or("-".to_string(), f)
+        };
+        println!(
+            "| delivered to HTTP msg/s, window 100 | {} | {} | >= 25,000 | 6,100-7,400 |",
+            e2e(1, |e| format!("{:.0}", e.1)),
+            e2e(4, |e| format!("{:.0}", e.1))
+        );
+        println!(
+            "| daemon CPU µs/msg end to end | {} | {} | <= 40 | ~250 |",
+            e2e(1, |e| format!("{:.1}", e.2)),
+            e2e(4, |e| format!("{:.1}", e.2))
+        );
+        println!(
+            "| daemon CPU s per 10,000 msgs | {} | {} | <= 0.40 | ~2.5 |",
+            e2e(1, |e| format!("{:.3}", e.2 / 100.0)),
+            e2e(4, |e| format!("{:.3}", e.2 / 100.0))
+        );
+        if let Some(l) = self.latency {
+            println!(
+                "| ack latency p50 / p99 µs at 2,000 msg/s | {:.0} / {:.0} | | p99 <= 2,000 | - |",
+                l[0], l[1]
+            );
+            println!(
+                "| webhook latency p50 / p99 µs at 2,000 msg/s | {:.0} / {:.0} | | - | - |",
+                l[2], l[3]
+            );
+            println!(
+                "| daemon CPU µs/msg at 2,000 msg/s | {:.1} | | - | - |",
+                l[4]
+            );
+        }
+        if let Some((n, hwm, rss, cpu, rate)) = self.rss {
+            println!(
+                "| peak RSS (VmHWM) after {n} msgs | {:.1} MiB | | <= 100 MiB | - |",
+                hwm as f64 / 1024.0
+            );
+            println!(
+                "| RSS (VmRSS) after {n} msgs | {:.1} MiB | | - | - |",
+                rss as f64 / 1024.0
+            );
+            println!("| daemon CPU µs/msg over {n} msgs | {cpu:.1} | | <= 40 | ~250 |");
+            println!(
+                "| delivered to HTTP msg/s over {n} msgs | {rate:.0} | | >= 25,000 | 6,100-7,400 |"
+            );
+        }
+        if let Some((p50, p99)) = self.disk {
+            println!(
+                "| disk: 4 KiB write + fdatasync p50 / p99 µs | {p50:.0} / {p99:.0} | | - | - |"
+            );
+        }
+    }
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("?")
+        .to_string();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%dT%H:%M:%SZ")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "machine: {cpus} CPUs ({model}), {date}, load average at start: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+/// p50 and p99 of a 4 KiB write + fdatasync, 200 times, in the bench's data directory.
+fn disk_sync_cost() -> (f64, f64) {
+    let dir = bench_dir();
+    let path = dir.path().join("sync-probe");
+    let mut f = std::fs::File::create(&path).expect("probe file");
+    let block = vec![0x5au8; 4096];
+    let mut us = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        f.write_all(&block).expect("write");
+        f.sync_data().expect("fdatasync");
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    us.sort_by(f64::total_cmp);
+    (pct_f(&us, 50.0), pct_f(&us, 99.0))
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    match std::env::var_os("VMND_BENCH_DIR") {
+        Some(d) => tempfile::tempdir_in(d).expect("tempdir in VMND_BENCH_DIR"),
+        None => tempfile::tempdir().expect("tempdir"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon as a child process.
+
+struct Daemon {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    admin: SocketAddr,
+    clk_tck: f64,
+}
+
+impl Daemon {
+    async fn start(bin: &Path, smsc: &Smsc, binds: usize, webhook_url: &str) -> Daemon {
+        let dir = bench_dir();
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut text = format!(
+            "[daemon]\ndata_dir = \"{}\"\nadmin_listen = \"{admin}\"\n\n",
+            dir.path().join("var").display()
+        );
+        for i in 1..=binds {
+            text.push_str(&format!(
+                "[[carrier]]\nname = \"sim{i}\"\nhost = \"127.0.0.1\"\nport = {}\nsystem_id = \"vmnd\"\npassword = \"secret\"\nenquire_link = \"30s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"500ms\"\n\n",
+                smsc.addr().port()
+            ));
+        }
+        text.push_str(&format!(
+            "[[webhook]]\nname = \"crm\"\nurl = \"{webhook_url}\"\nsecret = \"whsec-test\"\nretry_for = \"1h\"\n\n[[number]]\nvmn = \"{VMN}\"\ncarrier = \"sim1\"\ndefault = {{ webhook = \"crm\" }}\n"
+        ));
+        let config = dir.path().join("vmnd.toml");
+        std::fs::write(&config, text).expect("write config");
+        let log = std::fs::File::create(dir.path().join("vmnd.log")).expect("log file");
+        let child = Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env(
+                "RUST_LOG",
+                std::env::var("VMND_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the daemon");
+        let mut d = Daemon {
+            child,
+            dir,
+            admin,
+            clk_tck: clk_tck(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while smsc.stats().sessions_bound < binds as u64 {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("daemon exited ({status}) before binding:\n{}", d.log());
+            }
+            if Instant::now() > deadline {
+                panic!("daemon did not bind {binds} sessions in 20 s:\n{}", d.log());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        d
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vmnd.log")).unwrap_or_default()
+    }
+
+    /// utime + stime in seconds.
+    fn cpu_secs(&self) -> f64 {
+        proc_cpu_ticks(&format!("/proc/{}/stat", self.pid())) as f64 / self.clk_tck
+    }
+
+    /// A `Vm*:` line of /proc/<pid>/status, in KiB.
+    fn status_kib(&self, key: &str) -> u64 {
+        proc_status_kib(&format!("/proc/{}/status", self.pid()), key)
+    }
+
+    async fn metrics(&self) -> Commits {
+        Commits::parse(&http_get(self.admin, "/metrics").await)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        dir_size(&self.dir.path().join("var"))
+    }
+
+    /// SIGTERM (the daemon unbinds and flushes), then SIGKILL if it takes over 10 s.
+    async fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+            }
+        }
+        let log = self.log();
+        let problems: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("panicked"))
+            .take(5)
+            .collect();
+        if !problems.is_empty() {
+            eprintln!("daemon log has errors:\n{}", problems.join("\n"));
+        }
+    }
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0)
+}
+
+/// Fields 14 and 15 (utime, stime) of a /proc stat file, in clock ticks.
+fn proc_cpu_ticks(path: &str) -> u64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // The command name (field 2) may hold spaces; fields after its closing parenthesis start
+    // with field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+fn proc_status_kib(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                dir_size(&p)
+            } else {
+                e.metadata().map_or(0, |m| m.len())
+            }
+        })
+        .sum()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A GET over a fresh connection; the body (dechunked if need be).
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return String::new();
+    };
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_string();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((len, after)) = rest.split_once("\r\n") {
+        let Ok(len) = usize::from_str_radix(len.trim(), 16) else {
+            break;
+        };
+        if len == 0 || after.len() < len {
+            break;
+        }
+        out.push_str(&after[..len]);
+        rest = after[len..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// What /metrics says about group commits.
+#[derive(Debug, Default, Clone, Copy)]
+struct Commits {
+    count: u64,
+    flush_sum: f64,
+    batch_sum: f64,
+}
+
+impl Commits {
+    fn parse(text: &str) -> Commits {
+        let value = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Commits {
+            count: value("vmnd_store_flush_seconds_count") as u64,
+            flush_sum: value("vmnd_store_flush_seconds_sum"),
+            batch_sum: value("vmnd_store_batch_size_sum"),
+        }
+    }
+
+    fn mean_batch(&self) -> f64 {
+        self.batch_sum / self.count.max(1) as f64
+    }
+
+    fn mean_flush_us(&self) -> f64 {
+        self.flush_sum * 1e6 / self.count.max(1) as f64
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages and percentiles.
+
+/// Message `i`: GSM text to the VMN from one of 100,000 senders.
+fn message(i: u64, text: &str) -> vmnd::smpp::pdu::ShortMessage {
+    let from = format!("9198{:08}", i % 100_000);
+    mo::gsm(&from, VMN, text)
+}
+
+fn messages(range: std::ops::Range<u64>) -> Vec<vmnd::smpp::pdu::ShortMessage> {
+    range
+        .map(|i| message(i, &format!("JOIN summer offer please {i}")))
+        .collect()
+}
+
+/// Keeps the simulator's queue at least `ahead` messages deep until `n` were enqueued, so the
+/// daemon never waits on the bench; messages are encoded in chunks rather than all up front.
+struct Feeder {
+    next: u64,
+    n: u64,
+}
+
+impl Feeder {
+    const CHUNK: u64 = 10_000;
+
+    fn new(smsc: &Smsc, n: u64) -> Feeder {
+        let mut f = Feeder { next: 0, n };
+        f.top_up(smsc, 2 * Feeder::CHUNK);
+        f
+    }
+
+    fn top_up(&mut self, smsc: &Smsc, ahead: u64) {
+        while self.next < self.n && self.next.saturating_sub(smsc.stats().sent) < ahead {
+            let end = (self.next + Feeder::CHUNK).min(self.n);
+            smsc.enqueue_many(messages(self.next..end));
+            self.next = end;
+        }
+    }
+}
+
+fn pct(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
+}
+
+fn pct_f(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios.
+
+async fn start_parts(window: usize, rate: Option<u32>, record_bodies: bool) -> (Smsc, HttpSink) {
+    let smsc = Smsc::start(SmscConfig {
+        window,
+        rate_per_sec: rate,
+        record_acks: false,
+        ..SmscConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let sink = HttpSink::start(SinkMode::Ok).await.expect("http sink");
+    sink.set_record_bodies(record_bodies);
+    (smsc, sink)
+}
+
+struct AckResult {
+    rate: f64,
+    p50_us: u32,
+    p99_us: u32,
+    commits: Commits,
+}
+
+async fn ack_run(bin: &Path, binds: usize, window: usize, n: u64) -> AckResult {
+    let (smsc, sink) = start_parts(window, None, false).await;
+    let daemon = Daemon::start(bin, &smsc, binds, &sink.url("/sms")).await;
+    let before = daemon.metrics().await;
+    let t0 = Instant::now();
+    let mut feeder = Feeder::new(&smsc, n);
+    let deadline = t0 + Duration::from_secs(300);
+    while smsc.stats().acked_ok < n {
+        assert!(
+            Instant::now() < deadline,
+            "ack run stalled: {:?}",
+            smsc.stats()
+        );
+        feeder.top_up(&smsc, 2 * Feeder::CHUNK);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = t0.elapsed();
+    let after = daemon.metrics().await;
+    let mut lat = smsc.ack_latencies_us();
+    lat.sort_unstable();
+    daemon.stop().await;
+    smsc.shutdown();
+    sink.shutdown();
+    AckResult {
+        rate: n as f64 / elapsed.as_secs_f64(),
+        p50_us: pct(&lat, 50.0),
+        p99_us: pct(&lat, 99.0),
+        commits: Commits {
+            count: after.count - before.count,
+            flush_sum: after.flush_sum - before.flush_sum,
+            batch_sum: after.batch_sum - before.batch_sum,
+        },
+    }
+}
+
+struct E2eResult {
+    rate: f64,
+    acks_done: Duration,
+    all_done: Duration,
+    cpu_us_per_msg: f64,
+    bench_cpu_us_per_msg: f64,
+    hwm_kib: u64,
+    rss_kib: u64,
+    disk_bytes: u64,
+}
+
+async fn e2e_run(
+    bin: &Path,
+    binds: usize,
+    window: usize,
+    n: u64,
+    perf: Option<PathBuf>,
+    progress: bool,
+) -> E2eResult {
+    let (smsc, sink) = start_parts(window, None, false).await;
+    let daemon = Daemon::start(bin, &smsc, binds, &sink.url("/sms")).await;
+    let mut perf_child = perf.and_then(|out| {
+        Command::new("perf")
+            .args(["record", "-e", "cpu-clock", "-F", "999", "-o"])
+            .arg(&out)
+            .args(["-p", &daemon.pid().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| eprintln!("cannot start perf: {e}"))
+            .ok()
+    });
+    if perf_child.is_some() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let cpu0 = daemon.cpu_secs();
+    let bench0 = proc_cpu_ticks("/proc/self/stat") as f64 / daemon.clk_tck;
+    let t0 = Instant::now();
+    let mut feeder = Feeder::new(&smsc, n);
+    let deadline = t0 + Duration::from_secs(1800);
+    let mut acks_done = None;
+    let mut last_report = t0;
+    loop {
+        feeder.top_up(&smsc, 2 * Feeder::CHUNK);
+        if acks_done.is_none() && smsc.stats().acked_ok >= n {
+            acks_done = Some(t0.elapsed());
+        }
+        if sink.count() as u64 >= n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "e2e run stalled: {:?}, webhooks {}",
+            smsc.stats(),
+            sink.count()
+        );
+        if progress && last_report.elapsed() > Duration::from_secs(10) {
+            last_report = Instant::now();
+            eprintln!(
+                "  {:.0} s: acked {} delivered {} VmRSS {} MiB",
+                t0.elapsed().as_secs_f64(),
+                smsc.stats().acked_ok,
+                sink.count(),
+                daemon.status_kib("VmRSS:") / 1024
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let all_done = t0.elapsed();
+    let cpu = daemon.cpu_secs() - cpu0;
+    let bench_cpu = proc_cpu_ticks("/proc/self/stat") as f64 / daemon.clk_tck - bench0;
+    if let Some(p) = perf_child.as_mut() {
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(p.id().to_string())
+            .status();
+        let _ = p.wait();
+    }
+    let res = E2eResult {
+        rate: n as f64 / all_done.as_secs_f64(),
+        acks_done: acks_done.unwrap_or(all_done),
+        all_done,
+        cpu_us_per_msg: cpu * 1e6 / n as f64,
+        bench_cpu_us_per_msg: bench_cpu * 1e6 / n as f64,
+        hwm_kib: daemon.status_kib("VmHWM:"),
+        rss_kib: daemon.status_kib("VmRSS:"),
+        disk_bytes: daemon.disk_bytes(),
+    };
+    daemon.stop().await;
+    smsc.shutdown();
+    sink.shutdown();
+    res
+}
+
+struct LatencyResult {
+    n: usize,
+    ack_p50: u32,
+    ack_p99: u32,
+    ack_max: u32,
+    hook_p50: u32,
+    hook_p99: u32,
+    cpu_us_per_msg: f64,
+}
+
+/// Enqueue each message when due at `rate`/s, its enqueue time (ns since `epoch`) in its text.
+async fn latency_run(bin: &Path, rate: u32, secs: u64) -> LatencyResult {
+    let (smsc, sink) = start_parts(100, Some(rate), true).await;
+    let daemon = Daemon::start(bin, &smsc, 1, &sink.url("/sms")).await;
+    let n = u64::from(rate) * secs;
+    let cpu0 = daemon.cpu_secs();
+    let epoch = Instant::now();
+    let mut sent = 0u64;
+    while sent < n {
+        let due = ((epoch.elapsed().as_secs_f64() * f64::from(rate)) as u64).min(n);
+        if due > sent {
+            let batch: Vec<_> = (sent..due)
+                .map(|i| {
+                    let t = epoch.elapsed().as_nanos();
+                    message(i, &format!("JOIN {t} summer offer"))
+                })
+                .collect();
+            smsc.enqueue_many(batch);
+            sent = due;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let ok = sink.wait_for(n as usize, Duration::from_secs(120)).await;
+    assert!(ok, "latency run: only {} of {n} webhooks", sink.count());
+    let cpu = daemon.cpu_secs() - cpu0;
+    let mut acks = smsc.ack_latencies_us();
+    acks.sort_unstable();
+    let mut hooks: Vec<u32> = sink
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).ok()?;
+            let t: u64 = v["text"].as_str()?.split(' ').nth(1)?.parse().ok()?;
+            let sent_at = epoch + Duration::from_nanos(t);
+            Some(r.at.saturating_duration_since(sent_at).as_micros() as u32)
+        })
+        .collect();
+    hooks.sort_unstable();
+    daemon.stop().await;
+    smsc.shutdown();
+    sink.shutdown();
+    LatencyResult {
+        n: acks.len(),
+        ack_p50: pct(&acks, 50.0),
+        ack_p99: pct(&acks, 99.0),
+        ack_max: acks.last().copied().unwrap_or(0),
+        hook_p50: pct(&hooks, 50.0),
+        hook_p99: pct(&hooks, 99.0),
+        cpu_us_per_msg: cpu * 1e6 / n as f64,
+    }
+}
