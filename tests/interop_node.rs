@@ -28,15 +28,22 @@ const VMN: &str = "567678";
 /// Generous: a debug build on a slow shared machine, plus node's own start-up.
 const STEP: Duration = Duration::from_secs(30);
 
-/// The interop directory, checked for `npm ci` having run (CI does it in `.ci/run`).
+/// The interop directory, with the npm package `smpp` installed: `.ci/run` runs `npm ci`; a
+/// newcomer's first `cargo nextest run` does it here (the lock file pins the version).
 fn interop_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-    assert!(
-        dir.join("node_modules/smpp").is_dir(),
-        "the npm package `smpp` is not installed in {}: run `npm ci` in tests/interop \
-         (CI does it in .ci/run)",
-        dir.display()
-    );
+    if !dir.join("node_modules/smpp").is_dir() {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "the npm package `smpp` is not installed in {} and `npm ci` there failed ({status:?}): \
+             node.js and npm are needed for this test",
+            dir.display()
+        );
+    }
     dir
 }
 

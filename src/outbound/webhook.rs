@@ -232,7 +232,7 @@ impl WebhookClient {
         match outcome {
             Ok(status) => Attempt::Delivered { status, latency },
             Err((status, error)) => {
-                tracing::debug!(%url, event_id, ?status, %error, "webhook attempt failed");
+                tracing::debug!(event_id, ?status, %error, "webhook attempt failed");
                 Attempt::Failed {
                     status,
                     latency,
