@@ -380,65 +380,6 @@ fn backoff_bounds() {
     assert_eq!(backoff(7, Duration::ZERO, max), Duration::ZERO);
 }
 
-/// Throughput of the sink in counting mode, driven by our own client over a few keep-alive
-/// connections. Prints, never asserts (speed belongs in `benches/`). Run with
-/// `cargo test --release --test webhook_client -- --ignored --nocapture sink_throughput`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn sink_throughput() {
-    let sink = HttpSink::start(SinkMode::Ok).await.unwrap();
-    sink.set_record_bodies(false);
-    let client = WebhookClient::new();
-    let url = uri(&sink.url("/bench"));
-    let (tasks, per_task) = (4, 25_000);
-    let started = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let (client, url) = (client.clone(), url.clone());
-            tokio::spawn(async move {
-                for _ in 0..per_task {
-                    client.post(&url, "ev", None, event_body(), TIMEOUT).await;
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.await.unwrap();
-    }
-    let elapsed = started.elapsed();
-    let n = sink.count();
-    println!(
-        "WebhookClient -> sink: {n} requests in {elapsed:?} over {} connections: {:.0} req/s",
-        sink.connections(),
-        n as f64 / elapsed.as_secs_f64()
-    );
-
-    // The same load from a minimal raw-TCP client, so the figure is mostly the sink's cost.
-    let before = sink.count();
-    let request = format!(
-        "POST /bench HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        sink.addr(),
-        event_body().len()
-    );
-    let request = Bytes::from([request.as_bytes(), &event_body()[..]].concat());
-    let started = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let (addr, request) = (sink.addr(), request.clone());
-            tokio::spawn(async move { raw_keep_alive_posts(addr, &request, per_task).await })
-        })
-        .collect();
-    for h in handles {
-        h.await.unwrap();
-    }
-    let elapsed = started.elapsed();
-    let n = sink.count() - before;
-    println!(
-        "raw TCP -> sink: {n} requests in {elapsed:?} over {tasks} connections: {:.0} req/s",
-        n as f64 / elapsed.as_secs_f64()
-    );
-}
-
 /// Sends `request` `n` times over one keep-alive connection, each after the previous answer
 /// (a `200` with the sink's 3-byte `ok\n` body) has been read completely.
 async fn raw_keep_alive_posts(addr: std::net::SocketAddr, request: &[u8], n: usize) {
