@@ -86,6 +86,8 @@ pub struct Carrier {
     /// Reconnect backoff bounds (`reconnect_min` default "1s", `reconnect_max` default "60s").
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Most submit_sm per second we send on this bind (`submit_per_second`, default 50).
+    pub submit_per_second: u32,
 }
 
 /// `[[webhook]]`
@@ -115,6 +117,100 @@ pub struct Number {
     pub default_webhook: Option<String>,
     /// `receipts = "<webhook>"`: where delivery receipts for this number go.
     pub receipts_webhook: Option<String>,
+    /// `default = { webhook = .., reply = .., ... }`: the actions for messages that match no
+    /// keyword (`default_webhook` above mirrors `default_actions.webhook`).
+    pub default_actions: Actions,
+    /// `[[number.keyword]]`, in file order.
+    pub keywords: Vec<KeywordRule>,
+    /// Words checked before any campaign keyword (the consent issue acts on them); a campaign
+    /// keyword or alias equal to one is a config error. Defaults: the industry lists.
+    pub reserved: ReservedWords,
+}
+
+/// The reserved words of a number, upper-case as configured (matching normalises).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedWords {
+    /// Default: STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, REVOKE, OPTOUT.
+    pub stop: Vec<String>,
+    /// Default: START, YES, UNSTOP.
+    pub start: Vec<String>,
+    /// Default: HELP, INFO.
+    pub help: Vec<String>,
+}
+
+impl Default for ReservedWords {
+    fn default() -> Self {
+        let list = |words: &[&str]| words.iter().map(|w| w.to_string()).collect();
+        ReservedWords {
+            stop: list(&["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"]),
+            start: list(&["START", "YES", "UNSTOP"]),
+            help: list(&["HELP", "INFO"]),
+        }
+    }
+}
+
+/// What happens to a message that matched a rule (a keyword, or the number's default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actions {
+    /// `webhook = "<name>"`.
+    pub webhook: Option<String>,
+    /// `reply = "<template>"`: placeholders {from} {to} {keyword} {args} {text} {inbox} {date}.
+    pub reply: Option<String>,
+    /// `reply_after = "10m"`: the reply waits this long (durably).
+    pub reply_after: Option<Duration>,
+    /// `reply_window = "09:00-18:00 Asia/Kolkata"`: outside it the reply waits for the next
+    /// opening.
+    pub reply_window: Option<ReplyWindow>,
+    /// `forward_to = ["919800000000", ...]`: digits only; each gets `forward_template`.
+    pub forward_to: Vec<String>,
+    /// `forward_template`, default "{from}: {text}".
+    pub forward_template: String,
+}
+
+/// A daily window in a time zone. `start > end` wraps midnight ("22:00-06:00 Europe/Paris").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyWindow {
+    pub start: chrono::NaiveTime,
+    pub end: chrono::NaiveTime,
+    pub tz: chrono_tz::Tz,
+    /// As written, for explanations.
+    pub text: String,
+}
+
+/// `[[number.keyword]]`: one campaign ("inbox") on a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeywordRule {
+    /// As written (e.g. "JOIN" or "JOIN CLUB"); at most 30 characters.
+    pub keyword: String,
+    /// `aliases = ["SUBSCRIBE"]`.
+    pub aliases: Vec<String>,
+    /// `tenant = "acme"`: on a shared short code each keyword belongs to one tenant.
+    pub tenant: Option<String>,
+    /// `inbox = "summer"`; default: the keyword in lower case.
+    pub inbox: String,
+    /// `starts = "<RFC 3339>"`: before it, messages fall to the default rule.
+    pub starts: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// `expires = "<RFC 3339>"`: from it on, messages get `expiry_reply` and an `expired` event.
+    pub expires: Option<chrono::DateTime<chrono::FixedOffset>>,
+    /// `expiry_reply = "<template>"`.
+    pub expiry_reply: Option<String>,
+    pub actions: Actions,
+    /// `kind = "inbox"` (default) or `kind = "poll"` with its options.
+    pub poll: Option<Poll>,
+    /// Where the keyword is written in the file, for diagnostics after parsing (1-based).
+    pub line: usize,
+    pub col: usize,
+}
+
+/// `kind = "poll"`: `options = ["A", "B"]` (or numbered answers "1", "2", ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Poll {
+    /// Option keys as written (matched case-insensitively against the first word of `args`).
+    pub options: Vec<String>,
+    /// `vote = "last"` (default: a re-vote replaces the earlier one) or `"first"`.
+    pub last_vote_counts: bool,
+    /// `invalid_reply = "<template>"`: sent when the answer is not an option ({options}).
+    pub invalid_reply: Option<String>,
 }
 
 /// One problem found in a config file, printed as `FILE:LINE:COL: message`.
@@ -1238,6 +1334,7 @@ fn validate_carrier(
         gsm_packed: raw.gsm_packed.unwrap_or(false),
         reconnect_min: reconnect_min?,
         reconnect_max: reconnect_max?,
+        submit_per_second: 50,
     })
 }
 
@@ -1457,6 +1554,13 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
                 carrier: number.carrier.as_ref().map(|c| c.get_ref().clone()),
                 default_webhook: number.default.as_ref().map(|d| d.webhook.get_ref().clone()),
                 receipts_webhook: number.receipts.as_ref().map(|r| r.get_ref().clone()),
+                default_actions: Actions {
+                    webhook: number.default.as_ref().map(|d| d.webhook.get_ref().clone()),
+                    forward_template: "{from}: {text}".to_string(),
+                    ..Default::default()
+                },
+                keywords: Vec::new(),
+                reserved: ReservedWords::default(),
             }),
             _ => None,
         });
