@@ -13,8 +13,10 @@
 //! `VMND_BIN`, the data directory's parent with `VMND_BENCH_DIR`), so its CPU time
 //! (utime + stime from `/proc/<pid>/stat`) and peak RSS (`VmHWM` from `/proc/<pid>/status`) are
 //! the daemon's alone. Every run starts a fresh daemon with an empty store; durable group commit
-//! (`fsync = true`, the default) is on throughout. `VMND_PERF=FILE` attaches
-//! `perf record -e cpu-clock` to the daemon of the first end-to-end run.
+//! (`fsync = true`, the default) is on throughout. `VMND_PERF="ARGS"` runs `perf ARGS -p <pid>`
+//! on the daemon of the first end-to-end run and stops it with SIGINT when the run ends, e.g.
+//! `VMND_PERF="record -e cpu-clock -g -o /tmp/vmnd.perf"` or
+//! `VMND_PERF="stat -e task-clock,context-switches,cpu-migrations,page-faults"`.
 //!
 //! Scenarios (each repeated `RUNS` times; medians are reported):
 //! - `acks`: 1 and 4 binds x carrier window 1, 10, 100: acknowledged deliver_sm per second, from
@@ -206,7 +208,7 @@ async fn run(bin: PathBuf, sizes: Sizes, quick: bool, only: &[&str]) {
             "| binds | messages | run | delivered/s | acks done after s | all delivered after s | daemon CPU µs/msg | bench CPU µs/msg | daemon VmHWM MiB |"
         );
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let mut perf = std::env::var_os("VMND_PERF").map(PathBuf::from);
+        let mut perf = std::env::var("VMND_PERF").ok();
         for binds in [1usize, 4] {
             let mut rates = Vec::new();
             let mut cpus = Vec::new();
@@ -856,18 +858,17 @@ async fn e2e_run(
     binds: usize,
     window: usize,
     n: u64,
-    perf: Option<PathBuf>,
+    perf: Option<String>,
     progress: bool,
 ) -> E2eResult {
     let (smsc, sink) = start_parts(window, None, false).await;
     let daemon = Daemon::start(bin, &smsc, binds, &sink.url("/sms")).await;
-    let mut perf_child = perf.and_then(|out| {
+    let mut perf_child = perf.and_then(|args| {
+        eprintln!("perf {args} -p {}", daemon.pid());
         Command::new("perf")
-            .args(["record", "-e", "cpu-clock", "-F", "999", "-o"])
-            .arg(&out)
+            .args(args.split_whitespace())
             .args(["-p", &daemon.pid().to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .map_err(|e| eprintln!("cannot start perf: {e}"))
             .ok()

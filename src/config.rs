@@ -142,7 +142,16 @@ impl Default for ReservedWords {
     fn default() -> Self {
         let list = |words: &[&str]| words.iter().map(|w| w.to_string()).collect();
         ReservedWords {
-            stop: list(&["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"]),
+            stop: list(&[
+                "STOP",
+                "STOPALL",
+                "UNSUBSCRIBE",
+                "CANCEL",
+                "END",
+                "QUIT",
+                "REVOKE",
+                "OPTOUT",
+            ]),
             start: list(&["START", "YES", "UNSTOP"]),
             help: list(&["HELP", "INFO"]),
         }

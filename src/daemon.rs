@@ -3,6 +3,7 @@
 //! a handle the caller stops with `shutdown`, so tests and the demo drive the same code as
 //! systemd does.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -14,9 +15,11 @@ use crate::config::Config;
 use crate::outbound::dispatcher::{self, Scheduler};
 use crate::outbound::webhook::WebhookClient;
 use crate::processor::Processor;
-use crate::smpp::session::SessionContext;
+use crate::routing::router::Router;
+use crate::smpp::session::{SessionContext, SubmitRequest};
 use crate::smpp::supervisor::{self, CarrierState};
 use crate::store::{Store, writer};
+use arc_swap::ArcSwap;
 
 /// A running daemon.
 pub struct Daemon {
@@ -41,7 +44,8 @@ impl Daemon {
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let (scheduler, scheduled) = Scheduler::channel();
-        let mut processor = Processor::new(store.clone(), &config, scheduler);
+        let router = Arc::new(ArcSwap::from_pointee(Router::new(&config)));
+        let mut processor = Processor::new(store.clone(), &config, router.clone(), scheduler);
         let recovered = processor
             .recover()
             .map_err(|e| format!("cannot recover the journal: {e}"))?;
@@ -51,6 +55,15 @@ impl Daemon {
                 "processed journal entries left by the previous run"
             );
         }
+        // One submit_sm queue per carrier: the outbound SMS engine sends, the carrier's
+        // current session takes.
+        let mut submit_senders = HashMap::new();
+        let mut submit_receivers = Vec::new();
+        for carrier in &config.carriers {
+            let (tx, rx) = mpsc::channel::<SubmitRequest>(carrier.window.max(1) as usize * 4);
+            submit_senders.insert(carrier.name.clone(), tx);
+            submit_receivers.push(rx);
+        }
         let (journal_ids_tx, journal_ids_rx) = mpsc::unbounded_channel();
         let journal = writer::spawn(store.clone(), journal_ids_tx);
         let mut others = vec![tokio::spawn(processor.run(journal_ids_rx))];
@@ -58,6 +71,7 @@ impl Daemon {
             store.clone(),
             config.clone(),
             WebhookClient::new(),
+            Arc::new(submit_senders),
             scheduled,
             shutdown_rx.clone(),
         )));
@@ -75,7 +89,12 @@ impl Daemon {
                 .collect(),
         );
         let mut supervisors = Vec::new();
-        for (carrier, (_, state)) in config.carriers.iter().zip(carriers.iter()) {
+        for ((carrier, (_, state)), submits) in config
+            .carriers
+            .iter()
+            .zip(carriers.iter())
+            .zip(submit_receivers)
+        {
             let ctx = SessionContext {
                 carrier: carrier.clone(),
                 carrier_name: Arc::from(carrier.name.as_str()),
@@ -84,6 +103,7 @@ impl Daemon {
             };
             supervisors.push(tokio::spawn(supervisor::supervise(
                 ctx,
+                submits,
                 shutdown_rx.clone(),
             )));
         }

@@ -14,7 +14,9 @@
 //! | [`smpp::supervisor`] | one per carrier: reconnects with backoff and jitter, publishes bind state |
 //! | [`store`] | sled behind one module: group commit, inbound journal, messages, parts, receipts |
 //! | [`store::queue`] | the durable job queue: due-time ordered, retries, dead letters |
+//! | [`actions`] | a routing decision turned into jobs: webhook events, replies, forwards, poll votes |
 //! | [`processor`] | after the ack: receipts, reassembly, text decoding, the message record, jobs |
+//! | [`routing::keywords`] | keyword normalisation and the word-level trie index matched on the hot path |
 //! | [`outbound::webhook`] | signed HTTP POSTs from the queue with backoff until `retry_for` |
 //! | [`admin`] | hyper server: `/healthz`, `/metrics`, `/api/messages`, `/` |
 //! | [`outbound::dispatcher`] | runs queued jobs per endpoint with concurrency limits and backoff |
@@ -25,6 +27,7 @@
 //! | [`cli`] | the subcommands behind `main.rs` |
 //! | [`clock`] | durations in config syntax and timestamps in the contract's format |
 
+pub mod actions;
 pub mod admin;
 pub mod cli;
 pub mod clock;
@@ -34,6 +37,7 @@ pub mod demo;
 pub mod http_sink;
 pub mod outbound;
 pub mod processor;
+pub mod routing;
 pub mod sim;
 pub mod smpp;
 pub mod store;

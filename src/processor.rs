@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::actions;
 use crate::clock;
-use crate::config::{Config, Number};
+use crate::config::Config;
 use crate::outbound::dispatcher::Scheduler;
+use crate::routing::router::Router;
 use crate::smpp::pdu::{self, Address, Body, ShortMessage, tlv_tag};
 use crate::smpp::receipt;
 use crate::smpp::text::{self, Encoding};
@@ -23,35 +25,7 @@ use crate::smpp::udh;
 use crate::store::parts::{GroupKey, GroupMeta, PartAdded, PartRecord};
 use crate::store::queue::Job;
 use crate::store::{self, JournalEntry, MessageRecord, Store, receipt_key};
-
-/// Numbers as configured, looked up by the digits a carrier sends.
-pub struct NumberIndex {
-    by_digits: HashMap<String, Number>,
-}
-
-impl NumberIndex {
-    pub fn new(config: &Config) -> NumberIndex {
-        NumberIndex {
-            by_digits: config
-                .numbers
-                .iter()
-                .map(|n| (n.vmn.clone(), n.clone()))
-                .collect(),
-        }
-    }
-
-    /// The configured number for a destination as received: exact digits, or, for a long code
-    /// sent in international form (country code + 10 digits), its last 10 digits.
-    pub fn lookup(&self, to_digits: &str) -> Option<&Number> {
-        if let Some(n) = self.by_digits.get(to_digits) {
-            return Some(n);
-        }
-        if (11..=13).contains(&to_digits.len()) && to_digits.bytes().all(|b| b.is_ascii_digit()) {
-            return self.by_digits.get(&to_digits[to_digits.len() - 10..]);
-        }
-        None
-    }
-}
+use arc_swap::ArcSwap;
 
 /// Digits only for numeric addresses (no `+`, no blanks); alphanumeric senders as received.
 pub fn normalize_address(address: &Address) -> String {
@@ -67,7 +41,8 @@ pub fn normalize_address(address: &Address) -> String {
 /// Everything the processor needs; built once per config.
 pub struct Processor {
     store: Store,
-    numbers: NumberIndex,
+    /// The routing snapshot, swapped whole when the config changes (no lock to read it).
+    router: Arc<ArcSwap<Router>>,
     gsm_packed: HashMap<String, bool>,
     reassembly_timeout: Duration,
     dedup_window: Option<Duration>,
@@ -77,10 +52,15 @@ pub struct Processor {
 }
 
 impl Processor {
-    pub fn new(store: Store, config: &Arc<Config>, scheduler: Scheduler) -> Processor {
+    pub fn new(
+        store: Store,
+        config: &Arc<Config>,
+        router: Arc<ArcSwap<Router>>,
+        scheduler: Scheduler,
+    ) -> Processor {
         Processor {
             store,
-            numbers: NumberIndex::new(config),
+            router,
             gsm_packed: config
                 .carriers
                 .iter()
@@ -262,39 +242,11 @@ impl Processor {
         }
     }
 
-    /// Routes a message: the number's default webhook (keyword rules arrive with routing).
-    fn route(&self, record: &mut MessageRecord) -> Vec<Job> {
-        let Some(number) = self.numbers.lookup(&record.to) else {
-            metrics::counter!("vmnd_messages_unrouted_total").increment(1);
-            return Vec::new();
-        };
-        record.to = number.vmn.clone();
-        record.routed = true;
-        let webhook = match record.event.as_str() {
-            "receipt" => number.receipts_webhook.clone(),
-            _ => number.default_webhook.clone(),
-        };
-        let id = store::parse_id(&record.id).unwrap_or(0);
-        let now = clock::now_ms();
-        webhook
-            .into_iter()
-            .enumerate()
-            .map(|(i, name)| {
-                record.webhooks.push(name.clone());
-                Job {
-                    id: Job::id_for(id, i as u8),
-                    message_id: id,
-                    webhook: name,
-                    event: record.event.clone(),
-                    attempts: 0,
-                    created_ms: now,
-                    due_ms: now,
-                    first_attempt_ms: None,
-                    last_error: None,
-                    last_status: None,
-                }
-            })
-            .collect()
+    /// Routes a message and plans its jobs (see [`crate::actions`]).
+    fn route(&self, record: &mut MessageRecord) -> store::Result<Vec<Job>> {
+        let router = self.router.load();
+        let matchable = record.encoding != Encoding::Binary.as_str();
+        actions::plan(&self.store, &router, record, matchable)
     }
 
     fn finish_single(
@@ -310,7 +262,7 @@ impl Processor {
         record.text = decoded.text;
         record.encoding = decoded.encoding.as_str().to_string();
         record.parts = parts;
-        let jobs = self.route(&mut record);
+        let jobs = self.route(&mut record)?;
         self.store
             .finish_message(journal_id, &record, &jobs, None)?;
         self.schedule(&jobs);
@@ -350,7 +302,7 @@ impl Processor {
         // A receipt comes from the handset's side to our number: `to` is ours.
         let index = (!parsed.id.is_empty()).then(|| receipt_key(&entry.carrier, &parsed.id));
         record.receipt = Some(parsed);
-        let jobs = self.route(&mut record);
+        let jobs = self.route(&mut record)?;
         self.store
             .finish_message(journal_id, &record, &jobs, index.as_deref())?;
         self.schedule(&jobs);
@@ -399,7 +351,7 @@ impl Processor {
         if !complete {
             metrics::counter!("vmnd_messages_incomplete_total").increment(1);
         }
-        let jobs = self.route(&mut record);
+        let jobs = self.route(&mut record)?;
         self.store.finish_group(group, meta, &record, &jobs)?;
         self.schedule(&jobs);
         Ok(())

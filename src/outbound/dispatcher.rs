@@ -14,13 +14,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock;
 use crate::config::{Config, Webhook};
+use crate::outbound::sms_text;
 use crate::outbound::webhook::{self, Attempt, WebhookClient};
-use crate::store::queue::{DeadLetter, Job};
+use crate::smpp::pdu::{self, Address, ShortMessage, status};
+use crate::smpp::session::SubmitRequest;
+use crate::store::outbound::{OutboundRecord, OutboundSegment};
+use crate::store::queue::{DeadLetter, Job, SmsJob};
 use crate::store::{self, MessageRecord, Store};
+
+/// How long an SMS is retried (throttled, queue full, not bound) before it is dead-lettered.
+const SMS_RETRY_FOR: Duration = Duration::from_secs(24 * 3600);
 
 /// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
 const BASE_BACKOFF: Duration = Duration::from_secs(1);
@@ -50,7 +57,7 @@ impl Scheduler {
         let _ = self.tx.send(Scheduled {
             due_ms: job.due_ms,
             id: job.id,
-            webhook: Arc::from(job.webhook.as_str()),
+            webhook: Arc::from(job.queue_key().as_str()),
         });
     }
 }
@@ -105,9 +112,27 @@ pub fn payload(record: &MessageRecord, event: &str) -> Vec<u8> {
     serde_json::to_vec(&p).unwrap_or_default()
 }
 
+/// Where a queue's jobs go.
+#[derive(Clone)]
+enum Target {
+    Webhook {
+        config: Webhook,
+        uri: Option<hyper::Uri>,
+    },
+    /// The outbound SMS engine: submit_sm on this carrier's bind.
+    Sms {
+        carrier: String,
+        sender: mpsc::Sender<SubmitRequest>,
+        response_timeout: Duration,
+    },
+}
+
 struct Endpoint {
-    config: Webhook,
-    uri: Option<hyper::Uri>,
+    target: Target,
+    /// Requests in flight at most: the webhook's `concurrency`, the carrier's `window`.
+    concurrency: usize,
+    /// How long a job is retried before it becomes a dead letter.
+    retry_for: Duration,
     queue: BinaryHeap<Reverse<(u64, u64)>>,
     /// Job ids queued or in flight: a job announced twice (recovery announces the jobs it
     /// writes, and the startup scan of the jobs tree finds them too) runs once.
@@ -128,26 +153,35 @@ pub async fn run(
     store: Store,
     config: Arc<Config>,
     client: WebhookClient,
+    submit_senders: Arc<HashMap<String, mpsc::Sender<SubmitRequest>>>,
     mut incoming: mpsc::UnboundedReceiver<Scheduled>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut endpoints: HashMap<Arc<str>, Endpoint> = config
-        .webhooks
-        .iter()
-        .map(|w| {
-            let uri = w.url.parse::<hyper::Uri>().ok();
-            (
-                Arc::from(w.name.as_str()),
-                Endpoint {
-                    config: w.clone(),
-                    uri,
-                    queue: BinaryHeap::new(),
-                    known: HashSet::new(),
-                    in_flight: 0,
-                },
-            )
-        })
-        .collect();
+    let mut endpoints: HashMap<Arc<str>, Endpoint> = HashMap::new();
+    for w in &config.webhooks {
+        let target = Target::Webhook {
+            config: w.clone(),
+            uri: w.url.parse::<hyper::Uri>().ok(),
+        };
+        endpoints.insert(
+            Arc::from(w.name.as_str()),
+            Endpoint::new(target, w.concurrency, w.retry_for),
+        );
+    }
+    for c in &config.carriers {
+        let Some(sender) = submit_senders.get(&c.name) else {
+            continue;
+        };
+        let target = Target::Sms {
+            carrier: c.name.clone(),
+            sender: sender.clone(),
+            response_timeout: c.response_timeout,
+        };
+        endpoints.insert(
+            Arc::from(format!("sms:{}", c.name).as_str()),
+            Endpoint::new(target, c.window.max(1) as usize, SMS_RETRY_FOR),
+        );
+    }
     // Startup: everything in the jobs tree is pending (claims live only in memory).
     match store.job_schedule() {
         Ok(jobs) => {
@@ -172,7 +206,7 @@ pub async fn run(
         let now = clock::now_ms();
         let mut next_due: Option<u64> = None;
         for (name, ep) in endpoints.iter_mut() {
-            while ep.in_flight < ep.config.concurrency {
+            while ep.in_flight < ep.concurrency {
                 let Some(Reverse((due, id))) = ep.queue.peek().copied() else {
                     break;
                 };
@@ -185,8 +219,8 @@ pub async fn run(
                 let task = AttemptTask {
                     store: store.clone(),
                     client: client.clone(),
-                    webhook: ep.config.clone(),
-                    uri: ep.uri.clone(),
+                    target: ep.target.clone(),
+                    retry_for: ep.retry_for,
                     name: name.clone(),
                     id,
                     done: done_tx.clone(),
@@ -221,6 +255,19 @@ pub async fn run(
     }
 }
 
+impl Endpoint {
+    fn new(target: Target, concurrency: usize, retry_for: Duration) -> Endpoint {
+        Endpoint {
+            target,
+            concurrency: concurrency.max(1),
+            retry_for,
+            queue: BinaryHeap::new(),
+            known: HashSet::new(),
+            in_flight: 0,
+        }
+    }
+}
+
 fn enqueue(store: &Store, endpoints: &mut HashMap<Arc<str>, Endpoint>, s: Scheduled) {
     match endpoints.get_mut(&s.webhook) {
         Some(ep) => {
@@ -237,7 +284,7 @@ fn enqueue(store: &Store, endpoints: &mut HashMap<Arc<str>, Endpoint>, s: Schedu
             let letter = DeadLetter {
                 job,
                 dead_at_ms: clock::now_ms(),
-                reason: format!("webhook {:?} is no longer configured", s.webhook),
+                reason: format!("{:?} is no longer configured", s.webhook),
             };
             if let Err(e) = store.job_dead(&letter) {
                 tracing::error!(error = %e, "cannot dead-letter job");
@@ -261,11 +308,25 @@ fn finished(endpoints: &mut HashMap<Arc<str>, Endpoint>, f: Finished) {
 struct AttemptTask {
     store: Store,
     client: WebhookClient,
-    webhook: Webhook,
-    uri: Option<hyper::Uri>,
+    target: Target,
+    retry_for: Duration,
     name: Arc<str>,
     id: u64,
     done: mpsc::UnboundedSender<Finished>,
+}
+
+/// How one attempt went, whatever the target.
+enum Outcome {
+    Done,
+    /// Worth another try later.
+    Retry {
+        error: String,
+        status: Option<u16>,
+    },
+    /// Will never work (a carrier's permanent refusal): dead-letter now.
+    GiveUp {
+        error: String,
+    },
 }
 
 impl AttemptTask {
@@ -285,80 +346,56 @@ impl AttemptTask {
         });
     }
 
+    /// Runs the job once and records what happened; Some(time) to retry at.
     async fn attempt(&self) -> store::Result<Option<u64>> {
         let Some(mut job) = self.store.job(self.id)? else {
             return Ok(None); // done meanwhile (e.g. scheduled twice)
         };
-        let Some(record) = self.store.message(job.message_id)? else {
-            let letter = DeadLetter {
-                job,
-                dead_at_ms: clock::now_ms(),
-                reason: "message record missing".into(),
-            };
-            self.store.job_dead(&letter)?;
-            return Ok(None);
-        };
-        let body = Bytes::from(payload(&record, &job.event));
         let now = clock::now_ms();
         job.first_attempt_ms.get_or_insert(now);
         job.attempts += 1;
-        let outcome = match &self.uri {
-            Some(uri) => {
-                self.client
-                    .post(
-                        uri,
-                        &record.id,
-                        self.webhook.secret.as_deref(),
-                        body,
-                        self.webhook.timeout,
-                    )
-                    .await
+        let outcome = match &self.target {
+            Target::Webhook { config, uri } => {
+                self.post_webhook(&job, config, uri.as_ref()).await?
             }
-            None => Attempt::Failed {
-                status: None,
-                latency: Duration::ZERO,
-                error: format!("invalid url {:?}", self.webhook.url),
-            },
+            Target::Sms {
+                carrier,
+                sender,
+                response_timeout,
+            } => {
+                self.send_sms(&mut job, carrier, sender, *response_timeout)
+                    .await?
+            }
         };
-        let name = self.webhook.name.clone();
+        let name = self.name.to_string();
         match outcome {
-            Attempt::Delivered { latency, .. } => {
-                metrics::counter!("vmnd_webhook_attempts_total", "webhook" => name.clone(), "outcome" => "delivered").increment(1);
-                metrics::histogram!("vmnd_webhook_latency_seconds", "webhook" => name)
-                    .record(latency.as_secs_f64());
+            Outcome::Done => {
                 self.store.job_done(job.id)?;
                 Ok(None)
             }
-            Attempt::Failed {
-                status,
-                latency,
-                error,
-            } => {
-                metrics::counter!("vmnd_webhook_attempts_total", "webhook" => name.clone(), "outcome" => "failed").increment(1);
-                metrics::histogram!("vmnd_webhook_latency_seconds", "webhook" => name.clone())
-                    .record(latency.as_secs_f64());
-                tracing::debug!(job = job.id, webhook = %name, ?status, %error, "webhook attempt failed");
+            Outcome::GiveUp { error } => {
+                metrics::counter!("vmnd_jobs_dead_total", "queue" => name).increment(1);
+                self.dead_letter(job, format!("refused: {error}"))?;
+                Ok(None)
+            }
+            Outcome::Retry { error, status } => {
+                tracing::debug!(job = job.id, queue = %name, ?status, %error, "attempt failed");
                 job.last_error = Some(error);
                 job.last_status = status;
                 let now = clock::now_ms();
                 let first = job.first_attempt_ms.unwrap_or(now);
-                let retry_for = self.webhook.retry_for.as_millis() as u64;
+                let retry_for = self.retry_for.as_millis() as u64;
                 let delay =
                     webhook::backoff(job.attempts, BASE_BACKOFF, MAX_BACKOFF).as_millis() as u64;
                 if now.saturating_sub(first) >= retry_for {
-                    metrics::counter!("vmnd_webhook_attempts_total", "webhook" => name, "outcome" => "dead").increment(1);
+                    metrics::counter!("vmnd_jobs_dead_total", "queue" => name).increment(1);
                     let reason = format!(
                         "gave up after {} attempts over {} ms: {}",
                         job.attempts,
                         now.saturating_sub(first),
                         job.last_error.as_deref().unwrap_or("")
                     );
-                    tracing::warn!(job = job.id, %reason, "dead letter");
-                    self.store.job_dead(&DeadLetter {
-                        job,
-                        dead_at_ms: now,
-                        reason,
-                    })?;
+                    self.dead_letter(job, reason)?;
                     Ok(None)
                 } else {
                     // Never retry later than the deadline; the last try lands on it.
@@ -368,5 +405,216 @@ impl AttemptTask {
                 }
             }
         }
+    }
+
+    fn dead_letter(&self, job: Job, reason: String) -> store::Result<()> {
+        tracing::warn!(job = job.id, %reason, "dead letter");
+        if job.sms.is_some() {
+            if let Some(mut record) = self.store.outbound(job.id)? {
+                record.state = "failed".to_string();
+                record.error = Some(reason.clone());
+                record.updated_ms = clock::now_ms();
+                self.store.put_outbound(job.id, &record)?;
+            }
+        }
+        self.store.job_dead(&DeadLetter {
+            job,
+            dead_at_ms: clock::now_ms(),
+            reason,
+        })
+    }
+
+    async fn post_webhook(
+        &self,
+        job: &Job,
+        config: &Webhook,
+        uri: Option<&hyper::Uri>,
+    ) -> store::Result<Outcome> {
+        let Some(record) = self.store.message(job.message_id)? else {
+            return Ok(Outcome::GiveUp {
+                error: "message record missing".into(),
+            });
+        };
+        let body = Bytes::from(payload(&record, &job.event));
+        let attempt = match uri {
+            Some(uri) => {
+                self.client
+                    .post(
+                        uri,
+                        &record.id,
+                        config.secret.as_deref(),
+                        body,
+                        config.timeout,
+                    )
+                    .await
+            }
+            None => Attempt::Failed {
+                status: None,
+                latency: Duration::ZERO,
+                error: format!("invalid url {:?}", config.url),
+            },
+        };
+        let name = config.name.clone();
+        Ok(match attempt {
+            Attempt::Delivered { latency, .. } => {
+                metrics::counter!("vmnd_webhook_attempts_total", "webhook" => name.clone(), "outcome" => "delivered").increment(1);
+                metrics::histogram!("vmnd_webhook_latency_seconds", "webhook" => name)
+                    .record(latency.as_secs_f64());
+                Outcome::Done
+            }
+            Attempt::Failed {
+                status,
+                latency,
+                error,
+            } => {
+                metrics::counter!("vmnd_webhook_attempts_total", "webhook" => name.clone(), "outcome" => "failed").increment(1);
+                metrics::histogram!("vmnd_webhook_latency_seconds", "webhook" => name)
+                    .record(latency.as_secs_f64());
+                Outcome::Retry { error, status }
+            }
+        })
+    }
+
+    /// Sends the segments not yet accepted, one submit_sm each, through the carrier's bind.
+    async fn send_sms(
+        &self,
+        job: &mut Job,
+        carrier: &str,
+        sender: &mpsc::Sender<SubmitRequest>,
+        response_timeout: Duration,
+    ) -> store::Result<Outcome> {
+        let Some(sms) = job.sms.clone() else {
+            return Ok(Outcome::GiveUp {
+                error: "not an SMS job".into(),
+            });
+        };
+        let segments = sms_text::segments(&sms.text, sms.reference);
+        let mut record = match self.store.outbound(job.id)? {
+            Some(r) => r,
+            None => new_outbound_record(job, &sms),
+        };
+        for (index, segment) in segments.iter().enumerate() {
+            let index = index as u8;
+            if sms.sent.iter().any(|(i, _)| *i == index) {
+                continue;
+            }
+            let sm = ShortMessage {
+                source: source_address(&sms.from),
+                dest: Address {
+                    ton: 1,
+                    npi: 1,
+                    addr: sms.to.clone(),
+                },
+                esm_class: segment.esm_class,
+                data_coding: segment.data_coding,
+                // Ask for a delivery receipt: it is correlated back to this record.
+                registered_delivery: 1,
+                short_message: Bytes::from(segment.short_message.clone()),
+                ..Default::default()
+            };
+            let (reply, answer) = oneshot::channel();
+            if sender.send(SubmitRequest { sm, reply }).await.is_err() {
+                return Ok(Outcome::Retry {
+                    error: format!("carrier {carrier} is not running"),
+                    status: None,
+                });
+            }
+            // Queueing behind the window plus the SMSC's answer.
+            let outcome = match tokio::time::timeout(response_timeout * 3, answer).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => {
+                    return Ok(Outcome::Retry {
+                        error: format!("carrier {carrier}: session ended before submit_sm_resp"),
+                        status: None,
+                    });
+                }
+                Err(_) => {
+                    return Ok(Outcome::Retry {
+                        error: format!("carrier {carrier}: not bound or no submit_sm_resp in time"),
+                        status: None,
+                    });
+                }
+            };
+            metrics::counter!("vmnd_submit_sm_resp_total", "carrier" => carrier.to_string(), "status" => pdu::status_name(outcome.status)).increment(1);
+            match outcome.status {
+                status::ESME_ROK => {
+                    self.store
+                        .index_carrier_message_id(carrier, &outcome.message_id, job.id)?;
+                    if let Some(sms) = job.sms.as_mut() {
+                        sms.sent.push((index, outcome.message_id.clone()));
+                    }
+                    record.segments.push(OutboundSegment {
+                        seq: index,
+                        carrier_message_id: outcome.message_id,
+                        receipt: None,
+                    });
+                    record.updated_ms = clock::now_ms();
+                    // Both before the next segment: a crash now re-sends only what is left.
+                    self.store.job_update(job)?;
+                    self.store.put_outbound(job.id, &record)?;
+                }
+                s if is_transient_submit_error(s) => {
+                    self.store.put_outbound(job.id, &record)?;
+                    return Ok(Outcome::Retry {
+                        error: format!("carrier {carrier}: {}", pdu::status_name(s)),
+                        status: None,
+                    });
+                }
+                s => {
+                    self.store.put_outbound(job.id, &record)?;
+                    return Ok(Outcome::GiveUp {
+                        error: format!(
+                            "carrier {carrier} refused submit_sm: {}",
+                            pdu::status_name(s)
+                        ),
+                    });
+                }
+            }
+        }
+        record.state = "sent".to_string();
+        record.updated_ms = clock::now_ms();
+        self.store.put_outbound(job.id, &record)?;
+        metrics::counter!("vmnd_sms_sent_total", "carrier" => carrier.to_string(), "purpose" => sms.purpose.clone()).increment(1);
+        Ok(Outcome::Done)
+    }
+}
+
+fn new_outbound_record(job: &Job, sms: &SmsJob) -> OutboundRecord {
+    OutboundRecord {
+        id: store::format_id(job.id),
+        message_id: store::format_id(job.message_id),
+        purpose: sms.purpose.clone(),
+        carrier: sms.carrier.clone(),
+        from: sms.from.clone(),
+        to: sms.to.clone(),
+        text: sms.text.clone(),
+        state: "queued".to_string(),
+        segments: Vec::new(),
+        error: None,
+        created_ms: job.created_ms,
+        updated_ms: clock::now_ms(),
+    }
+}
+
+/// Statuses after which the same submit_sm may succeed later (SMPP 3.4 5.1.3; throttling and
+/// a full queue are the carrier asking us to slow down).
+fn is_transient_submit_error(status: u32) -> bool {
+    matches!(
+        status,
+        status::ESME_RTHROTTLED
+            | status::ESME_RMSGQFUL
+            | status::ESME_RSYSERR
+            | status::ESME_RX_T_APPN
+    )
+}
+
+/// The number an SMS leaves from: a 6-digit short code is network-specific (TON 3, NPI 0), a
+/// 10-digit long code a national number (TON 2, NPI 1 E.164).
+pub fn source_address(vmn: &str) -> Address {
+    let (ton, npi) = if vmn.len() <= 8 { (3, 0) } else { (2, 1) };
+    Address {
+        ton,
+        npi,
+        addr: vmn.to_string(),
     }
 }

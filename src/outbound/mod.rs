@@ -4,4 +4,5 @@
 //! letters belong to the durable queue (`store::queue`), which calls into them.
 
 pub mod dispatcher;
+pub mod sms_text;
 pub mod webhook;

@@ -15,13 +15,13 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 
 use crate::clock;
 use crate::config::{BindMode, Carrier};
 use crate::smpp::codec::{Frame, FrameCodec};
-use crate::smpp::pdu::{self, Bind, Body, Pdu, command_id, status};
+use crate::smpp::pdu::{self, Bind, Body, Pdu, ShortMessage, command_id, status};
 use crate::smpp::supervisor::CarrierState;
 use crate::store::JournalEntry;
 use crate::store::writer::{AckOutcome, JournalRequest, JournalWriter};
@@ -55,6 +55,64 @@ pub struct SessionContext {
 struct Pending {
     command_id: u32,
     sent: Instant,
+    /// For submit_sm: who waits for the outcome.
+    reply: Option<oneshot::Sender<SubmitOutcome>>,
+}
+
+/// One submit_sm to send on this carrier's bind.
+pub struct SubmitRequest {
+    pub sm: ShortMessage,
+    pub reply: oneshot::Sender<SubmitOutcome>,
+}
+
+/// What the SMSC answered to a submit_sm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitOutcome {
+    pub status: u32,
+    /// The carrier's message id (empty on errors): receipts refer to it.
+    pub message_id: String,
+}
+
+/// submit_sm pacing: a token bucket refilled at `submit_per_second`, holding at most one
+/// second's worth so a quiet bind cannot burst past the carrier's limit.
+struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> RateLimit {
+        let per_second = f64::from(per_second.max(1));
+        RateLimit {
+            per_second,
+            tokens: per_second.min(1.0),
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second.max(1.0));
+    }
+
+    fn try_take(&mut self) -> bool {
+        self.refill();
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the next token is there.
+    fn next_token_in(&self) -> Duration {
+        let missing = (1.0 - self.tokens).max(0.0);
+        Duration::from_secs_f64(missing / self.per_second)
+    }
 }
 
 struct Session {
@@ -73,6 +131,7 @@ struct Session {
 pub async fn run(
     ctx: SessionContext,
     stream: TcpStream,
+    submits: &mut mpsc::Receiver<SubmitRequest>,
     mut shutdown: watch::Receiver<bool>,
 ) -> SessionEnd {
     let _ = stream.set_nodelay(true);
@@ -96,7 +155,9 @@ pub async fn run(
     s.ctx.state.set_bound(true);
     metrics::gauge!("vmnd_bind_up", "carrier" => carrier.clone()).set(1.0);
     tracing::info!(carrier = %carrier, "bound");
-    let end = s.serve(&mut reader, &mut acks_rx, &mut shutdown).await;
+    let end = s
+        .serve(&mut reader, &mut acks_rx, submits, &mut shutdown)
+        .await;
     s.ctx.state.set_bound(false);
     metrics::gauge!("vmnd_bind_up", "carrier" => carrier.clone()).set(0.0);
     let _ = s.writer.flush().await;
@@ -130,6 +191,14 @@ impl Session {
     }
 
     async fn request(&mut self, body: Body) -> Result<u32, SessionEnd> {
+        self.request_with_reply(body, None).await
+    }
+
+    async fn request_with_reply(
+        &mut self,
+        body: Body,
+        reply: Option<oneshot::Sender<SubmitOutcome>>,
+    ) -> Result<u32, SessionEnd> {
         let sequence_number = self.sequence();
         let pdu = Pdu {
             command_status: status::ESME_ROK,
@@ -141,6 +210,7 @@ impl Session {
             Pending {
                 command_id: pdu.command_id(),
                 sent: Instant::now(),
+                reply,
             },
         );
         self.send(&pdu).await?;
@@ -209,6 +279,7 @@ impl Session {
         &mut self,
         reader: &mut Reader,
         acks: &mut mpsc::UnboundedReceiver<AckOutcome>,
+        submits: &mut mpsc::Receiver<SubmitRequest>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> SessionEnd {
         let enquire_every = self.ctx.carrier.enquire_link;
@@ -217,10 +288,30 @@ impl Session {
         let mut timer = tokio::time::interval(tick);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unbind_sent: Option<Instant> = None;
+        // Only a transceiver bind may send submit_sm (a receiver bind's SMSC would refuse it).
+        let sends = self.ctx.carrier.bind == BindMode::Transceiver;
+        let window = self.ctx.carrier.window as usize;
+        let mut rate = RateLimit::new(self.ctx.carrier.submit_per_second);
+        let mut submits_open = true;
         loop {
+            let may_submit =
+                sends && submits_open && unbind_sent.is_none() && self.pending.len() < window;
+            rate.refill();
+            let has_token = rate.tokens >= 1.0;
             let step = tokio::select! {
                 biased;
                 Some(ack) = acks.recv() => self.on_ack(ack, acks).await,
+                request = submits.recv(), if may_submit && has_token => match request {
+                    Some(request) => {
+                        rate.try_take();
+                        self.submit(request).await
+                    }
+                    None => {
+                        submits_open = false;
+                        Ok(())
+                    }
+                },
+                _ = tokio::time::sleep(rate.next_token_in()), if may_submit && !has_token => Ok(()),
                 frame = reader.next() => match frame {
                     None => Err(SessionEnd::Closed),
                     Some(Err(e)) => Err(SessionEnd::Failed(format!("read: {e}"))),
@@ -256,6 +347,16 @@ impl Session {
                 }
             }
         }
+    }
+
+    async fn submit(&mut self, request: SubmitRequest) -> Result<(), SessionEnd> {
+        if request.reply.is_closed() {
+            return Ok(()); // the sender gave up (timed out) and will retry
+        }
+        metrics::counter!("vmnd_submit_sm_sent_total", "carrier" => self.ctx.carrier_name.to_string()).increment(1);
+        self.request_with_reply(Body::SubmitSm(Box::new(request.sm)), Some(request.reply))
+            .await?;
+        Ok(())
     }
 
     async fn on_ack(
@@ -370,10 +471,21 @@ impl Session {
             | Body::BindTransceiverResp { .. }
             | Body::DeliverSmResp { .. } => {
                 match self.pending.remove(&p.sequence_number) {
-                    Some(pending) if p.command_status != status::ESME_ROK => {
-                        tracing::warn!(carrier = %self.ctx.carrier_name, command_id = pending.command_id, status = %pdu::status_name(p.command_status), "request refused");
+                    Some(pending) => {
+                        if p.command_status != status::ESME_ROK {
+                            tracing::warn!(carrier = %self.ctx.carrier_name, command_id = pending.command_id, status = %pdu::status_name(p.command_status), "request refused");
+                        }
+                        if let Some(reply) = pending.reply {
+                            let message_id = match &p.body {
+                                Body::SubmitSmResp { message_id } => message_id.clone(),
+                                _ => String::new(),
+                            };
+                            let _ = reply.send(SubmitOutcome {
+                                status: p.command_status,
+                                message_id,
+                            });
+                        }
                     }
-                    Some(_) => {}
                     None => {
                         tracing::debug!(carrier = %self.ctx.carrier_name, seq = p.sequence_number, "response to nothing we sent; ignored")
                     }

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::clock;
 use crate::smpp::pdu;
-use crate::smpp::session::{self, SessionContext, SessionEnd};
+use crate::smpp::session::{self, SessionContext, SessionEnd, SubmitRequest};
 
 /// A session that lived this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
@@ -67,8 +67,13 @@ impl CarrierState {
     }
 }
 
-/// Keeps one carrier bound until `shutdown` turns true.
-pub async fn supervise(ctx: SessionContext, mut shutdown: watch::Receiver<bool>) {
+/// Keeps one carrier bound until `shutdown` turns true. `submits` carries the submit_sm the
+/// outbound SMS engine wants sent on this carrier; each session takes from it while bound.
+pub async fn supervise(
+    ctx: SessionContext,
+    mut submits: mpsc::Receiver<SubmitRequest>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let carrier = ctx.carrier.clone();
     let mut backoff = carrier.reconnect_min;
     loop {
@@ -79,7 +84,9 @@ pub async fn supervise(ctx: SessionContext, mut shutdown: watch::Receiver<bool>)
         let address = format!("{}:{}", carrier.host, carrier.port);
         let connect = tokio::time::timeout(carrier.response_timeout, TcpStream::connect(&address));
         let end = match connect.await {
-            Ok(Ok(stream)) => session::run(ctx.clone(), stream, shutdown.clone()).await,
+            Ok(Ok(stream)) => {
+                session::run(ctx.clone(), stream, &mut submits, shutdown.clone()).await
+            }
             Ok(Err(e)) => SessionEnd::Failed(format!("connect to {address}: {e}")),
             Err(_) => SessionEnd::Failed(format!("connect to {address}: timed out")),
         };

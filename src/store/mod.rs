@@ -10,8 +10,12 @@
 //! - `parts`:    reassembly state, see [`parts`].
 //! - `receipts`: "<carrier>\0<carrier message id>" -> message id (u64 BE) of the receipt record.
 //! - `jobs`, `dead`: see [`queue`].
+//! - `outbound`, `outbound_ids`: SMS sent and their receipts, see [`outbound`].
+//! - `votes`: poll votes, see [`polls`].
 
+pub mod outbound;
 pub mod parts;
+pub mod polls;
 pub mod queue;
 pub mod writer;
 
@@ -200,6 +204,9 @@ struct Inner {
     receipts: sled::Tree,
     jobs: sled::Tree,
     dead: sled::Tree,
+    outbound: sled::Tree,
+    outbound_ids: sled::Tree,
+    votes: sled::Tree,
     /// sled's main file, opened by us so a commit can fsync it (sled uses sync_file_range).
     db_file: Option<File>,
     dir: PathBuf,
@@ -234,6 +241,9 @@ impl Store {
                 receipts: db.open_tree("receipts")?,
                 jobs: db.open_tree("jobs")?,
                 dead: db.open_tree("dead")?,
+                outbound: db.open_tree("outbound")?,
+                outbound_ids: db.open_tree("outbound_ids")?,
+                votes: db.open_tree("votes")?,
                 db,
                 db_file,
                 dir: dir.to_path_buf(),
@@ -377,6 +387,9 @@ impl Store {
             receipts: &self.inner.receipts,
             jobs: &self.inner.jobs,
             dead: &self.inner.dead,
+            outbound: &self.inner.outbound,
+            outbound_ids: &self.inner.outbound_ids,
+            votes: &self.inner.votes,
         }
     }
 }
@@ -389,6 +402,9 @@ pub(crate) struct Trees<'a> {
     pub receipts: &'a sled::Tree,
     pub jobs: &'a sled::Tree,
     pub dead: &'a sled::Tree,
+    pub outbound: &'a sled::Tree,
+    pub outbound_ids: &'a sled::Tree,
+    pub votes: &'a sled::Tree,
 }
 
 pub fn receipt_key(carrier: &str, carrier_message_id: &str) -> Vec<u8> {

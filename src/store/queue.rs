@@ -29,11 +29,43 @@ pub struct Job {
     pub first_attempt_ms: Option<u64>,
     pub last_error: Option<String>,
     pub last_status: Option<u16>,
+    /// Present for an SMS to send (then `webhook` is empty): the outbound SMS engine runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<SmsJob>,
+}
+
+/// An SMS vmnd sends: a reply, an expiry reply, a poll answer or a forward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmsJob {
+    /// The bind it leaves through (the number's `carrier`).
+    pub carrier: String,
+    /// The number it is sent from.
+    pub from: String,
+    /// The person (or phone) it goes to: digits, international form.
+    pub to: String,
+    pub text: String,
+    /// `reply`, `expiry_reply`, `poll_reply`, `forward`.
+    pub purpose: String,
+    /// The concatenation reference used for every segment (stable across retries, so a
+    /// segment re-sent after a crash joins the same message on the handset).
+    pub reference: u8,
+    /// Segments the carrier accepted so far (index, carrier message id): a retry sends only
+    /// the rest.
+    #[serde(default)]
+    pub sent: Vec<(u8, String)>,
 }
 
 impl Job {
     pub fn id_for(message_id: u64, action_index: u8) -> u64 {
         (message_id << 8) | u64::from(action_index)
+    }
+
+    /// Which dispatcher queue runs it: the webhook's name, or `sms:<carrier>`.
+    pub fn queue_key(&self) -> String {
+        match &self.sms {
+            Some(sms) => format!("sms:{}", sms.carrier),
+            None => self.webhook.clone(),
+        }
     }
 }
 
@@ -46,13 +78,13 @@ pub struct DeadLetter {
 }
 
 impl Store {
-    /// Every queued job's `(due_ms, id, webhook)`, for the dispatcher's schedule at startup.
+    /// Every queued job's `(due_ms, id, queue key)`, for the dispatcher's schedule at startup.
     pub fn job_schedule(&self) -> Result<Vec<(u64, u64, String)>> {
         let mut out = Vec::new();
         for kv in self.trees().jobs.iter() {
             let (k, v) = kv?;
             let job: Job = decode_json(&v)?;
-            out.push((job.due_ms, key_u64(&k)?, job.webhook));
+            out.push((job.due_ms, key_u64(&k)?, job.queue_key()));
         }
         Ok(out)
     }

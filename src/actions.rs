@@ -1,0 +1,295 @@
+//! Turns a routing decision into the jobs that carry it out: webhook events, replies (templated,
+//! delayed by `reply_after`, held for `reply_window`), forwards to phones, expiry replies and
+//! poll answers. Poll votes are recorded here too. Job ids derive from the message id and the
+//! action's position, so reprocessing a message after a crash rewrites the same jobs.
+
+use chrono::{DateTime, Utc};
+
+use crate::clock;
+use crate::config::{Actions, Number};
+use crate::routing::router::{Decision, Router, next_opening};
+use crate::store::polls::{Vote, VoteOutcome};
+use crate::store::queue::{Job, SmsJob};
+use crate::store::{self, MessageRecord, Store};
+
+/// Jobs of one message, numbered in order.
+struct Jobs {
+    message_id: u64,
+    now_ms: u64,
+    jobs: Vec<Job>,
+}
+
+impl Jobs {
+    fn push(&mut self, webhook: String, event: &str, due_ms: u64, sms: Option<SmsJob>) {
+        let index = self.jobs.len() as u8;
+        self.jobs.push(Job {
+            id: Job::id_for(self.message_id, index),
+            message_id: self.message_id,
+            webhook,
+            event: event.to_string(),
+            attempts: 0,
+            created_ms: self.now_ms,
+            due_ms,
+            first_attempt_ms: None,
+            last_error: None,
+            last_status: None,
+            sms,
+        });
+    }
+}
+
+/// Values for `{from} {to} {keyword} {args} {text} {inbox} {date}` (and `{options}`).
+struct Vars<'a> {
+    record: &'a mut MessageRecord,
+    options: String,
+}
+
+impl Vars<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        let r = &*self.record;
+        Some(match name {
+            "from" => r.from.clone(),
+            "to" => r.to.clone(),
+            "keyword" => r.keyword.clone().unwrap_or_default(),
+            "args" => r.args.clone().unwrap_or_default(),
+            "text" => r.text.clone(),
+            "inbox" => r.inbox.clone().unwrap_or_default(),
+            "date" => r.received_at.get(..10).unwrap_or_default().to_string(),
+            "options" => self.options.clone(),
+            _ => return None,
+        })
+    }
+
+    fn render(&self, template: &str) -> String {
+        render_template(template, &|name| self.get(name))
+    }
+}
+
+/// Plans the jobs for a stored message (and records a poll vote). Fills in `to` (the number as
+/// configured), `routed`, `keyword`, `inbox`, `args` and `webhooks` on the record.
+pub fn plan(
+    store: &Store,
+    router: &Router,
+    record: &mut MessageRecord,
+    matchable: bool,
+) -> store::Result<Vec<Job>> {
+    let Some(number) = router.number(&record.to).cloned() else {
+        metrics::counter!("vmnd_messages_unrouted_total").increment(1);
+        return Ok(Vec::new());
+    };
+    record.to = number.vmn.clone();
+    record.routed = true;
+    let now_ms = clock::now_ms();
+    let mut jobs = Jobs {
+        message_id: store::parse_id(&record.id).unwrap_or(0),
+        now_ms,
+        jobs: Vec::new(),
+    };
+    if record.event == "receipt" {
+        if let Some(w) = &number.receipts_webhook {
+            record.webhooks.push(w.clone());
+            jobs.push(w.clone(), "receipt", now_ms, None);
+        }
+        return Ok(jobs.jobs);
+    }
+    let at = DateTime::<Utc>::from_timestamp_millis(record.received_at_ms as i64)
+        .unwrap_or_else(Utc::now);
+    let decision = if matchable {
+        let routed = router.route(&number, &record.text, at);
+        record.args = routed.args;
+        routed.decision
+    } else {
+        // Binary payloads are never keyword-matched.
+        Decision::Default
+    };
+    let mut vars = Vars {
+        record,
+        options: String::new(),
+    };
+    match decision {
+        Decision::Reserved { phrase, .. } => {
+            // The consent work acts on these; until then they are forwarded, and never
+            // answered with a campaign's or the default's reply.
+            vars.record.keyword = Some(phrase.to_uppercase());
+            if let Some(w) = &number.default_actions.webhook {
+                jobs.push(w.clone(), "message", now_ms, None);
+            }
+        }
+        Decision::Keyword { rule, .. } => {
+            let rule = &number.keywords[rule];
+            vars.record.keyword = Some(rule.keyword.clone());
+            vars.record.inbox = Some(rule.inbox.clone());
+            metrics::counter!("vmnd_keyword_matches_total", "vmn" => number.vmn.clone(), "keyword" => rule.keyword.clone()).increment(1);
+            let mut actions = rule.actions.clone();
+            if let Some(poll) = &rule.poll {
+                vars.options = poll.options.join(", ");
+                let answer = vars
+                    .record
+                    .args
+                    .as_deref()
+                    .and_then(|a| a.split_whitespace().next())
+                    .unwrap_or("");
+                let answer = answer.trim_matches(|c: char| !c.is_alphanumeric());
+                match poll.options.iter().find(|o| {
+                    o.eq_ignore_ascii_case(answer) || o.to_lowercase() == answer.to_lowercase()
+                }) {
+                    Some(option) => {
+                        let vote = Vote {
+                            option: option.clone(),
+                            message_id: vars.record.id.clone(),
+                            at_ms: vars.record.received_at_ms,
+                        };
+                        let outcome = store.record_vote(
+                            &number.vmn,
+                            &rule.keyword,
+                            &vars.record.from,
+                            &vote,
+                            poll.last_vote_counts,
+                        )?;
+                        metrics::counter!("vmnd_poll_votes_total", "outcome" => match outcome { VoteOutcome::Counted => "counted", VoteOutcome::Changed { .. } => "changed", VoteOutcome::Kept { .. } => "kept" }).increment(1);
+                    }
+                    None => {
+                        metrics::counter!("vmnd_poll_votes_total", "outcome" => "invalid")
+                            .increment(1);
+                        // An invalid answer gets the invalid reply instead of the vote's.
+                        actions.reply = poll.invalid_reply.clone();
+                        actions.reply_after = None;
+                        actions.reply_window = None;
+                    }
+                }
+            }
+            run_actions(&mut jobs, &number, &actions, &vars, "message", "reply");
+        }
+        Decision::Expired { rule, .. } => {
+            let rule = &number.keywords[rule];
+            vars.record.keyword = Some(rule.keyword.clone());
+            vars.record.inbox = Some(rule.inbox.clone());
+            metrics::counter!("vmnd_keyword_expired_total", "vmn" => number.vmn.clone(), "keyword" => rule.keyword.clone()).increment(1);
+            let actions = Actions {
+                webhook: rule.actions.webhook.clone(),
+                reply: rule.expiry_reply.clone(),
+                ..Default::default()
+            };
+            run_actions(
+                &mut jobs,
+                &number,
+                &actions,
+                &vars,
+                "expired",
+                "expiry_reply",
+            );
+        }
+        Decision::Default => {
+            run_actions(
+                &mut jobs,
+                &number,
+                &number.default_actions,
+                &vars,
+                "message",
+                "reply",
+            );
+        }
+    }
+    // Where the record went, for operators: the webhooks its jobs post to.
+    for job in &jobs.jobs {
+        if job.sms.is_none() && !vars.record.webhooks.contains(&job.webhook) {
+            vars.record.webhooks.push(job.webhook.clone());
+        }
+    }
+    Ok(jobs.jobs)
+}
+
+fn run_actions(
+    jobs: &mut Jobs,
+    number: &Number,
+    actions: &Actions,
+    vars: &Vars<'_>,
+    event: &str,
+    reply_purpose: &str,
+) {
+    let now_ms = jobs.now_ms;
+    if let Some(w) = &actions.webhook {
+        jobs.push(w.clone(), event, now_ms, None);
+    }
+    let Some(carrier) = &number.carrier else {
+        // Validation refuses SMS actions without a carrier; nothing to send.
+        return;
+    };
+    let sender = &vars.record.from;
+    if let Some(template) = &actions.reply {
+        if sender.bytes().all(|b| b.is_ascii_digit()) && !sender.is_empty() {
+            let mut due = now_ms + actions.reply_after.map_or(0, |d| d.as_millis() as u64);
+            if let Some(window) = &actions.reply_window {
+                let at =
+                    DateTime::<Utc>::from_timestamp_millis(due as i64).unwrap_or_else(Utc::now);
+                due = next_opening(window, at).timestamp_millis().max(0) as u64;
+            }
+            let sms = sms_job(
+                jobs,
+                carrier,
+                &number.vmn,
+                sender,
+                vars.render(template),
+                reply_purpose,
+            );
+            jobs.push(String::new(), event, due, Some(sms));
+        } else {
+            // An alphanumeric sender cannot be answered by SMS.
+            metrics::counter!("vmnd_replies_impossible_total").increment(1);
+        }
+    }
+    for phone in &actions.forward_to {
+        let text = vars.render(&actions.forward_template);
+        let sms = sms_job(jobs, carrier, &number.vmn, phone, text, "forward");
+        jobs.push(String::new(), event, now_ms, Some(sms));
+    }
+}
+
+fn sms_job(
+    jobs: &Jobs,
+    carrier: &str,
+    from: &str,
+    to: &str,
+    text: String,
+    purpose: &str,
+) -> SmsJob {
+    SmsJob {
+        carrier: carrier.to_string(),
+        from: from.to_string(),
+        to: to.to_string(),
+        text,
+        purpose: purpose.to_string(),
+        // Differs between the SMS of one message and between messages.
+        reference: (jobs.message_id as u8)
+            .wrapping_mul(31)
+            .wrapping_add(jobs.jobs.len() as u8),
+        sent: Vec::new(),
+    }
+}
+
+/// `{name}` replaced by its value; `{{` and `}}` are literal braces; an unknown name is left as
+/// written (validation refuses those in the config).
+fn render_template(template: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(template.len() + 32);
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            out.push_str(&tail[..1]);
+            rest = &tail[2..];
+        } else if let (true, Some(end)) = (tail.starts_with('{'), tail.find('}')) {
+            let name = &tail[1..end];
+            match vars(name) {
+                Some(value) => out.push_str(&value),
+                None => out.push_str(&tail[..=end]),
+            }
+            rest = &tail[end + 1..];
+        } else {
+            out.push_str(&tail[..1]);
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
