@@ -59,8 +59,8 @@ struct Sizes {
 
 const FULL: Sizes = Sizes {
     runs: 3,
-    acks: [3_000, 30_000, 150_000],
-    e2e: 100_000,
+    acks: [3_000, 20_000, 100_000],
+    e2e: 60_000,
     latency_secs: 10,
     rss: 1_000_000,
 };
@@ -90,7 +90,30 @@ fn main() {
         only = all.to_vec();
     }
     let sizes = if quick { QUICK } else { FULL };
-    let bin = daemon_binary();
+    // A private copy, so a rebuild of target/release during the run does not change what is
+    // measured half-way.
+    let original = daemon_binary();
+    let bin_dir = tempfile::tempdir().expect("tempdir");
+    let bin = bin_dir.path().join("vmnd");
+    std::fs::copy(&original, &bin).expect("copy the daemon binary");
+    let built = std::fs::metadata(&original)
+        .and_then(|m| m.modified())
+        .ok()
+        .map(|t| {
+            chrono::DateTime::<chrono::Utc>::from(t)
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string()
+        })
+        .unwrap_or_default();
+    println!(
+        "# vmnd ingest benchmark ({})\n",
+        if quick { "quick" } else { "full" }
+    );
+    println!("{}", machine());
+    println!(
+        "daemon: {} (built {built}), run from a private copy\n",
+        original.display()
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -143,15 +166,6 @@ fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
 
 async fn run(bin: PathBuf, sizes: Sizes, quick: bool, only: &[&str]) {
     let started = Instant::now();
-    let machine = machine();
-    println!(
-        "# vmnd ingest benchmark ({})",
-        if quick { "quick" } else { "full" }
-    );
-    println!();
-    println!("{machine}");
-    println!("daemon: {}", bin.display());
-    println!();
     let mut summary = Summary::default();
 
     if only.contains(&"disk") {

@@ -42,6 +42,8 @@ impl Jobs {
 struct Vars<'a> {
     record: &'a mut MessageRecord,
     options: String,
+    /// The poll option voted for, if any.
+    vote: Option<String>,
 }
 
 impl Vars<'_> {
@@ -56,6 +58,7 @@ impl Vars<'_> {
             "inbox" => r.inbox.clone().unwrap_or_default(),
             "date" => r.received_at.get(..10).unwrap_or_default().to_string(),
             "options" => self.options.clone(),
+            "option" => self.vote.clone().unwrap_or_default(),
             _ => return None,
         })
     }
@@ -67,8 +70,11 @@ impl Vars<'_> {
 
 /// Plans the jobs for a stored message (and records a poll vote). Fills in `to` (the number as
 /// configured), `routed`, `keyword`, `inbox`, `args` and `webhooks` on the record.
+///
+/// With `store` None nothing is written (poll votes are not recorded): `vmnd route` and
+/// `POST /api/route` use that to explain what would happen.
 pub fn plan(
-    store: &Store,
+    store: Option<&Store>,
     router: &Router,
     record: &mut MessageRecord,
     matchable: bool,
@@ -105,6 +111,7 @@ pub fn plan(
     let mut vars = Vars {
         record,
         options: String::new(),
+        vote: None,
     };
     match decision {
         Decision::Reserved { phrase, .. } => {
@@ -139,14 +146,23 @@ pub fn plan(
                             message_id: vars.record.id.clone(),
                             at_ms: vars.record.received_at_ms,
                         };
-                        let outcome = store.record_vote(
-                            &number.vmn,
-                            &rule.keyword,
-                            &vars.record.from,
-                            &vote,
-                            poll.last_vote_counts,
-                        )?;
-                        metrics::counter!("vmnd_poll_votes_total", "outcome" => match outcome { VoteOutcome::Counted => "counted", VoteOutcome::Changed { .. } => "changed", VoteOutcome::Kept { .. } => "kept" }).increment(1);
+                        vars.vote = Some(option.clone());
+                        if let Some(store) = store {
+                            let outcome = store.record_vote(
+                                &number.vmn,
+                                &rule.keyword,
+                                &vars.record.from,
+                                &vote,
+                                poll.last_vote_counts,
+                            )?;
+                            let label = match outcome {
+                                VoteOutcome::Counted => "counted",
+                                VoteOutcome::Changed { .. } => "changed",
+                                VoteOutcome::Kept { .. } => "kept",
+                            };
+                            metrics::counter!("vmnd_poll_votes_total", "outcome" => label)
+                                .increment(1);
+                        }
                     }
                     None => {
                         metrics::counter!("vmnd_poll_votes_total", "outcome" => "invalid")
@@ -292,4 +308,173 @@ fn render_template(template: &str, vars: &dyn Fn(&str) -> Option<String>) -> Str
     }
     out.push_str(rest);
     out
+}
+
+/// What `vmnd route` and `POST /api/route` answer: the decision, the actions that would run,
+/// and why the other candidates did not match. Nothing is written anywhere.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Explanation {
+    pub to: String,
+    pub from: String,
+    pub text: String,
+    pub at: String,
+    /// The number as configured, or None when vmnd does not serve the destination.
+    pub number: Option<String>,
+    /// `keyword`, `expired`, `reserved`, `default` or `unrouted`.
+    pub decision: String,
+    pub keyword: Option<String>,
+    pub inbox: Option<String>,
+    pub tenant: Option<String>,
+    pub args: Option<String>,
+    /// One line per job that would be queued.
+    pub actions: Vec<String>,
+    pub candidates: Vec<crate::routing::router::Candidate>,
+}
+
+/// Explains the fate of a message from `from` to `to` with `text` at `at`.
+pub fn explain(
+    router: &Router,
+    to: &str,
+    from: &str,
+    text: &str,
+    at: DateTime<Utc>,
+) -> Explanation {
+    let digits = |s: &str| {
+        let t = s.trim();
+        let t = t.strip_prefix('+').unwrap_or(t);
+        if t.bytes().all(|b| b.is_ascii_digit()) {
+            t.to_string()
+        } else {
+            s.trim().to_string()
+        }
+    };
+    let at_ms = at.timestamp_millis().max(0) as u64;
+    let mut record = MessageRecord {
+        id: store::format_id(0),
+        event: "message".to_string(),
+        to: digits(to),
+        from: digits(from),
+        text: text.to_string(),
+        encoding: "gsm7".to_string(),
+        keyword: None,
+        inbox: None,
+        args: None,
+        carrier: String::new(),
+        received_at: clock::rfc3339_ms(at_ms),
+        received_at_ms: at_ms,
+        parts: 1,
+        complete: true,
+        missing_parts: Vec::new(),
+        routed: false,
+        receipt: None,
+        webhooks: Vec::new(),
+    };
+    let number = router.number(&record.to).cloned();
+    let routed = number.as_ref().map(|n| router.route(n, text, at));
+    // Planning cannot fail without a store (nothing is read or written).
+    let jobs = plan(None, router, &mut record, true).unwrap_or_default();
+    let (decision, tenant) = match (&number, &routed) {
+        (None, _) | (_, None) => ("unrouted".to_string(), None),
+        (Some(n), Some(r)) => {
+            let tenant = Router::rule(n, &r.decision).and_then(|k| k.tenant.clone());
+            let name = match &r.decision {
+                Decision::Keyword { .. } => "keyword".to_string(),
+                Decision::Expired { .. } => "expired".to_string(),
+                Decision::Reserved { kind, phrase } => format!(
+                    "reserved ({} word {phrase:?})",
+                    match kind {
+                        crate::routing::router::ReservedKind::Stop => "opt-out",
+                        crate::routing::router::ReservedKind::Start => "opt-in",
+                        crate::routing::router::ReservedKind::Help => "help",
+                    }
+                ),
+                Decision::Default => "default".to_string(),
+            };
+            (name, tenant)
+        }
+    };
+    let actions = jobs
+        .iter()
+        .map(|job| match &job.sms {
+            None => format!("POST {} event to webhook {:?}", job.event, job.webhook),
+            Some(sms) => {
+                let when = if job.due_ms <= at_ms.max(job.created_ms) {
+                    "now".to_string()
+                } else {
+                    clock::rfc3339_ms(job.due_ms)
+                };
+                format!(
+                    "SMS {} from {} via carrier {:?} to {} ({when}): {:?}",
+                    sms.purpose, sms.from, sms.carrier, sms.to, sms.text
+                )
+            }
+        })
+        .collect();
+    Explanation {
+        to: record.to.clone(),
+        from: record.from.clone(),
+        text: text.to_string(),
+        at: clock::rfc3339_ms(at_ms),
+        number: number.as_ref().map(|n| n.vmn.clone()),
+        decision,
+        keyword: record.keyword.clone(),
+        inbox: record.inbox.clone(),
+        tenant,
+        args: record.args.clone(),
+        actions,
+        candidates: routed.map(|r| r.candidates).unwrap_or_default(),
+    }
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "message from {} to {} at {}: {:?}",
+            self.from, self.to, self.at, self.text
+        )?;
+        match &self.number {
+            None => writeln!(
+                f,
+                "unrouted: vmnd does not serve {}; the message would be stored and not forwarded",
+                self.to
+            )?,
+            Some(n) => {
+                write!(f, "number {n}: {}", self.decision)?;
+                if let Some(k) = &self.keyword {
+                    write!(f, " {k:?}")?;
+                }
+                if let Some(i) = &self.inbox {
+                    write!(f, ", inbox {i:?}")?;
+                }
+                if let Some(t) = &self.tenant {
+                    write!(f, ", tenant {t:?}")?;
+                }
+                if let Some(a) = &self.args {
+                    write!(f, ", args {a:?}")?;
+                }
+                writeln!(f)?;
+            }
+        }
+        if self.actions.is_empty() {
+            writeln!(f, "actions: none (stored only)")?;
+        } else {
+            writeln!(f, "actions:")?;
+            for a in &self.actions {
+                writeln!(f, "  - {a}")?;
+            }
+        }
+        if !self.candidates.is_empty() {
+            writeln!(f, "candidates:")?;
+            for c in &self.candidates {
+                let tenant = c
+                    .tenant
+                    .as_deref()
+                    .map(|t| format!(" (tenant {t})"))
+                    .unwrap_or_default();
+                writeln!(f, "  - {:?}{tenant}: {}", c.phrase, c.outcome)?;
+            }
+        }
+        Ok(())
+    }
 }

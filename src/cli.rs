@@ -88,3 +88,51 @@ pub fn demo(once: bool) -> ExitCode {
         }
     }
 }
+
+/// `vmnd route`'s arguments.
+#[derive(Debug, Default)]
+pub struct RouteArgs {
+    pub config: std::path::PathBuf,
+    pub to: String,
+    pub from: String,
+    /// RFC 3339; default now.
+    pub at: Option<String>,
+    pub json: bool,
+    pub text: String,
+}
+
+/// `vmnd route`: explains, with no side effects, what the message would trigger.
+pub fn route(args: &RouteArgs) -> ExitCode {
+    let config = match config::load(&args.config) {
+        Ok((config, _)) => config,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let at = match &args.at {
+        None => chrono::Utc::now(),
+        Some(text) => match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(t) => t.with_timezone(&chrono::Utc),
+            Err(e) => {
+                eprintln!(
+                    "--at {text:?}: not an RFC 3339 time ({e}); e.g. 2026-12-31T23:59:59+05:30"
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let router = crate::routing::router::Router::new(&config);
+    let explanation = crate::actions::explain(&router, &args.to, &args.from, &args.text, at);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&explanation).unwrap_or_default()
+        );
+    } else {
+        print!("{explanation}");
+    }
+    ExitCode::SUCCESS
+}

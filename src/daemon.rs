@@ -109,6 +109,8 @@ impl Daemon {
         }
         let admin_state = AdminState {
             store: store.clone(),
+            config: config.clone(),
+            router: router.clone(),
             carriers: carriers.clone(),
             token: d.admin_token.clone(),
             metrics,

@@ -246,7 +246,7 @@ impl Processor {
     fn route(&self, record: &mut MessageRecord) -> store::Result<Vec<Job>> {
         let router = self.router.load();
         let matchable = record.encoding != Encoding::Binary.as_str();
-        actions::plan(&self.store, &router, record, matchable)
+        actions::plan(Some(&self.store), &router, record, matchable)
     }
 
     fn finish_single(
@@ -301,6 +301,21 @@ impl Processor {
         record.encoding = decoded.encoding.as_str().to_string();
         // A receipt comes from the handset's side to our number: `to` is ours.
         let index = (!parsed.id.is_empty()).then(|| receipt_key(&entry.carrier, &parsed.id));
+        // A receipt for an SMS we sent: its state becomes visible on the outbound record.
+        if !parsed.id.is_empty() {
+            match self.store.apply_receipt(
+                &entry.carrier,
+                &parsed.id,
+                &parsed.stat,
+                clock::now_ms(),
+            )? {
+                Some(outbound) => {
+                    tracing::debug!(sms = %outbound.id, state = %outbound.state, "receipt correlated");
+                    metrics::counter!("vmnd_receipts_correlated_total").increment(1);
+                }
+                None => metrics::counter!("vmnd_receipts_uncorrelated_total").increment(1),
+            }
+        }
         record.receipt = Some(parsed);
         let jobs = self.route(&mut record)?;
         self.store

@@ -20,9 +20,14 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::actions;
 use crate::clock;
+use crate::config::Config;
+use crate::routing::router::Router;
 use crate::smpp::supervisor::CarrierState;
 use crate::store::{self, MessageFilter, Store};
+use arc_swap::ArcSwap;
+use http_body_util::BodyExt;
 
 /// Largest page `/api/messages` returns.
 const MAX_PAGE: usize = 1000;
@@ -31,6 +36,9 @@ const MAX_PAGE: usize = 1000;
 #[derive(Clone)]
 pub struct AdminState {
     pub store: Store,
+    pub config: Arc<Config>,
+    /// The routing snapshot the processor reads (explain uses the same one).
+    pub router: Arc<ArcSwap<Router>>,
     /// Carrier name -> bind state, in config order.
     pub carriers: Arc<Vec<(String, Arc<CarrierState>)>>,
     pub token: Option<String>,
@@ -124,7 +132,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req)) }
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -158,7 +166,7 @@ fn error(status: StatusCode, message: &str) -> Reply {
     json_reply(status, &json!({ "error": message }))
 }
 
-fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
+async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_string();
     let query: HashMap<String, String> = req
         .uri()
@@ -168,8 +176,14 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
     if path != "/healthz" && !authorized(state, &req) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
+    if req.method() == Method::POST && path == "/api/route" {
+        return explain_route(state, req).await;
+    }
     if req.method() != Method::GET {
-        return error(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here");
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET only here (POST is for /api/route)",
+        );
     }
     match path.as_str() {
         "/healthz" => healthz(state),
@@ -188,7 +202,11 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
             "text/html; charset=utf-8",
             page::render(state),
         ),
+        "/api/outbound" => list_outbound(state, &query),
         p if p.starts_with("/api/messages/") => one_message(state, &p["/api/messages/".len()..]),
+        p if p.starts_with("/api/numbers/") => {
+            number_api(state, &p["/api/numbers/".len()..], &query)
+        }
         _ => error(StatusCode::NOT_FOUND, "no such page"),
     }
 }
@@ -350,4 +368,155 @@ fn dead_letters(state: &AdminState, q: &HashMap<String, String>) -> Reply {
 /// Binds the admin listener (port 0 picks one; the daemon reports the real address).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+/// Largest request body accepted (POST /api/route).
+const MAX_BODY: usize = 64 * 1024;
+
+/// `POST /api/route` with `{"to": .., "from": .., "text": .., "at": "<RFC 3339>"?}`.
+async fn explain_route(state: &AdminState, req: Request<Incoming>) -> Reply {
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {e}"),
+            );
+        }
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RouteRequest {
+        to: String,
+        from: String,
+        text: String,
+        at: Option<String>,
+    }
+    let request: RouteRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected {{\"to\", \"from\", \"text\", \"at\"?}}: {e}"),
+            );
+        }
+    };
+    let at = match &request.at {
+        None => chrono::Utc::now(),
+        Some(text) => match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(t) => t.with_timezone(&chrono::Utc),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("at: not an RFC 3339 time: {e}"),
+                );
+            }
+        },
+    };
+    let router = state.router.load();
+    let explanation = actions::explain(&router, &request.to, &request.from, &request.text, at);
+    json_reply(StatusCode::OK, &json!(explanation))
+}
+
+fn list_outbound(state: &AdminState, q: &HashMap<String, String>) -> Reply {
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("limit: expected 1..={MAX_PAGE}"),
+            );
+        }
+    };
+    match state
+        .store
+        .list_outbound(q.get("message").map(String::as_str), limit)
+    {
+        Ok(records) => json_reply(StatusCode::OK, &json!({ "outbound": records })),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// `/api/numbers/{vmn}/polls/{keyword}` (JSON, or CSV with `?format=csv`).
+fn number_api(state: &AdminState, rest: &str, q: &HashMap<String, String>) -> Reply {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [vmn, "polls", keyword] = parts.as_slice() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "expected /api/numbers/{vmn}/polls/{keyword}",
+        );
+    };
+    let keyword = form_urlencoded::parse(format!("k={keyword}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let Some(number) = state.config.number(vmn) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("vmnd does not serve {vmn:?}"),
+        );
+    };
+    let Some((rule, poll)) = number
+        .keywords
+        .iter()
+        .find(|k| k.keyword.eq_ignore_ascii_case(&keyword))
+        .and_then(|k| k.poll.as_ref().map(|p| (k, p)))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no poll {keyword:?} on {vmn}"),
+        );
+    };
+    let (counts, voters) = match state.store.tally(&number.vmn, &rule.keyword, &poll.options) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    // In the configured order, then anything else (options removed from the config).
+    let mut rows: Vec<(String, u64)> = poll
+        .options
+        .iter()
+        .map(|o| (o.clone(), counts.get(o).copied().unwrap_or(0)))
+        .collect();
+    rows.extend(
+        counts
+            .iter()
+            .filter(|(o, _)| !poll.options.contains(o))
+            .map(|(o, c)| (o.clone(), *c)),
+    );
+    match q.get("format").map(String::as_str) {
+        Some("csv") => {
+            let mut csv = String::from("option,votes\r\n");
+            for (option, votes) in &rows {
+                csv.push_str(&format!("{},{votes}\r\n", csv_field(option)));
+            }
+            reply(StatusCode::OK, "text/csv; charset=utf-8", csv)
+        }
+        None | Some("json") => json_reply(
+            StatusCode::OK,
+            &json!({
+                "vmn": number.vmn,
+                "keyword": rule.keyword,
+                "voters": voters,
+                "vote": if poll.last_vote_counts { "last" } else { "first" },
+                "options": rows.iter().map(|(o, v)| json!({"option": o, "votes": v})).collect::<Vec<_>>(),
+            }),
+        ),
+        Some(other) => error(
+            StatusCode::BAD_REQUEST,
+            &format!("format: json or csv, not {other:?}"),
+        ),
+    }
+}
+
+/// RFC 4180 quoting when needed.
+fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_string()
+    }
 }
