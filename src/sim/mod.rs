@@ -76,6 +76,10 @@ pub struct SmscConfig {
     pub record_acks: bool,
     /// The `system_id` the simulator names itself in bind responses.
     pub smsc_system_id: String,
+    /// The first submit_sm are answered with these statuses, in order (e.g. ESME_RTHROTTLED
+    /// to test the daemon's retries); the rest with ESME_ROK. Refused ones are not recorded
+    /// in `submitted()`.
+    pub submit_statuses: Vec<u32>,
 }
 
 impl Default for SmscConfig {
@@ -93,6 +97,7 @@ impl Default for SmscConfig {
             no_retry_statuses: Vec::new(),
             record_acks: true,
             smsc_system_id: "vmnd-sim".into(),
+            submit_statuses: Vec::new(),
         }
     }
 }
@@ -183,6 +188,7 @@ impl Smsc {
             ready_hint: AtomicUsize::new(0),
             next_msg_id: AtomicU64::new(1),
             next_submit_id: AtomicU64::new(1),
+            submit_attempts: AtomicU64::new(0),
             next_session_id: AtomicU64::new(1),
             retry_wake: Notify::new(),
             cancel: cancel.clone(),

@@ -563,9 +563,16 @@ impl Session {
                     self.respond(&p, status::ESME_RINVBNDSTS);
                     return;
                 }
+                c.submits_received.fetch_add(1, Ordering::AcqRel);
+                let attempt = self.inner.submit_attempts.fetch_add(1, Ordering::AcqRel) as usize;
+                if let Some(&scripted) = self.inner.cfg.submit_statuses.get(attempt) {
+                    if scripted != status::ESME_ROK {
+                        self.respond(&p, scripted);
+                        return;
+                    }
+                }
                 let n = self.inner.next_submit_id.fetch_add(1, Ordering::Relaxed);
                 self.local.submitted.push((**sm).clone());
-                c.submits_received.fetch_add(1, Ordering::AcqRel);
                 self.push(&Pdu {
                     command_status: status::ESME_ROK,
                     sequence_number: p.sequence_number,

@@ -278,6 +278,8 @@ pub(super) struct Inner {
     pub ready_hint: AtomicUsize,
     pub next_msg_id: AtomicU64,
     pub next_submit_id: AtomicU64,
+    /// submit_sm received so far, to pick the scripted status (`submit_statuses`).
+    pub submit_attempts: AtomicU64,
     pub next_session_id: AtomicU64,
     /// Wakes the retry pump when a session schedules a retry.
     pub retry_wake: Notify,

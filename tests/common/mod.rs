@@ -11,7 +11,9 @@ use vmnd::http_sink::{HttpSink, SinkMode};
 use vmnd::sim::{Smsc, SmscConfig};
 
 /// A config for one carrier (the sim) and one webhook (the sink), numbers 567678 and
-/// 9876543210 forwarding to it. `extra` is appended (more carriers, options).
+/// 9876543210 forwarding to it, replies leaving through the sim. `extra` is appended: more
+/// carriers, options, or `[[number.keyword]]` tables (which then belong to 9876543210, the
+/// last number).
 pub fn config_text(data_dir: &Path, smsc_port: u16, webhook_url: &str, extra: &str) -> String {
     format!(
         r#"
@@ -44,6 +46,7 @@ receipts = "crm"
 
 [[number]]
 vmn = "9876543210"
+carrier = "sim"
 default = {{ webhook = "crm" }}
 {extra}
 "#,
