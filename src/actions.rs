@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::clock;
-use crate::config::{Actions, Number};
+use crate::config::{self, Actions, Number};
 use crate::routing::router::{Decision, Router, next_opening};
 use crate::store::polls::{Vote, VoteOutcome};
 use crate::store::queue::{Job, SmsJob};
@@ -64,7 +64,7 @@ impl Vars<'_> {
     }
 
     fn render(&self, template: &str) -> String {
-        render_template(template, &|name| self.get(name))
+        config::render_template(template, &|name| self.get(name))
     }
 }
 
@@ -281,33 +281,6 @@ fn sms_job(
             .wrapping_add(jobs.jobs.len() as u8),
         sent: Vec::new(),
     }
-}
-
-/// `{name}` replaced by its value; `{{` and `}}` are literal braces; an unknown name is left as
-/// written (validation refuses those in the config).
-fn render_template(template: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
-    let mut out = String::with_capacity(template.len() + 32);
-    let mut rest = template;
-    while let Some(i) = rest.find(['{', '}']) {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        if tail.starts_with("{{") || tail.starts_with("}}") {
-            out.push_str(&tail[..1]);
-            rest = &tail[2..];
-        } else if let (true, Some(end)) = (tail.starts_with('{'), tail.find('}')) {
-            let name = &tail[1..end];
-            match vars(name) {
-                Some(value) => out.push_str(&value),
-                None => out.push_str(&tail[..=end]),
-            }
-            rest = &tail[end + 1..];
-        } else {
-            out.push_str(&tail[..1]);
-            rest = &tail[1..];
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// What `vmnd route` and `POST /api/route` answer: the decision, the actions that would run,

@@ -11,18 +11,26 @@
 //!    URLs, secrets, uniqueness, references between sections) and build the resolved types below.
 //!
 //! The resolved types are what the daemon uses; nothing outside this module sees the raw layer.
+//! Two helpers are shared with the daemon so that what `vmnd check` accepts is what runs:
+//! templates (`reply`, `expiry_reply`, `invalid_reply`, `forward_template`) are checked by
+//! [`template_placeholders_ok`] and filled by [`render_template`]; keywords are normalised by
+//! [`crate::routing::keywords::keyword_words`], as the router does.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::{DateTime, FixedOffset, NaiveTime};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_spanned::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::clock::parse_duration;
+use crate::routing::keywords::keyword_words;
 
 /// A fully validated configuration: secrets resolved, numbers normalised, references checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,7 +138,7 @@ pub struct Number {
 /// The reserved words of a number, upper-case as configured (matching normalises).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservedWords {
-    /// Default: STOP, STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, REVOKE, OPTOUT.
+    /// Default: STOP, STOPALL, STOP ALL, UNSUBSCRIBE, CANCEL, END, QUIT, REVOKE, OPTOUT.
     pub stop: Vec<String>,
     /// Default: START, YES, UNSTOP.
     pub start: Vec<String>,
@@ -145,6 +153,7 @@ impl Default for ReservedWords {
             stop: list(&[
                 "STOP",
                 "STOPALL",
+                "STOP ALL",
                 "UNSUBSCRIBE",
                 "CANCEL",
                 "END",
@@ -574,6 +583,7 @@ struct RawCarrier {
     gsm_packed: Option<bool>,
     reconnect_min: Option<Spanned<String>>,
     reconnect_max: Option<Spanned<String>>,
+    submit_per_second: Option<Spanned<i64>>,
 }
 
 /// One `[[webhook]]` as written.
@@ -589,21 +599,131 @@ struct RawWebhook {
     concurrency: Option<Spanned<i64>>,
 }
 
-/// One `[[number]]` as written (its `keyword` rules, when present, are refused before this).
+/// One `[[number]]` as written (its `[[number.keyword]]` rules are taken out before this and
+/// read one by one, see [`RawNumberEntry`]).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawNumber {
     vmn: Spanned<String>,
     carrier: Option<Spanned<String>>,
-    default: Option<RawDefault>,
+    default: Option<Spanned<RawDefault>>,
     receipts: Option<Spanned<String>>,
 }
 
-/// `default = { webhook = "crm" }` in a `[[number]]`.
+/// `default = { webhook = "crm", reply = "..." }` in a `[[number]]`: the actions for messages
+/// that match no keyword.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDefault {
-    webhook: Spanned<String>,
+    webhook: Option<Spanned<String>>,
+    reply: Option<Spanned<String>>,
+    reply_after: Option<Spanned<String>>,
+    reply_window: Option<Spanned<String>>,
+    forward_to: Option<Spanned<Vec<Spanned<String>>>>,
+    forward_template: Option<Spanned<String>>,
+    // Any shape: it is refused by name (not implemented yet), not for its type.
+    email: Option<Spanned<IgnoredAny>>,
+}
+
+/// One `[[number.keyword]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyword {
+    keyword: Spanned<String>,
+    aliases: Option<Vec<Spanned<String>>>,
+    tenant: Option<Spanned<String>>,
+    inbox: Option<Spanned<String>>,
+    starts: Option<Spanned<RawTime>>,
+    expires: Option<Spanned<RawTime>>,
+    expiry_reply: Option<Spanned<String>>,
+    webhook: Option<Spanned<String>>,
+    reply: Option<Spanned<String>>,
+    reply_after: Option<Spanned<String>>,
+    reply_window: Option<Spanned<String>>,
+    forward_to: Option<Spanned<Vec<Spanned<String>>>>,
+    forward_template: Option<Spanned<String>>,
+    email: Option<Spanned<IgnoredAny>>,
+    kind: Option<Spanned<String>>,
+    options: Option<Spanned<Vec<Spanned<String>>>>,
+    vote: Option<Spanned<String>>,
+    invalid_reply: Option<Spanned<String>>,
+}
+
+/// The action keys shared by `default` and `[[number.keyword]]`, borrowed from either.
+struct RawActions<'a> {
+    webhook: Option<&'a Spanned<String>>,
+    reply: Option<&'a Spanned<String>>,
+    reply_after: Option<&'a Spanned<String>>,
+    reply_window: Option<&'a Spanned<String>>,
+    forward_to: Option<&'a Spanned<Vec<Spanned<String>>>>,
+    forward_template: Option<&'a Spanned<String>>,
+    email: Option<&'a Spanned<IgnoredAny>>,
+}
+
+impl RawDefault {
+    fn actions(&self) -> RawActions<'_> {
+        RawActions {
+            webhook: self.webhook.as_ref(),
+            reply: self.reply.as_ref(),
+            reply_after: self.reply_after.as_ref(),
+            reply_window: self.reply_window.as_ref(),
+            forward_to: self.forward_to.as_ref(),
+            forward_template: self.forward_template.as_ref(),
+            email: self.email.as_ref(),
+        }
+    }
+}
+
+impl RawKeyword {
+    fn actions(&self) -> RawActions<'_> {
+        RawActions {
+            webhook: self.webhook.as_ref(),
+            reply: self.reply.as_ref(),
+            reply_after: self.reply_after.as_ref(),
+            reply_window: self.reply_window.as_ref(),
+            forward_to: self.forward_to.as_ref(),
+            forward_template: self.forward_template.as_ref(),
+            email: self.email.as_ref(),
+        }
+    }
+}
+
+/// A date and time as written: a string (`"2026-12-31T23:59:59+05:30"`, as the design shows)
+/// or a TOML datetime written without quotes, which toml hands over as a one-entry map.
+struct RawTime(String);
+
+impl<'de> Deserialize<'de> for RawTime {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawTime;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a date and time such as \"2026-12-31T23:59:59+05:30\"")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawTime, E> {
+                Ok(RawTime(text.to_string()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawTime, A::Error> {
+                match map.next_key::<String>()? {
+                    // toml_datetime's private field name: the value is the datetime as text.
+                    Some(key) if key.starts_with("$__toml_private") => {
+                        Ok(RawTime(map.next_value::<String>()?))
+                    }
+                    _ => Err(serde::de::Error::invalid_type(
+                        serde::de::Unexpected::Map,
+                        &self,
+                    )),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Names given to the elements of `[[carrier]]` or `[[webhook]]`, read from the table before
@@ -688,9 +808,18 @@ struct RawConfig {
     daemon: Option<Option<(Span, RawDaemon)>>,
     carriers: Vec<(Span, RawCarrier)>,
     webhooks: Vec<(Span, RawWebhook)>,
-    numbers: Vec<(Span, RawNumber)>,
+    numbers: Vec<RawNumberEntry>,
     carrier_names: Names,
     webhook_names: Names,
+}
+
+/// One element of `[[number]]`: the number itself and its keyword rules, each read on its own
+/// so that a mistake in one does not hide the others.
+struct RawNumberEntry {
+    /// `None` when the number's own keys could not be read (already reported); its keyword
+    /// rules are still checked, without what depends on the number (its carrier).
+    number: Option<RawNumber>,
+    keywords: Vec<RawKeyword>,
 }
 
 /// Sections that later work brings; until then they are refused by name, with a reason,
@@ -703,9 +832,6 @@ fn not_implemented(section: &str) -> Option<String> {
         }
         "optout" => format!(
             "[optout] (STOP/START/HELP handling) {NOT_YET}; remove the section (such messages are forwarded like any other)"
-        ),
-        "keyword" => format!(
-            "[[number.keyword]] (keyword rules) {NOT_YET}; remove it (messages to a number go to its `default` webhook)"
         ),
         _ => return None,
     })
@@ -754,11 +880,9 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
             }
             "number" => {
                 for mut element in expect_array_of_tables(value, "number", p) {
-                    refuse_keywords(&mut element, p);
-                    let span = element.span();
-                    if let Some(n) = shape::<RawNumber>(element, "[[number]]", p) {
-                        raw.numbers.push((span, n));
-                    }
+                    let keywords = take_keywords(&mut element, p);
+                    let number = shape::<RawNumber>(element, "[[number]]", p);
+                    raw.numbers.push(RawNumberEntry { number, keywords });
                 }
             }
             other => {
@@ -783,17 +907,20 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
     raw
 }
 
-/// `[[number.keyword]]` (or `keyword = ...` in a number) is refused with its own message and
-/// removed, so that the rest of the number is still checked.
-fn refuse_keywords(element: &mut Spanned<DeValue<'_>>, p: &mut Problems<'_>) {
-    if let DeValue::Table(table) = element.get_mut() {
-        // A TOML table holds each key once, so one removal is enough.
-        if let Some((key, _)) = table.remove_entry("keyword") {
-            if let Some(message) = not_implemented("keyword") {
-                p.error(&key.span(), message);
-            }
-        }
-    }
+/// Takes `[[number.keyword]]` out of a number's table and reads each rule on its own, so that
+/// an unknown key in one rule hides neither the other rules nor the number's own keys.
+fn take_keywords(element: &mut Spanned<DeValue<'_>>, p: &mut Problems<'_>) -> Vec<RawKeyword> {
+    let DeValue::Table(table) = element.get_mut() else {
+        return Vec::new();
+    };
+    // A TOML table holds each key once, so one removal is enough.
+    let Some(value) = table.remove("keyword") else {
+        return Vec::new();
+    };
+    expect_array_of_tables(value, "number.keyword", p)
+        .into_iter()
+        .filter_map(|rule| shape::<RawKeyword>(rule, "[[number.keyword]]", p))
+        .collect()
 }
 
 /// `[name]`: a single table.
@@ -1278,6 +1405,13 @@ fn validate_carrier(
     };
 
     let window = validate_integer(raw.window.as_ref(), "window", 32, 1..=1000, p);
+    let submit_per_second = validate_integer(
+        raw.submit_per_second.as_ref(),
+        "submit_per_second",
+        50,
+        1..=10_000,
+        p,
+    );
     let enquire_link = validate_duration(
         raw.enquire_link.as_ref(),
         "enquire_link",
@@ -1343,7 +1477,7 @@ fn validate_carrier(
         gsm_packed: raw.gsm_packed.unwrap_or(false),
         reconnect_min: reconnect_min?,
         reconnect_max: reconnect_max?,
-        submit_per_second: 50,
+        submit_per_second: u32::try_from(submit_per_second?).ok()?,
     })
 }
 
@@ -1509,12 +1643,20 @@ fn validate_webhook(
     })
 }
 
-/// Checks every `[[number]]`: the VMN, uniqueness after normalisation, and the carrier and
-/// webhooks it names.
+/// Checks every `[[number]]`: the VMN, uniqueness after normalisation, the carrier and webhooks
+/// it names, its `default` actions and its keyword rules.
 fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>> {
+    let reserved_lists = ReservedWords::default();
+    let reserved = reserved_words(&reserved_lists);
     let mut seen: Vec<(String, Span)> = Vec::new();
     let mut numbers = Vec::new();
-    for (_, number) in &raw.numbers {
+    for entry in &raw.numbers {
+        let Some(number) = &entry.number else {
+            // The number itself is refused already; its rules are still checked on their own.
+            validate_keywords(&entry.keywords, &SmsRoute::Unknown, raw, &reserved, p);
+            numbers.push(None);
+            continue;
+        };
         let vmn = match normalize_vmn(number.vmn.get_ref()) {
             Ok(vmn) => {
                 if let Some((_, first)) = seen.iter().find(|(v, _)| *v == vmn) {
@@ -1540,41 +1682,941 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
             .carrier
             .as_ref()
             .is_none_or(|c| raw.carrier_names.check_reference(c, "carrier", p));
-        let default_ok = number.default.as_ref().is_none_or(|d| {
-            raw.webhook_names
-                .check_reference(&d.webhook, "default.webhook", p)
-        });
+        let route = sms_route(number, carrier_ok, raw);
         let receipts_ok = number
             .receipts
             .as_ref()
             .is_none_or(|r| raw.webhook_names.check_reference(r, "receipts", p));
-        if number.default.is_none() {
+
+        let default_actions = match &number.default {
+            None => Some(Actions {
+                forward_template: DEFAULT_FORWARD_TEMPLATE.to_string(),
+                ..Default::default()
+            }),
+            Some(d) => validate_actions(&d.get_ref().actions(), "default.", &route, raw, p),
+        };
+        let default_acts = number.default.as_ref().is_some_and(|d| {
+            let d = d.get_ref();
+            // `email` is refused above: counting it here spares a second, misleading message.
+            d.webhook.is_some() || d.reply.is_some() || d.forward_to.is_some() || d.email.is_some()
+        });
+        if !default_acts {
+            let (at, what) = match &number.default {
+                Some(d) => (d.span(), "has a `default` with no action"),
+                None => (number.vmn.span(), "has no `default`"),
+            };
             p.warning(
-                &number.vmn.span(),
+                &at,
                 format!(
-                    "number {:?} has no `default` webhook: messages to it are stored but not forwarded",
+                    "number {:?} {what}: messages that match no keyword are stored but not forwarded (give `default` a `webhook`, `reply` or `forward_to`)",
                     number.vmn.get_ref()
                 ),
             );
         }
-        numbers.push(match vmn {
-            Some(vmn) if carrier_ok && default_ok && receipts_ok => Some(Number {
-                vmn,
-                carrier: number.carrier.as_ref().map(|c| c.get_ref().clone()),
-                default_webhook: number.default.as_ref().map(|d| d.webhook.get_ref().clone()),
-                receipts_webhook: number.receipts.as_ref().map(|r| r.get_ref().clone()),
-                default_actions: Actions {
-                    webhook: number.default.as_ref().map(|d| d.webhook.get_ref().clone()),
-                    forward_template: "{from}: {text}".to_string(),
-                    ..Default::default()
-                },
-                keywords: Vec::new(),
-                reserved: ReservedWords::default(),
-            }),
+
+        let keywords = validate_keywords(&entry.keywords, &route, raw, &reserved, p);
+        numbers.push(match (vmn, default_actions, keywords) {
+            (Some(vmn), Some(default_actions), Some(keywords)) if carrier_ok && receipts_ok => {
+                Some(Number {
+                    vmn,
+                    carrier: number.carrier.as_ref().map(|c| c.get_ref().clone()),
+                    default_webhook: default_actions.webhook.clone(),
+                    receipts_webhook: number.receipts.as_ref().map(|r| r.get_ref().clone()),
+                    default_actions,
+                    keywords,
+                    reserved: reserved_lists.clone(),
+                })
+            }
             _ => None,
         });
     }
     numbers
+}
+
+/// `forward_template` when none is given.
+const DEFAULT_FORWARD_TEMPLATE: &str = "{from}: {text}";
+
+/// Whether a number's rules can send SMS: replies and forwards leave through its carrier.
+enum SmsRoute<'a> {
+    /// The number names a carrier that can send submit_sm.
+    Ready,
+    /// The number has no `carrier`.
+    NoCarrier,
+    /// The number's carrier binds as a receiver.
+    Receiver(&'a str),
+    /// Not known: the number or its carrier could not be read (already reported). No checks.
+    Unknown,
+}
+
+/// How the SMS of `number`'s rules would leave.
+fn sms_route<'a>(number: &'a RawNumber, carrier_ok: bool, raw: &'a RawConfig) -> SmsRoute<'a> {
+    let Some(name) = &number.carrier else {
+        return SmsRoute::NoCarrier;
+    };
+    if !carrier_ok {
+        return SmsRoute::Unknown;
+    }
+    // The first carrier of that name: a second one is a reported duplicate.
+    match raw
+        .carriers
+        .iter()
+        .find(|(_, c)| c.name.get_ref() == name.get_ref())
+    {
+        Some((_, c)) if c.bind.as_ref().is_some_and(|b| b.get_ref() == "receiver") => {
+            SmsRoute::Receiver(name.get_ref())
+        }
+        Some(_) => SmsRoute::Ready,
+        None => SmsRoute::Unknown,
+    }
+}
+
+impl SmsRoute<'_> {
+    /// Reports `key`, an action that sends an SMS, when the number cannot send one.
+    fn check(&self, key: &str, at: &Span, p: &mut Problems<'_>) -> bool {
+        match self {
+            SmsRoute::Ready | SmsRoute::Unknown => true,
+            SmsRoute::NoCarrier => {
+                p.error(
+                    at,
+                    format!(
+                        "`{key}` sends an SMS; replies leave through the number's carrier: set `carrier`"
+                    ),
+                );
+                false
+            }
+            SmsRoute::Receiver(name) => {
+                p.error(
+                    at,
+                    format!(
+                        "`{key}` sends an SMS, but the number's carrier {name:?} binds as a receiver, which cannot send submit_sm: bind it as \"transceiver\" or give the number another carrier"
+                    ),
+                );
+                false
+            }
+        }
+    }
+}
+
+/// Checks the actions of a rule (`prefix` is "default." for a number's default, so messages
+/// name the key as written) and resolves them.
+fn validate_actions(
+    a: &RawActions<'_>,
+    prefix: &str,
+    route: &SmsRoute<'_>,
+    raw: &RawConfig,
+    p: &mut Problems<'_>,
+) -> Option<Actions> {
+    let key = |k: &str| format!("{prefix}{k}");
+    let mut ok = true;
+
+    let webhook = a.webhook.map(|w| {
+        ok &= raw.webhook_names.check_reference(w, &key("webhook"), p);
+        w.get_ref().clone()
+    });
+
+    let reply = a.reply.map(|t| {
+        ok &= check_template_value(t, &key("reply"), TEMPLATE_PLACEHOLDERS, p);
+        ok &= route.check(&key("reply"), &t.span(), p);
+        t.get_ref().clone()
+    });
+
+    let mut reply_after = None;
+    if let Some(text) = a.reply_after {
+        if a.reply.is_none() {
+            p.error(
+                &text.span(),
+                format!(
+                    "`{}` delays the reply, but there is no `{}`: add one or remove `{}`",
+                    key("reply_after"),
+                    key("reply"),
+                    key("reply_after")
+                ),
+            );
+            ok = false;
+        } else {
+            // Zero is the same as no delay: harmless.
+            reply_after =
+                validate_duration(Some(text), &key("reply_after"), Duration::ZERO, true, p);
+            ok &= reply_after.is_some();
+        }
+    }
+
+    let mut reply_window = None;
+    if let Some(text) = a.reply_window {
+        if a.reply.is_none() {
+            p.error(
+                &text.span(),
+                format!(
+                    "`{}` schedules the reply, but there is no `{}`: add one or remove `{}`",
+                    key("reply_window"),
+                    key("reply"),
+                    key("reply_window")
+                ),
+            );
+            ok = false;
+        } else {
+            match parse_reply_window(text.get_ref()) {
+                Ok(window) => reply_window = Some(window),
+                Err(message) => {
+                    p.error(
+                        &text.span(),
+                        format!("`{}`: {message}", key("reply_window")),
+                    );
+                    ok = false;
+                }
+            }
+        }
+    }
+
+    let mut forward_to: Vec<String> = Vec::new();
+    if let Some(list) = a.forward_to {
+        if list.get_ref().is_empty() {
+            p.error(
+                &list.span(),
+                format!(
+                    "`{}` is empty: list the numbers to forward to, or remove it",
+                    key("forward_to")
+                ),
+            );
+            ok = false;
+        } else {
+            ok &= route.check(&key("forward_to"), &list.span(), p);
+        }
+        for number in list.get_ref() {
+            match normalize_msisdn(number.get_ref()) {
+                Ok(digits) if forward_to.contains(&digits) => {
+                    p.error(
+                        &number.span(),
+                        format!("`{}` lists {digits} twice", key("forward_to")),
+                    );
+                    ok = false;
+                }
+                Ok(digits) => forward_to.push(digits),
+                Err(message) => {
+                    p.error(
+                        &number.span(),
+                        format!("`{}`: {message}", key("forward_to")),
+                    );
+                    ok = false;
+                }
+            }
+        }
+    }
+
+    let forward_template = match a.forward_template {
+        None => DEFAULT_FORWARD_TEMPLATE.to_string(),
+        Some(t) => {
+            if a.forward_to.is_none() {
+                p.error(
+                    &t.span(),
+                    format!(
+                        "`{}` formats forwards, but there is no `{}`: add one or remove `{}`",
+                        key("forward_template"),
+                        key("forward_to"),
+                        key("forward_template")
+                    ),
+                );
+                ok = false;
+            }
+            ok &= check_template_value(t, &key("forward_template"), TEMPLATE_PLACEHOLDERS, p);
+            t.get_ref().clone()
+        }
+    };
+
+    if let Some(email) = a.email {
+        p.error(
+            &email.span(),
+            format!(
+                "`{}`: e-mail forwarding is not implemented in this version (it arrives with the forwarding work); remove it",
+                key("email")
+            ),
+        );
+        ok = false;
+    }
+
+    ok.then_some(Actions {
+        webhook,
+        reply,
+        reply_after,
+        reply_window,
+        forward_to,
+        forward_template,
+    })
+}
+
+/// A template value: not blank, and only known placeholders with balanced braces.
+fn check_template_value(
+    template: &Spanned<String>,
+    key: &str,
+    allowed: &[&str],
+    p: &mut Problems<'_>,
+) -> bool {
+    let problem = if template.get_ref().trim().is_empty() {
+        Some(format!("`{key}` is empty"))
+    } else {
+        template_placeholders_ok(template.get_ref(), allowed)
+            .err()
+            .map(|message| format!("`{key}`: {message}"))
+    };
+    if let Some(message) = &problem {
+        p.error(&template.span(), message);
+    }
+    problem.is_none()
+}
+
+/// A phone number to forward to: '+', blanks and '-' are dropped; then 8 to 15 digits
+/// (international form, E.164's maximum).
+pub fn normalize_msisdn(s: &str) -> Result<String, String> {
+    const WHAT: &str =
+        "a phone number is 8 to 15 digits in international form, e.g. \"919800000000\"";
+    let digits: String = s
+        .chars()
+        .filter(|c| !matches!(c, '+' | ' ' | '\t' | '-'))
+        .collect();
+    if let Some(bad) = digits.chars().find(|c| !c.is_ascii_digit()) {
+        return Err(format!("{s:?} contains {bad:?}; {WHAT}"));
+    }
+    match digits.len() {
+        8..=15 => Ok(digits),
+        n => Err(format!("{s:?} has {n} digits; {WHAT}")),
+    }
+}
+
+/// `"09:00-18:00 Asia/Kolkata"`: two times of day (`HH:MM`) and an IANA time zone.
+fn parse_reply_window(text: &str) -> Result<ReplyWindow, String> {
+    const SHAPE: &str = "write e.g. \"09:00-18:00 Asia/Kolkata\" (HH:MM-HH:MM and a time zone)";
+    let (times, zone) = text
+        .trim()
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| format!("{text:?} has no time zone; {SHAPE}"))?;
+    let zone = zone.trim();
+    let (start, end) = times
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?}: {times:?} is not a range of times; {SHAPE}"))?;
+    let time = |t: &str| {
+        let shaped = t.len() == 5 && t.as_bytes()[2] == b':';
+        shaped
+            .then(|| NaiveTime::parse_from_str(t, "%H:%M").ok())
+            .flatten()
+            .ok_or_else(|| format!("{text:?}: {t:?} is not a time of day (HH:MM, 00:00 to 23:59)"))
+    };
+    let (start, end) = (time(start)?, time(end)?);
+    if start == end {
+        return Err(format!(
+            "{text:?} starts and ends at the same time; remove `reply_window` to reply at any time"
+        ));
+    }
+    let tz = chrono_tz::Tz::from_str(zone).map_err(|_| {
+        format!("{text:?}: unknown time zone {zone:?}; use an IANA name such as \"Asia/Kolkata\" or \"UTC\"")
+    })?;
+    Ok(ReplyWindow {
+        start,
+        end,
+        tz,
+        text: text.to_string(),
+    })
+}
+
+/// `starts` / `expires`: RFC 3339 with an offset (TOML's own offset date-time is accepted too).
+fn parse_time(text: &str) -> Result<DateTime<FixedOffset>, String> {
+    const EXAMPLE: &str = "\"2026-12-31T23:59:59+05:30\"";
+    let text = text.trim();
+    DateTime::parse_from_rfc3339(text).map_err(|_| {
+        let local = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+            .iter()
+            .any(|f| chrono::NaiveDateTime::parse_from_str(text, f).is_ok());
+        if local {
+            format!("{text:?} has no UTC offset; add one, e.g. {EXAMPLE} or a trailing \"Z\"")
+        } else {
+            format!("{text:?} is not a date and time with an offset (RFC 3339), such as {EXAMPLE}")
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keyword rules
+// ---------------------------------------------------------------------------------------------
+
+/// A keyword or alias of a number, normalised, with where it was written.
+struct Word<'a> {
+    /// As `keyword_words` returns it: the form messages are matched in.
+    words: Vec<String>,
+    written: &'a str,
+    /// The rule's keyword when this is one of its aliases.
+    alias_of: Option<&'a str>,
+    /// Index of its rule on the number.
+    rule: usize,
+    tenant: Option<&'a str>,
+    at: Span,
+}
+
+impl Word<'_> {
+    /// `keyword "JOIN"` or `alias "SUBSCRIBE" of keyword "JOIN"`, with the tenant when asked.
+    fn describe(&self, with_tenant: bool) -> String {
+        let what = match self.alias_of {
+            None => format!("keyword {:?}", self.written),
+            Some(keyword) => format!("alias {:?} of keyword {keyword:?}", self.written),
+        };
+        match (with_tenant, self.tenant) {
+            (false, _) => what,
+            (true, Some(tenant)) => format!("{what} (tenant {tenant:?})"),
+            (true, None) => format!("{what} (no tenant)"),
+        }
+    }
+}
+
+/// A reserved word of a number, normalised, with what it is for.
+struct Reserved<'a> {
+    words: Vec<String>,
+    written: &'a str,
+    /// "opt-out", "opt-in" or "help".
+    purpose: &'static str,
+}
+
+/// The reserved words of a number, longest first (so "STOP ALL" is named rather than "STOP").
+fn reserved_words(lists: &ReservedWords) -> Vec<Reserved<'_>> {
+    let mut reserved: Vec<Reserved<'_>> = [
+        (&lists.stop, "opt-out"),
+        (&lists.start, "opt-in"),
+        (&lists.help, "help"),
+    ]
+    .into_iter()
+    .flat_map(|(list, purpose)| {
+        list.iter().filter_map(move |written| {
+            Some(Reserved {
+                words: keyword_words(written).ok()?,
+                written,
+                purpose,
+            })
+        })
+    })
+    .collect();
+    reserved.sort_by_key(|r| std::cmp::Reverse(r.words.len()));
+    reserved
+}
+
+/// Checks the `[[number.keyword]]` rules of one number, each on its own and then together
+/// (collisions, reserved words, prefixes, inboxes shared across tenants).
+fn validate_keywords(
+    rules: &[RawKeyword],
+    route: &SmsRoute<'_>,
+    raw: &RawConfig,
+    reserved: &[Reserved<'_>],
+    p: &mut Problems<'_>,
+) -> Option<Vec<KeywordRule>> {
+    let mut ok = true;
+    let mut words: Vec<Word<'_>> = Vec::new();
+    let mut resolved = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let tenant = rule.tenant.as_ref().map(|t| t.get_ref().trim());
+        ok &= note_word(&rule.keyword, None, index, tenant, reserved, &mut words, p);
+        for alias in rule.aliases.iter().flatten() {
+            let keyword = Some(rule.keyword.get_ref().as_str());
+            ok &= note_word(alias, keyword, index, tenant, reserved, &mut words, p);
+        }
+        match validate_keyword(rule, route, raw, p) {
+            Some(r) => resolved.push(r),
+            None => ok = false,
+        }
+    }
+    ok &= check_collisions(&words, p);
+    check_prefixes(&words, p);
+    ok &= check_inboxes(rules, &resolved, p);
+    ok.then_some(resolved)
+}
+
+/// Normalises a keyword or alias, refuses a reserved one, and notes it for the checks across
+/// rules. False when it was refused.
+#[allow(clippy::too_many_arguments)]
+fn note_word<'a>(
+    written: &'a Spanned<String>,
+    alias_of: Option<&'a str>,
+    rule: usize,
+    tenant: Option<&'a str>,
+    reserved: &[Reserved<'_>],
+    words: &mut Vec<Word<'a>>,
+    p: &mut Problems<'_>,
+) -> bool {
+    let normalised = match keyword_words(written.get_ref()) {
+        Ok(normalised) => normalised,
+        Err(message) => {
+            // The routing module words its messages about a "keyword"; say "alias" for one.
+            let message = match (alias_of, message.strip_prefix("keyword ")) {
+                (Some(_), Some(rest)) => format!("alias {rest}"),
+                _ => message,
+            };
+            p.error(&written.span(), message);
+            return false;
+        }
+    };
+    let word = Word {
+        words: normalised,
+        written: written.get_ref(),
+        alias_of,
+        rule,
+        tenant,
+        at: written.span(),
+    };
+    // The router answers a reserved word wherever it starts a message, so a keyword that only
+    // starts with one ("STOP NOW") would never be reached either.
+    if let Some(r) = reserved.iter().find(|r| word.words.starts_with(&r.words)) {
+        let what = word.describe(false);
+        let (written, purpose) = (r.written, r.purpose);
+        let message = if r.words == word.words {
+            format!(
+                "{what} is reserved for {purpose} (reserved words are answered before any campaign keyword); choose another"
+            )
+        } else {
+            format!(
+                "{what} starts with {written:?}, reserved for {purpose}: reserved words are answered before any campaign keyword, so it would never match; choose another"
+            )
+        };
+        p.error(&word.at, message);
+        return false;
+    }
+    words.push(word);
+    true
+}
+
+/// A keyword or alias used twice on a number (after normalisation), reported at the second.
+fn check_collisions(words: &[Word<'_>], p: &mut Problems<'_>) -> bool {
+    let mut first: HashMap<&[String], &Word<'_>> = HashMap::new();
+    let mut ok = true;
+    for word in words {
+        match first.get(word.words.as_slice()) {
+            None => {
+                first.insert(&word.words, word);
+            }
+            Some(earlier) => {
+                let tenants = earlier.tenant != word.tenant;
+                let line = p.line(&earlier.at);
+                p.error(
+                    &word.at,
+                    format!(
+                        "{} is already used by {} at line {line} (keywords and aliases are compared without case and punctuation)",
+                        word.describe(tenants),
+                        earlier.describe(tenants)
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+/// Warns where a keyword or alias is a strict word-prefix of another rule's: the longer one
+/// wins for messages that start with it. Reported at the longer one.
+fn check_prefixes(words: &[Word<'_>], p: &mut Problems<'_>) {
+    let mut first: HashMap<&[String], &Word<'_>> = HashMap::new();
+    for word in words {
+        first.entry(&word.words).or_insert(word);
+    }
+    for word in words {
+        if !first
+            .get(word.words.as_slice())
+            .is_some_and(|w| std::ptr::eq(*w, word))
+        {
+            // A duplicate: refused already.
+            continue;
+        }
+        for len in 1..word.words.len() {
+            let Some(shorter) = first.get(&word.words[..len]) else {
+                continue;
+            };
+            if shorter.rule == word.rule {
+                // Both lead to the same rule.
+                continue;
+            }
+            let tenants = shorter.tenant != word.tenant;
+            let line = p.line(&shorter.at);
+            p.warning(
+                &word.at,
+                format!(
+                    "{} starts with {} at line {line}: messages that start with {:?} go to the longer keyword, not to {:?}",
+                    word.describe(tenants),
+                    shorter.describe(tenants),
+                    word.written,
+                    shorter.written
+                ),
+            );
+        }
+    }
+}
+
+/// Keywords of different tenants must not share an inbox: each would see the other's messages.
+fn check_inboxes(rules: &[RawKeyword], resolved: &[KeywordRule], p: &mut Problems<'_>) -> bool {
+    // Only when every rule resolved: the indexes then match.
+    if rules.len() != resolved.len() {
+        return true;
+    }
+    let mut ok = true;
+    for (i, rule) in resolved.iter().enumerate() {
+        let clash = resolved[..i]
+            .iter()
+            .position(|r| r.inbox == rule.inbox && r.tenant != rule.tenant);
+        if let Some(j) = clash {
+            let earlier = &resolved[j];
+            let at = rules[i]
+                .inbox
+                .as_ref()
+                .map_or(rules[i].keyword.span(), |s| s.span());
+            let tenant = |t: &Option<String>| match t {
+                Some(t) => format!("tenant {t:?}"),
+                None => "no tenant".to_string(),
+            };
+            p.error(
+                &at,
+                format!(
+                    "inbox {:?} of keyword {:?} ({}) is already the inbox of keyword {:?} ({}) at line {}; keywords of different tenants cannot share an inbox",
+                    rule.inbox,
+                    rule.keyword,
+                    tenant(&rule.tenant),
+                    earlier.keyword,
+                    tenant(&earlier.tenant),
+                    earlier.line
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// Checks one `[[number.keyword]]` on its own (its words are checked across rules by the
+/// caller) and resolves it.
+fn validate_keyword(
+    rule: &RawKeyword,
+    route: &SmsRoute<'_>,
+    raw: &RawConfig,
+    p: &mut Problems<'_>,
+) -> Option<KeywordRule> {
+    let mut ok = true;
+    let non_empty = |value: &Option<Spanned<String>>, key: &str, p: &mut Problems<'_>| match value {
+        Some(v) if v.get_ref().trim().is_empty() => {
+            p.error(&v.span(), format!("`{key}` must not be empty"));
+            false
+        }
+        _ => true,
+    };
+    ok &= non_empty(&rule.tenant, "tenant", p);
+    ok &= non_empty(&rule.inbox, "inbox", p);
+    let inbox = match &rule.inbox {
+        Some(inbox) => inbox.get_ref().trim().to_string(),
+        None => rule
+            .keyword
+            .get_ref()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase(),
+    };
+
+    let mut time = |value: &Option<Spanned<RawTime>>, key: &str| match value {
+        None => None,
+        Some(v) => match parse_time(&v.get_ref().0) {
+            Ok(t) => Some(t),
+            Err(message) => {
+                p.error(&v.span(), format!("`{key}`: {message}"));
+                ok = false;
+                None
+            }
+        },
+    };
+    let starts = time(&rule.starts, "starts");
+    let expires = time(&rule.expires, "expires");
+    if let (Some(starts), Some(expires), Some(at)) = (starts, expires, &rule.starts) {
+        if starts >= expires {
+            p.error(
+                &at.span(),
+                format!(
+                    "`starts` ({}) must be before `expires` ({})",
+                    at.get_ref().0.trim(),
+                    rule.expires.as_ref().map_or("", |e| e.get_ref().0.trim())
+                ),
+            );
+            ok = false;
+        }
+    }
+    if let Some(reply) = &rule.expiry_reply {
+        if rule.expires.is_none() {
+            p.error(
+                &reply.span(),
+                "`expiry_reply` answers messages that arrive after `expires`, but there is no `expires`: add one or remove `expiry_reply`",
+            );
+            ok = false;
+        }
+        ok &= check_template_value(reply, "expiry_reply", TEMPLATE_PLACEHOLDERS, p);
+        ok &= route.check("expiry_reply", &reply.span(), p);
+    }
+
+    let is_poll = match &rule.kind {
+        None => Some(false),
+        Some(kind) => match kind.get_ref().as_str() {
+            "inbox" => Some(false),
+            "poll" => Some(true),
+            other => {
+                p.error(
+                    &kind.span(),
+                    format!("`kind` must be \"inbox\" or \"poll\", got {other:?}"),
+                );
+                ok = false;
+                None
+            }
+        },
+    };
+    let poll = match is_poll {
+        Some(true) => {
+            let poll = validate_poll(rule, route, p);
+            ok &= poll.is_some();
+            poll
+        }
+        Some(false) => {
+            let poll_only = [
+                ("options", rule.options.as_ref().map(|o| o.span())),
+                ("vote", rule.vote.as_ref().map(|v| v.span())),
+                (
+                    "invalid_reply",
+                    rule.invalid_reply.as_ref().map(|r| r.span()),
+                ),
+            ];
+            for (key, at) in poll_only {
+                if let Some(at) = at {
+                    p.error(
+                        &at,
+                        format!("`{key}` is only for polls: set `kind = \"poll\"` or remove it"),
+                    );
+                    ok = false;
+                }
+            }
+            None
+        }
+        // A bad `kind`, reported: whether the poll keys belong is unknown.
+        None => None,
+    };
+
+    let actions = validate_actions(&rule.actions(), "", route, raw, p);
+    let (line, col) = position(p.source, rule.keyword.span().start);
+    if !ok {
+        return None;
+    }
+    Some(KeywordRule {
+        keyword: rule.keyword.get_ref().clone(),
+        aliases: rule
+            .aliases
+            .iter()
+            .flatten()
+            .map(|a| a.get_ref().clone())
+            .collect(),
+        tenant: rule.tenant.as_ref().map(|t| t.get_ref().trim().to_string()),
+        inbox,
+        starts,
+        expires,
+        expiry_reply: rule.expiry_reply.as_ref().map(|r| r.get_ref().clone()),
+        actions: actions?,
+        poll,
+        line,
+        col,
+    })
+}
+
+/// The keys of a `kind = "poll"` rule.
+fn validate_poll(rule: &RawKeyword, route: &SmsRoute<'_>, p: &mut Problems<'_>) -> Option<Poll> {
+    let mut ok = true;
+    let mut options = Vec::new();
+    match &rule.options {
+        None => {
+            let at = rule.kind.as_ref().map_or(rule.keyword.span(), |k| k.span());
+            p.error(
+                &at,
+                "a poll needs `options`, e.g. options = [\"A\", \"B\"] or [\"1\", \"2\", \"3\"]",
+            );
+            ok = false;
+        }
+        Some(list) if list.get_ref().is_empty() => {
+            p.error(
+                &list.span(),
+                "`options` is empty: a poll needs at least one option",
+            );
+            ok = false;
+        }
+        Some(list) => {
+            let mut seen: Vec<(String, &str)> = Vec::new();
+            for option in list.get_ref() {
+                let written = option.get_ref().trim();
+                // One word of letters and digits: the vote is the first word after the
+                // keyword, trimmed of punctuation, compared without case.
+                if written.is_empty() || !written.chars().all(char::is_alphanumeric) {
+                    p.error(
+                        &option.span(),
+                        format!(
+                            "poll option {:?} must be one word of letters or digits (the answer is the first word after the keyword)",
+                            option.get_ref()
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+                let folded = written.to_lowercase();
+                if let Some((_, first)) = seen.iter().find(|(f, _)| *f == folded) {
+                    p.error(
+                        &option.span(),
+                        format!("poll option {written:?} repeats {first:?} (options are compared without case)"),
+                    );
+                    ok = false;
+                } else {
+                    seen.push((folded, written));
+                    options.push(written.to_string());
+                }
+            }
+        }
+    }
+    let last_vote_counts = match &rule.vote {
+        None => true,
+        Some(vote) => match vote.get_ref().as_str() {
+            "last" => true,
+            "first" => false,
+            other => {
+                p.error(
+                    &vote.span(),
+                    format!("`vote` must be \"last\" (a re-vote replaces the earlier one) or \"first\", got {other:?}"),
+                );
+                ok = false;
+                true
+            }
+        },
+    };
+    if let Some(reply) = &rule.invalid_reply {
+        ok &= check_template_value(reply, "invalid_reply", INVALID_REPLY_PLACEHOLDERS, p);
+        ok &= route.check("invalid_reply", &reply.span(), p);
+    }
+    ok.then(|| Poll {
+        options,
+        last_vote_counts,
+        invalid_reply: rule.invalid_reply.as_ref().map(|r| r.get_ref().clone()),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Templates: `reply`, `expiry_reply`, `invalid_reply`, `forward_template`
+// ---------------------------------------------------------------------------------------------
+
+/// Placeholders of `reply`, `expiry_reply` and `forward_template`.
+pub const TEMPLATE_PLACEHOLDERS: &[&str] =
+    &["from", "to", "keyword", "args", "text", "inbox", "date"];
+
+/// Placeholders of a poll's `invalid_reply`: the above and `{options}`.
+pub const INVALID_REPLY_PLACEHOLDERS: &[&str] = &[
+    "from", "to", "keyword", "args", "text", "inbox", "date", "options",
+];
+
+/// A template cut into what it says: `{{` and `}}` are literal braces.
+#[derive(Debug, PartialEq, Eq)]
+enum Piece<'t> {
+    Text(&'t str),
+    /// `{name}`.
+    Placeholder(&'t str),
+    /// A '{' with no '}' before the next '{' or the end; its byte offset.
+    Unclosed(usize),
+    /// A '}' that closes nothing; its byte offset.
+    Unmatched(usize),
+}
+
+fn template_pieces(template: &str) -> Vec<Piece<'_>> {
+    let bytes = template.as_bytes();
+    let mut pieces = Vec::new();
+    let (mut i, mut text_start) = (0, 0);
+    // Braces are ASCII, so byte offsets next to them are character boundaries.
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b != b'{' && b != b'}' {
+            i += 1;
+            continue;
+        }
+        if text_start < i {
+            pieces.push(Piece::Text(&template[text_start..i]));
+        }
+        if bytes.get(i + 1) == Some(&b) {
+            // `{{` or `}}`: the brace itself.
+            pieces.push(Piece::Text(&template[i..i + 1]));
+            i += 2;
+        } else if b == b'}' {
+            pieces.push(Piece::Unmatched(i));
+            i += 1;
+        } else {
+            match template[i + 1..].find(['{', '}']) {
+                Some(n) if bytes[i + 1 + n] == b'}' => {
+                    pieces.push(Piece::Placeholder(&template[i + 1..i + 1 + n]));
+                    i += n + 2;
+                }
+                _ => {
+                    pieces.push(Piece::Unclosed(i));
+                    i += 1;
+                }
+            }
+        }
+        text_start = i;
+    }
+    if text_start < bytes.len() {
+        pieces.push(Piece::Text(&template[text_start..]));
+    }
+    pieces
+}
+
+/// Checks that `template` uses only the placeholders in `allowed` (names without braces) and
+/// that its braces balance (`{{` and `}}` stand for literal braces). The error names the first
+/// problem. The config and the daemon's renderer agree through this and [`render_template`].
+pub fn template_placeholders_ok(template: &str, allowed: &[&str]) -> Result<(), String> {
+    let at = |offset: usize| template[..offset].chars().count() + 1;
+    for piece in template_pieces(template) {
+        match piece {
+            Piece::Text(_) => {}
+            Piece::Placeholder(name) if allowed.contains(&name) => {}
+            Piece::Placeholder(name) => {
+                let known: Vec<String> = allowed.iter().map(|n| format!("{{{n}}}")).collect();
+                return Err(format!(
+                    "unknown placeholder {{{name}}}; the placeholders are {} (write {{{{ and }}}} for literal braces)",
+                    known.join(" ")
+                ));
+            }
+            Piece::Unclosed(offset) => {
+                return Err(format!(
+                    "'{{' at character {} is not closed; write {{{{ for a literal brace",
+                    at(offset)
+                ));
+            }
+            Piece::Unmatched(offset) => {
+                return Err(format!(
+                    "'}}' at character {} closes nothing; write }}}} for a literal brace",
+                    at(offset)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fills a template: `{name}` becomes `vars(name)`; `{{` and `}}` become `{` and `}`. Never
+/// fails: a placeholder `vars` does not know and a stray brace are kept as written (the config
+/// check refuses both, see [`template_placeholders_ok`]).
+pub fn render_template(template: &str, vars: &dyn Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(template.len());
+    for piece in template_pieces(template) {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Placeholder(name) => match vars(name) {
+                Some(value) => out.push_str(&value),
+                None => {
+                    out.push('{');
+                    out.push_str(name);
+                    out.push('}');
+                }
+            },
+            Piece::Unclosed(_) => out.push('{'),
+            Piece::Unmatched(_) => out.push('}'),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1635,6 +2677,7 @@ receipts = "crm"
         assert!(!c.gsm_packed);
         assert_eq!(c.reconnect_min, Duration::from_secs(1));
         assert_eq!(c.reconnect_max, Duration::from_secs(60));
+        assert_eq!(c.submit_per_second, 50);
         let w = config.webhook("crm").unwrap();
         assert_eq!(w.retry_for, Duration::from_secs(86_400));
         assert_eq!(w.timeout, Duration::from_secs(10));
@@ -1643,6 +2686,17 @@ receipts = "crm"
         assert_eq!(n.vmn, "567678");
         assert_eq!(n.default_webhook.as_deref(), Some("crm"));
         assert_eq!(n.receipts_webhook.as_deref(), Some("crm"));
+        assert_eq!(
+            n.default_actions,
+            Actions {
+                webhook: Some("crm".to_string()),
+                forward_template: "{from}: {text}".to_string(),
+                ..Default::default()
+            }
+        );
+        assert!(n.keywords.is_empty());
+        assert_eq!(n.reserved, ReservedWords::default());
+        assert!(n.reserved.stop.iter().any(|w| w == "STOP ALL"));
     }
 
     #[test]
@@ -1782,8 +2836,385 @@ receipts = "crm"
         assert!(errors[1].is_warning(), "{}", errors[1]);
         assert_eq!(
             errors[1].message,
-            "warning: number \"567 678\" has no `default` webhook: messages to it are stored but not forwarded"
+            "warning: number \"567 678\" has no `default`: messages that match no keyword are stored but not forwarded (give `default` a `webhook`, `reply` or `forward_to`)"
         );
+    }
+
+    /// Keyword rules appended to [`VALID`] (its number has a carrier and a webhook).
+    const KEYWORDS: &str = r#"
+[[number.keyword]]
+keyword = "Join Club"
+aliases = ["SUBSCRIBE"]
+tenant = "acme"
+starts = "2026-06-01T00:00:00+05:30"
+expires = 2026-12-31T23:59:59Z
+expiry_reply = "Over, {from}."
+reply = "Hi {from}"
+reply_after = "10m"
+reply_window = "22:00-06:00 Europe/Paris"
+forward_to = ["+91 98000-00000"]
+
+[[number.keyword]]
+keyword = "VOTE"
+kind = "poll"
+options = ["A", "b"]
+invalid_reply = "One of {options}"
+"#;
+
+    /// `VALID` plus `extra` (keyword rules), parsed; panics on errors.
+    fn parse_with(extra: &str) -> (Config, Vec<Diagnostic>) {
+        let source = format!("{VALID}{extra}");
+        parse(&source, "t.toml", &no_env).unwrap_or_else(|e| {
+            panic!(
+                "refused: {:#?}",
+                e.iter().map(|d| d.to_string()).collect::<Vec<_>>()
+            )
+        })
+    }
+
+    /// `VALID` plus `extra`, refused: the diagnostics as `vmnd check` prints them.
+    fn errors_with(extra: &str) -> Vec<String> {
+        errors_of(&format!("{VALID}{extra}"))
+    }
+
+    #[test]
+    fn keyword_rules_resolve_with_their_defaults() {
+        let (config, warnings) = parse_with(KEYWORDS);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let n = config.number("567678").unwrap();
+        assert_eq!(n.keywords.len(), 2);
+
+        let join = &n.keywords[0];
+        assert_eq!(join.keyword, "Join Club");
+        assert_eq!(join.aliases, ["SUBSCRIBE"]);
+        assert_eq!(join.tenant.as_deref(), Some("acme"));
+        assert_eq!(join.inbox, "join club");
+        // Where the keyword's value starts: line 3 of KEYWORDS (it starts with a blank line),
+        // after `keyword = `.
+        let line = VALID.lines().count() + 3;
+        assert_eq!((join.line, join.col), (line, 11));
+        let starts = join.starts.unwrap();
+        assert_eq!(starts.to_rfc3339(), "2026-06-01T00:00:00+05:30");
+        assert_eq!(starts.timestamp(), 1_780_252_200);
+        assert_eq!(
+            join.expires.unwrap().to_rfc3339(),
+            "2026-12-31T23:59:59+00:00"
+        );
+        assert_eq!(join.expiry_reply.as_deref(), Some("Over, {from}."));
+        let a = &join.actions;
+        assert_eq!(a.webhook, None);
+        assert_eq!(a.reply.as_deref(), Some("Hi {from}"));
+        assert_eq!(a.reply_after, Some(Duration::from_secs(600)));
+        let window = a.reply_window.as_ref().unwrap();
+        assert_eq!(window.start, NaiveTime::from_hms_opt(22, 0, 0).unwrap());
+        assert_eq!(window.end, NaiveTime::from_hms_opt(6, 0, 0).unwrap());
+        assert_eq!(window.tz, chrono_tz::Europe::Paris);
+        assert_eq!(window.text, "22:00-06:00 Europe/Paris");
+        assert_eq!(a.forward_to, ["919800000000"]);
+        assert_eq!(a.forward_template, "{from}: {text}");
+        assert_eq!(join.poll, None);
+
+        let vote = &n.keywords[1];
+        assert_eq!(
+            (vote.inbox.as_str(), vote.tenant.as_deref()),
+            ("vote", None)
+        );
+        assert_eq!(
+            vote.poll,
+            Some(Poll {
+                options: vec!["A".to_string(), "b".to_string()],
+                last_vote_counts: true,
+                invalid_reply: Some("One of {options}".to_string()),
+            })
+        );
+    }
+
+    #[test]
+    fn collisions_are_reported_at_the_second_use_with_both_tenants() {
+        let errors = errors_with(
+            "[[number.keyword]]\nkeyword = \"JOIN\"\ntenant = \"a\"\n\n\
+             [[number.keyword]]\nkeyword = \"X\"\naliases = [\"join!\"]\ntenant = \"b\"\n",
+        );
+        let line = VALID.lines().count() + 2;
+        assert_eq!(
+            errors,
+            [format!(
+                "t.toml:{}:12: alias \"join!\" of keyword \"X\" (tenant \"b\") is already used by keyword \"JOIN\" (tenant \"a\") at line {line} (keywords and aliases are compared without case and punctuation)",
+                line + 5
+            )]
+        );
+    }
+
+    #[test]
+    fn reserved_words_cannot_be_keywords_or_start_them() {
+        for (keyword, purpose) in [
+            ("stop", "opt-out"),
+            ("Stop All", "opt-out"),
+            ("OPTOUT", "opt-out"),
+            ("unstop", "opt-in"),
+            ("Info", "help"),
+        ] {
+            let errors = errors_with(&format!("[[number.keyword]]\nkeyword = \"{keyword}\"\n"));
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].contains(&format!("is reserved for {purpose}")),
+                "{errors:?}"
+            );
+        }
+        let errors = errors_with("[[number.keyword]]\nkeyword = \"HELP ME\"\n");
+        assert!(
+            errors[0].contains("starts with \"HELP\", reserved for help"),
+            "{errors:?}"
+        );
+        // Only a leading reserved word matters.
+        parse_with("[[number.keyword]]\nkeyword = \"NON STOP\"\n");
+    }
+
+    #[test]
+    fn a_keyword_that_starts_another_rules_keyword_is_a_warning() {
+        let (_, warnings) = parse_with(
+            "[[number.keyword]]\nkeyword = \"JOIN\"\naliases = [\"JOIN US\"]\n\n\
+             [[number.keyword]]\nkeyword = \"join club gold\"\n",
+        );
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].is_warning());
+        assert!(
+            warnings[0]
+                .message
+                .contains("keyword \"join club gold\" starts with keyword \"JOIN\""),
+            "{}",
+            warnings[0]
+        );
+    }
+
+    #[test]
+    fn a_receiver_bind_cannot_send() {
+        let source = VALID.replace(
+            "password = \"secret\"",
+            "password = \"secret\"\nbind = \"receiver\"",
+        );
+        let errors = errors_of(&format!(
+            "{source}[[number.keyword]]\nkeyword = \"A\"\nforward_to = [\"919800000000\"]\n"
+        ));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("binds as a receiver, which cannot send submit_sm"),
+            "{errors:?}"
+        );
+        // Without SMS actions a receiver bind is fine.
+        let (config, _) = parse(
+            &format!("{source}[[number.keyword]]\nkeyword = \"A\"\n"),
+            "t.toml",
+            &no_env,
+        )
+        .expect("valid");
+        assert_eq!(config.numbers[0].keywords.len(), 1);
+    }
+
+    #[test]
+    fn templates_accept_known_placeholders_and_escaped_braces() {
+        let ok = |t: &str| template_placeholders_ok(t, TEMPLATE_PLACEHOLDERS);
+        assert_eq!(ok(""), Ok(()));
+        assert_eq!(
+            ok("Thanks {from}, you wrote {text} to {to} on {date}"),
+            Ok(())
+        );
+        assert_eq!(ok("{keyword}/{args}/{inbox}"), Ok(()));
+        assert_eq!(ok("JSON: {{\"a\": 1}}"), Ok(()));
+        assert_eq!(ok("{{{from}}}"), Ok(()));
+        assert_eq!(ok("héllo {from} ✓"), Ok(()));
+        assert!(
+            ok("{options}")
+                .unwrap_err()
+                .starts_with("unknown placeholder {options}")
+        );
+        assert_eq!(
+            template_placeholders_ok("{options}", INVALID_REPLY_PLACEHOLDERS),
+            Ok(())
+        );
+        assert!(
+            ok("{FROM}")
+                .unwrap_err()
+                .starts_with("unknown placeholder {FROM}")
+        );
+        assert!(ok("{}").unwrap_err().starts_with("unknown placeholder {}"));
+        assert!(
+            ok("{ from }")
+                .unwrap_err()
+                .starts_with("unknown placeholder { from }")
+        );
+        assert_eq!(
+            ok("é {from"),
+            Err("'{' at character 3 is not closed; write {{ for a literal brace".to_string())
+        );
+        assert!(
+            ok("{a{from}")
+                .unwrap_err()
+                .contains("character 1 is not closed")
+        );
+        assert_eq!(
+            ok("a}b"),
+            Err("'}' at character 2 closes nothing; write }} for a literal brace".to_string())
+        );
+        assert!(
+            ok("{from}}")
+                .unwrap_err()
+                .contains("character 7 closes nothing")
+        );
+    }
+
+    #[test]
+    fn render_template_fills_placeholders_and_unescapes_braces() {
+        let vars = |name: &str| match name {
+            "from" => Some("919812345678".to_string()),
+            "args" => Some("summer {x}".to_string()),
+            "empty" => Some(String::new()),
+            _ => None,
+        };
+        let render = |t: &str| render_template(t, &vars);
+        assert_eq!(render(""), "");
+        assert_eq!(render("no placeholders"), "no placeholders");
+        assert_eq!(render("Thanks {from}!"), "Thanks 919812345678!");
+        assert_eq!(render("{from}{from}"), "919812345678919812345678");
+        assert_eq!(render("[{empty}]"), "[]");
+        // Values are inserted as they are: braces in them are not templates.
+        assert_eq!(render("got: {args}"), "got: summer {x}");
+        assert_eq!(render("{{from}} is {from}"), "{from} is 919812345678");
+        assert_eq!(render("{{{from}}}"), "{919812345678}");
+        assert_eq!(render("}}{{"), "}{");
+        // Unknown names and stray braces (refused by the config check) are kept as written.
+        assert_eq!(render("Hi {name}"), "Hi {name}");
+        assert_eq!(render("Hi {from"), "Hi {from");
+        assert_eq!(render("a } b"), "a } b");
+        assert_eq!(render("{a{from}"), "{a919812345678");
+        assert_eq!(render("ünï {from} ✓"), "ünï 919812345678 ✓");
+    }
+
+    #[test]
+    fn reply_windows_are_two_times_and_a_zone() {
+        let w = parse_reply_window("09:00-18:30 Asia/Kolkata").unwrap();
+        assert_eq!(w.start, NaiveTime::from_hms_opt(9, 0, 0).unwrap());
+        assert_eq!(w.end, NaiveTime::from_hms_opt(18, 30, 0).unwrap());
+        assert_eq!(w.tz, chrono_tz::Asia::Kolkata);
+        assert_eq!(
+            parse_reply_window("  22:00-06:00   UTC ").unwrap().tz,
+            chrono_tz::UTC
+        );
+        for (bad, says) in [
+            ("09:00-18:00", "no time zone"),
+            ("09:00 Asia/Kolkata", "not a range"),
+            ("9:00-18:00 UTC", "\"9:00\" is not a time of day"),
+            ("09:00-24:00 UTC", "\"24:00\" is not a time of day"),
+            ("09:60-10:00 UTC", "\"09:60\" is not a time of day"),
+            (
+                "09:00-18:00 Mars/Olympus",
+                "unknown time zone \"Mars/Olympus\"",
+            ),
+            ("09:00-18:00 asia/kolkata", "unknown time zone"),
+            ("12:00-12:00 UTC", "starts and ends at the same time"),
+            ("", "no time zone"),
+        ] {
+            let err = parse_reply_window(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn forward_numbers_are_8_to_15_digits() {
+        assert_eq!(
+            normalize_msisdn("+91 98000-00000").as_deref(),
+            Ok("919800000000")
+        );
+        assert_eq!(normalize_msisdn("12345678").as_deref(), Ok("12345678"));
+        assert_eq!(
+            normalize_msisdn("123456789012345").as_deref(),
+            Ok("123456789012345")
+        );
+        for bad in [
+            "",
+            "+",
+            "1234567",
+            "1234567890123456",
+            "9198OOOOOOOO",
+            "(91) 98000 00000",
+        ] {
+            assert!(normalize_msisdn(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn times_need_an_offset() {
+        let t = parse_time("2026-12-31T23:59:59+05:30").unwrap();
+        assert_eq!(t.offset().local_minus_utc(), 19_800);
+        assert!(parse_time("2026-12-31T18:29:59Z").unwrap() == t);
+        assert!(
+            parse_time("2026-12-31T23:59:59")
+                .unwrap_err()
+                .contains("no UTC offset")
+        );
+        assert!(
+            parse_time("2026-12-31 23:59:59")
+                .unwrap_err()
+                .contains("no UTC offset")
+        );
+        assert!(parse_time("2026-12-31").unwrap_err().contains("RFC 3339"));
+        assert!(parse_time("2026-02-30T00:00:00Z").is_err());
+    }
+
+    #[test]
+    fn keys_that_depend_on_another_are_refused_alone() {
+        for (extra, says) in [
+            (
+                "reply_after = \"1m\"",
+                "`reply_after` delays the reply, but there is no `reply`",
+            ),
+            (
+                "reply_window = \"09:00-18:00 UTC\"",
+                "`reply_window` schedules the reply",
+            ),
+            (
+                "forward_template = \"{text}\"",
+                "`forward_template` formats forwards, but there is no `forward_to`",
+            ),
+            ("expiry_reply = \"Over\"", "there is no `expires`"),
+            ("options = [\"A\"]", "`options` is only for polls"),
+            ("vote = \"first\"", "`vote` is only for polls"),
+            (
+                "invalid_reply = \"No\"",
+                "`invalid_reply` is only for polls",
+            ),
+            ("kind = \"poll\"", "a poll needs `options`"),
+            (
+                "email = [\"a@b.example\"]",
+                "e-mail forwarding is not implemented in this version (it arrives with the forwarding work)",
+            ),
+            (
+                "starts = \"2026-01-02T00:00:00Z\"\nexpires = \"2026-01-01T00:00:00Z\"",
+                "must be before `expires`",
+            ),
+        ] {
+            let errors = errors_with(&format!("[[number.keyword]]\nkeyword = \"K\"\n{extra}\n"));
+            assert_eq!(errors.len(), 1, "{extra}: {errors:?}");
+            assert!(errors[0].contains(says), "{extra}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn a_default_without_action_is_a_warning_and_a_reply_alone_is_an_action() {
+        let source = VALID.replace(
+            "default = { webhook = \"crm\" }",
+            "default = { reply = \"Got it\" }",
+        );
+        let (config, warnings) = parse(&source, "t.toml", &no_env).expect("valid");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let n = &config.numbers[0];
+        assert_eq!(n.default_webhook, None);
+        assert_eq!(n.default_actions.reply.as_deref(), Some("Got it"));
+
+        let source = VALID.replace("default = { webhook = \"crm\" }", "default = { }");
+        let (_, warnings) = parse(&source, "t.toml", &no_env).expect("valid");
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].message.contains("has a `default` with no action: messages that match no keyword are stored but not forwarded"));
     }
 
     #[test]
@@ -1869,6 +3300,10 @@ receipts = "crm"
         for (i, _) in VALID.char_indices() {
             must_not_panic(&VALID[..i]);
         }
+        let with_keywords = format!("{VALID}{KEYWORDS}");
+        for (i, _) in with_keywords.char_indices().skip(VALID.len()) {
+            must_not_panic(&with_keywords[..i]);
+        }
 
         // Random edits of a valid config and random strings from TOML's own alphabet.
         let mut rng = fastrand::Rng::with_seed(0x766d_6e64);
@@ -1907,9 +3342,23 @@ receipts = "crm"
             "\"http://h:1/x\"",
             "\"30s\"",
             "\"567678\"",
+            "[[number.keyword]]",
+            "aliases",
+            "kind = \"poll\"",
+            "options = [\"A\"]",
+            "reply = \"{from\"",
+            "reply_window",
+            "\"09:00-18:00 UTC\"",
+            "2026-12-31T23:59:59Z",
+            "\"STOP\"",
         ];
-        for _ in 0..2000 {
-            let mut text: Vec<char> = VALID.chars().collect();
+        for round in 0..2000 {
+            let base = if round % 2 == 0 {
+                VALID.to_string()
+            } else {
+                format!("{VALID}{KEYWORDS}")
+            };
+            let mut text: Vec<char> = base.chars().collect();
             for _ in 0..rng.usize(1..6) {
                 let at = rng.usize(..=text.len());
                 match rng.u8(..3) {

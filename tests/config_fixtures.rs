@@ -186,6 +186,98 @@ fn example_config_loads() {
     assert!(config.numbers.iter().any(|n| n.vmn.len() == 6));
     assert!(config.numbers.iter().any(|n| n.vmn.len() == 10));
     assert!(config.numbers.iter().any(|n| n.receipts_webhook.is_some()));
+    // It shows keyword rules: a campaign with an alias and an expiry, and a poll.
+    let keywords: Vec<&config::KeywordRule> =
+        config.numbers.iter().flat_map(|n| &n.keywords).collect();
+    assert!(
+        keywords
+            .iter()
+            .any(|k| !k.aliases.is_empty() && k.expires.is_some() && k.expiry_reply.is_some()),
+        "{keywords:#?}"
+    );
+    assert!(keywords.iter().any(|k| k.poll.is_some()), "{keywords:#?}");
+}
+
+#[test]
+fn campaigns_fixture_resolves_keywords_polls_and_time_zones() {
+    let path = "tests/config/valid/campaigns.toml";
+    let source = fs::read_to_string(path).expect("read fixture");
+    let (config, warnings) = config::parse(&source, path, &fixture_env).expect("valid");
+    assert!(warnings.is_empty(), "{}", render(&warnings));
+    assert_eq!(config.carrier("sim").expect("sim").submit_per_second, 20);
+
+    let n = config.number("567678").expect("number");
+    assert_eq!(n.default_webhook.as_deref(), Some("acme"));
+    assert_eq!(n.default_actions.webhook.as_deref(), Some("acme"));
+    assert!(n.default_actions.reply.is_some());
+    let names: Vec<&str> = n.keywords.iter().map(|k| k.keyword.as_str()).collect();
+    assert_eq!(names, ["JOIN", "Launch Paris", "VOTE", "FEEDBACK"]);
+
+    let join = &n.keywords[0];
+    assert_eq!(join.aliases, ["SUBSCRIBE", "Sign Up"]);
+    assert_eq!(join.tenant.as_deref(), Some("acme"));
+    assert_eq!(join.inbox, "summer");
+    assert_eq!((join.line, join.col), (30, 11));
+    // Indian time: 2026-06-01T00:00:00+05:30 is 2026-05-31T18:30:00Z.
+    let starts = join.starts.expect("starts");
+    assert_eq!(starts.offset().local_minus_utc(), 5 * 3600 + 1800);
+    assert_eq!(
+        starts.naive_utc().to_string(),
+        "2026-05-31 18:30:00",
+        "{starts}"
+    );
+    // Written as a TOML date-time rather than a string.
+    assert_eq!(
+        join.expires.expect("expires").to_rfc3339(),
+        "2026-12-31T23:59:59+05:30"
+    );
+    assert!(join.expiry_reply.is_some());
+    let a = &join.actions;
+    assert_eq!(a.webhook.as_deref(), Some("acme"));
+    assert_eq!(a.reply_after.map(|d| d.as_secs()), Some(600));
+    let window = a.reply_window.as_ref().expect("window");
+    assert_eq!(window.tz, chrono_tz::Asia::Kolkata);
+    assert_eq!(a.forward_to, ["919800000000", "447700900123"]);
+    assert_eq!(a.forward_template, "Lead {from} ({inbox}): {args}");
+
+    let paris = &n.keywords[1];
+    assert_eq!(paris.inbox, "launch paris");
+    assert_eq!(paris.tenant.as_deref(), Some("globex"));
+    assert_eq!(
+        paris.starts.expect("starts").offset().local_minus_utc(),
+        2 * 3600
+    );
+    assert_eq!(
+        paris.expires.expect("expires").to_rfc3339(),
+        "2026-09-30T16:00:00+00:00"
+    );
+    let window = paris.actions.reply_window.as_ref().expect("window");
+    assert_eq!(window.tz, chrono_tz::Europe::Paris);
+    assert!(window.start > window.end, "wraps midnight: {window:?}");
+    assert_eq!(paris.actions.forward_template, "{from}: {text}");
+
+    let vote = &n.keywords[2];
+    let poll = vote.poll.as_ref().expect("poll");
+    assert_eq!(poll.options, ["A", "b", "3"]);
+    assert!(!poll.last_vote_counts);
+    assert_eq!(
+        poll.invalid_reply.as_deref(),
+        Some("Please answer VOTE and one of {options}.")
+    );
+
+    let feedback = &n.keywords[3];
+    assert_eq!(feedback.inbox, "feedback");
+    assert_eq!(
+        feedback.actions,
+        config::Actions {
+            forward_template: "{from}: {text}".to_string(),
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        (feedback.starts, feedback.expires, &feedback.poll),
+        (None, None, &None)
+    );
 }
 
 #[test]

@@ -649,3 +649,56 @@ async fn sigkill_while_webhook_down_resumes_deliveries() {
         started.elapsed()
     );
 }
+
+/// A reply scheduled with `reply_after` lives in the durable queue: a SIGKILL before it is due
+/// does not lose it, and after the restart it is sent exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_reply_survives_sigkill_and_is_sent_once() {
+    let smsc = Smsc::start(SmscConfig::default()).await.expect("sim");
+    let sink = HttpSink::start(SinkMode::Ok).await.expect("sink");
+    let mut vmnd = Vmnd::new(&smsc, &sink, |text| {
+        text + "\n[[number.keyword]]\nkeyword = \"LATER\"\nreply = \"Your delayed answer, {from}\"\nreply_after = \"3s\"\n"
+    });
+    vmnd.start();
+    smsc.enqueue(vmnd::sim::mo::gsm(
+        "919812349999",
+        "9876543210",
+        "later please",
+    ));
+    wait_for(
+        &mut vmnd,
+        "the LATER message acked",
+        || smsc.stats().acked_ok == 1,
+        || format!("{:?}", smsc.stats()),
+    )
+    .await;
+    // The reply is due in 3 s: kill now, well before.
+    vmnd.kill();
+    wait_unbound(&smsc).await;
+    assert_eq!(
+        smsc.stats().submits_received,
+        0,
+        "nothing was sent before the kill"
+    );
+    vmnd.start();
+    wait_for(
+        &mut vmnd,
+        "the delayed reply",
+        || smsc.submitted().len() == 1,
+        || format!("{:?}", smsc.stats()),
+    )
+    .await;
+    // Give a second copy every chance to appear.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let submitted = smsc.submitted();
+    assert_eq!(submitted.len(), 1, "sent once: {submitted:?}");
+    let text = vmnd::smpp::text::decode_text(
+        submitted[0].data_coding,
+        &submitted[0].short_message,
+        false,
+        0,
+    )
+    .text;
+    assert_eq!(text, "Your delayed answer, 919812349999");
+    assert_eq!(submitted[0].dest.addr, "919812349999");
+}

@@ -58,6 +58,17 @@ pub fn normalize(text: &str) -> Normalized<'_> {
 /// message can be several kilobytes long: this keeps the cost of routing it independent of its
 /// length. [`Normalized::args_after`] still cuts from the full original text.
 pub fn normalize_prefix(text: &str, max_words: usize) -> Normalized<'_> {
+    // Most SMS are plain ASCII (GSM 7-bit text mostly is): one pass over bytes does there exactly
+    // what the general path does (a test checks they agree), in a fraction of the time.
+    if text.is_ascii() {
+        normalize_ascii(text, max_words)
+    } else {
+        normalize_unicode(text, max_words)
+    }
+}
+
+/// The general path of [`normalize_prefix`].
+fn normalize_unicode(text: &str, max_words: usize) -> Normalized<'_> {
     let mut words = Vec::new();
     let mut spans = Vec::new();
     let mut rest = 0;
@@ -70,6 +81,45 @@ pub fn normalize_prefix(text: &str, max_words: usize) -> Normalized<'_> {
             words.push(fold_word(&text[span.clone()]));
             spans.push(span);
         }
+    }
+    Normalized {
+        original: text,
+        words,
+        spans,
+    }
+}
+
+/// [`normalize_prefix`] for ASCII text. ASCII has no combining marks, no compatibility forms and
+/// no invisible characters, and case folding is lowercasing: only the word boundaries remain.
+fn normalize_ascii(text: &str, max_words: usize) -> Normalized<'_> {
+    // Blanks (char::is_whitespace restricted to ASCII: \t \n \x0B \x0C \r and space) and the
+    // ASCII separators.
+    let is_break = |b: u8| matches!(b, b'\t'..=b'\r' | b' ' | b',' | b';' | b':');
+    let bytes = text.as_bytes();
+    let mut words = Vec::new();
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while words.len() < max_words {
+        // Everything up to the next letter or digit is blanks, separators, the edge punctuation
+        // of a word or a word without letters and digits: all skipped alike.
+        let Some(start) = bytes[i..].iter().position(u8::is_ascii_alphanumeric) else {
+            break;
+        };
+        let start = i + start;
+        let token_end = bytes[start..]
+            .iter()
+            .position(|&b| is_break(b))
+            .map_or(bytes.len(), |n| start + n);
+        // The token holds a letter or digit at `start`, so this finds one.
+        let end = start
+            + 1
+            + bytes[start..token_end]
+                .iter()
+                .rposition(u8::is_ascii_alphanumeric)
+                .unwrap_or(0);
+        words.push(text[start..end].to_ascii_lowercase());
+        spans.push(start..end);
+        i = token_end;
     }
     Normalized {
         original: text,
@@ -234,16 +284,17 @@ fn fold_full(word: &str) -> String {
     // A few compatibility characters decompose into text with blanks, separators or edge
     // punctuation ("¨" is a space and a combining diaeresis, "⒈" is "1."). Clean those out and
     // fold again, so a key is itself a normalised word: one with no blank inside, which
-    // normalises to itself and prints sensibly in `vmnd route`. Twice is enough in practice; the
+    // normalises to itself and prints sensibly in `vmnd route`. Once is enough in practice; the
     // bound only guards against a pathological loop.
     for _ in 0..3 {
-        let cleaned: String = match trim_word(&key, 0..key.len()) {
-            Some(span) => key[span]
-                .chars()
-                .filter(|&c| !(c.is_whitespace() || is_separator(c)))
-                .collect(),
-            None => break,
+        let Some(span) = trim_word(&key, 0..key.len()) else {
+            break;
         };
+        let is_break = |c: char| c.is_whitespace() || is_separator(c);
+        if span == (0..key.len()) && !key.contains(is_break) {
+            break;
+        }
+        let cleaned: String = key[span].chars().filter(|&c| !is_break(c)).collect();
         if cleaned == key {
             break;
         }
@@ -252,7 +303,13 @@ fn fold_full(word: &str) -> String {
     key
 }
 
+/// The compatibility caseless form of `word`, through [`fold_simple`] when it applies.
 fn fold_chars(word: &str) -> String {
+    fold_simple(word).unwrap_or_else(|| fold_pipeline(word))
+}
+
+/// The full pipeline: exact for any text, and slow (six chained iterators, each buffering).
+fn fold_pipeline(word: &str) -> String {
     word.chars()
         .filter(|&c| !is_ignorable(c))
         .nfd()
@@ -264,12 +321,127 @@ fn fold_chars(word: &str) -> String {
         .collect()
 }
 
+/// The common case of non-ASCII words (Cyrillic, Devanagari, Arabic, CJK...), equal to
+/// [`fold_pipeline`] and an order of magnitude faster: when the word, before and after case
+/// folding, is stable under normalisation (no character has a decomposition, combining marks are
+/// in canonical order, nothing composes), every normalisation step of the pipeline is the
+/// identity and the result is the case folding alone (case folding being idempotent). The
+/// per-character facts come from [`char_info`]; the checks that depend on neighbours are here.
+/// `None` (take the pipeline) for anything else, including every character outside the BMP.
+fn fold_simple(word: &str) -> Option<String> {
+    let info = char_info();
+    // Facts about one character, the ASCII ones without a table lookup.
+    let facts = |c: char| -> Option<CharInfo> {
+        if c.is_ascii() {
+            Some(CharInfo {
+                fold: c.to_ascii_lowercase() as u16,
+                ccc: 0,
+                maybe: false,
+            })
+        } else {
+            info.get(c as usize).copied()
+        }
+    };
+    // Whether `c` after `prev` keeps the text stable: marks in canonical order, and a character
+    // that may compose ("Maybe" in the NFKC quick check, e.g. a Devanagari nukta) directly after
+    // a starter it does not compose with. Anything less simple takes the pipeline.
+    let stable = |prev: Option<(char, u8)>, c: char, ccc: u8, maybe: bool| match prev {
+        Some((p, p_ccc)) => {
+            !(ccc != 0 && p_ccc > ccc)
+                && !(maybe && (p_ccc != 0 || unicode_normalization::char::compose(p, c).is_some()))
+        }
+        None => true,
+    };
+    let mut out = String::with_capacity(word.len());
+    let (mut prev_in, mut prev_out) = (None, None);
+    for c in word.chars() {
+        if is_ignorable(c) {
+            continue;
+        }
+        let c_info = facts(c)?;
+        let f = char::from_u32(u32::from(c_info.fold)).filter(|&f| f != '\0')?;
+        let f_info = facts(f)?;
+        if !stable(prev_in, c, c_info.ccc, c_info.maybe)
+            || !stable(prev_out, f, f_info.ccc, f_info.maybe)
+        {
+            return None;
+        }
+        out.push(f);
+        prev_in = Some((c, c_info.ccc));
+        prev_out = Some((f, f_info.ccc));
+    }
+    Some(out)
+}
+
+/// What [`fold_simple`] needs to know about one BMP character.
+#[derive(Clone, Copy)]
+struct CharInfo {
+    /// Its full case folding when that is a single BMP character and neither it nor the
+    /// character has a decomposition or is excluded from NFKC; else 0.
+    fold: u16,
+    /// Canonical combining class.
+    ccc: u8,
+    /// NFKC quick check "Maybe": it may compose with the character before it.
+    maybe: bool,
+}
+
+/// [`CharInfo`] for every BMP character, computed once on first use (a few milliseconds; 256
+/// KiB). Looking these facts up per character through the Unicode crates costs ten table
+/// searches, more than everything else in matching a message.
+fn char_info() -> &'static [CharInfo] {
+    use unicode_normalization::char::{canonical_combining_class, decompose_compatible};
+    use unicode_normalization::{IsNormalized, is_nfkc_quick};
+    static TABLE: std::sync::OnceLock<Box<[CharInfo]>> = std::sync::OnceLock::new();
+    let undecomposable = |c: char| {
+        let mut only_itself = true;
+        decompose_compatible(c, |d| only_itself &= d == c);
+        only_itself
+    };
+    let info_of = |c: char| {
+        let quick = is_nfkc_quick(std::iter::once(c));
+        let mut info = CharInfo {
+            fold: 0,
+            ccc: canonical_combining_class(c),
+            maybe: quick == IsNormalized::Maybe,
+        };
+        if quick == IsNormalized::No || !undecomposable(c) {
+            return info;
+        }
+        let mut folded = std::iter::once(c).default_case_fold();
+        if let (Some(f), None) = (folded.next(), folded.next())
+            && let Ok(f16) = u16::try_from(u32::from(f))
+            && is_nfkc_quick(std::iter::once(f)) != IsNormalized::No
+            && undecomposable(f)
+        {
+            info.fold = f16;
+        }
+        info
+    };
+    TABLE.get_or_init(|| {
+        (0..=0xFFFF_u32)
+            .map(|u| {
+                char::from_u32(u).map_or(
+                    CharInfo {
+                        fold: 0,
+                        ccc: 0,
+                        maybe: false,
+                    },
+                    info_of,
+                )
+            })
+            .collect()
+    })
+}
+
 /// Identifies one keyword rule; the router maps it back to its campaign. Aliases of a keyword
-/// share its id.
+/// share its id. `RuleId(u32::MAX)` is reserved: the index uses it for "no rule here".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleId(pub u32);
 
-/// A trie node while building: children kept unsorted, sorted once in [`KeywordIndexBuilder::build`].
+/// "None" in the index's packed u32 fields (no rule at this edge, no children below it).
+const NONE: u32 = u32::MAX;
+
+/// A trie node while building.
 #[derive(Default)]
 struct BuildNode {
     children: Vec<(u32, u32)>,
@@ -280,7 +452,7 @@ struct BuildNode {
 #[derive(Default)]
 pub struct KeywordIndexBuilder {
     /// Every distinct word of every phrase, interned once for all numbers (campaign words repeat
-    /// across numbers: "join", "stop", "win"), so a trie edge is a 4-byte id, not a string.
+    /// across numbers: "join", "stop", "win"), so a trie edge is labelled by a 4-byte id.
     words: HashMap<Box<str>, u32>,
     /// Root node of each number's trie.
     roots: HashMap<Box<str>, u32>,
@@ -297,8 +469,10 @@ impl KeywordIndexBuilder {
     /// Adds a phrase (normalised words, as [`keyword_words`] returns them) for a number.
     ///
     /// `Err(existing)` if that exact phrase is already there for the number; the index keeps the
-    /// first. An empty phrase matches nothing and is ignored ([`keyword_words`] never returns one).
+    /// first. An empty phrase matches nothing and is ignored ([`keyword_words`] never returns
+    /// one). Panics on the reserved `RuleId(u32::MAX)`.
     pub fn insert(&mut self, vmn: &str, words: &[String], rule: RuleId) -> Result<(), RuleId> {
+        assert_ne!(rule.0, NONE, "RuleId(u32::MAX) is reserved");
         if words.is_empty() {
             debug_assert!(false, "empty keyword phrase for {vmn}");
             return Ok(());
@@ -338,107 +512,149 @@ impl KeywordIndexBuilder {
     }
 
     fn new_node(&mut self) -> u32 {
-        let id = u32::try_from(self.nodes.len()).expect("fewer than 4 billion trie nodes");
+        let id = u32::try_from(self.nodes.len())
+            .ok()
+            .filter(|&id| id != NONE)
+            .expect("fewer than 4 billion trie nodes");
         self.nodes.push(BuildNode::default());
         id
     }
 
     /// Freezes the tries into one compact, read-only index.
-    pub fn build(mut self) -> KeywordIndex {
-        // Lay the nodes out again breadth-first per number, children sorted by word id, in flat
-        // arrays (compressed sparse rows): a lookup touches a few contiguous cache lines and
-        // binary-searches a node's edge words without touching its child ids.
-        let n = self.nodes.len();
-        let mut child_start = Vec::with_capacity(n + 1);
-        let mut edge_words = Vec::with_capacity(n.saturating_sub(self.roots.len()));
-        let mut edge_nodes = Vec::with_capacity(n.saturating_sub(self.roots.len()));
-        let mut rules = Vec::with_capacity(n);
-        let mut roots = HashMap::with_capacity(self.roots.len());
-        let mut queue: Vec<u32> = Vec::with_capacity(n);
-        for (vmn, old_root) in std::mem::take(&mut self.roots) {
-            let first = queue.len();
-            roots.insert(vmn, first as u32);
-            queue.push(old_root);
-            let mut next = first;
-            while next < queue.len() {
-                let old = queue[next] as usize;
+    pub fn build(self) -> KeywordIndex {
+        // Random per index: nobody can choose words that collide in a table they cannot see.
+        let seed = fastrand::u64(..);
+        // Only nodes with children need an id: a leaf is fully described by the edge to it.
+        let mut ids = vec![NONE; self.nodes.len()];
+        let mut next = 0;
+        for (id, node) in ids.iter_mut().zip(&self.nodes) {
+            if !node.children.is_empty() {
+                *id = next;
                 next += 1;
-                let node = &mut self.nodes[old];
-                node.children.sort_unstable();
-                child_start.push(edge_words.len() as u32);
-                rules.push(node.rule);
-                for &(word, child) in &node.children {
-                    edge_words.push(word);
-                    // The child's new id is its position in the queue.
-                    edge_nodes.push(queue.len() as u32);
-                    queue.push(child);
-                }
             }
         }
-        child_start.push(edge_words.len() as u32);
+        let edge_count = self.nodes.iter().map(|n| n.children.len()).sum();
+        let mut edges = EdgeTable::with_capacity(edge_count, seed);
+        for (parent, node) in self.nodes.iter().enumerate() {
+            for &(word, child) in &node.children {
+                edges.insert(EdgeSlot {
+                    key: edge_key(ids[parent], word),
+                    child: ids[child as usize],
+                    rule: self.nodes[child as usize].rule.map_or(NONE, |r| r.0),
+                });
+            }
+        }
+        // `vmnd check` asks for prefix pairs per number; they are few, so computing them now
+        // and keeping them sorted costs less than keeping the children lists to walk later.
+        let mut prefix_pairs = Vec::new();
+        for &root in self.roots.values() {
+            let mut ancestors = Vec::new();
+            collect_prefix_pairs(&self.nodes, root, &mut ancestors, &mut |shorter, longer| {
+                prefix_pairs.push((ids[root as usize], shorter, longer))
+            });
+        }
+        prefix_pairs.sort_unstable();
         let max_word_len = self.words.keys().map(|w| w.len()).max().unwrap_or(0);
-        let mut words = self.words;
-        words.shrink_to_fit();
         KeywordIndex {
-            words,
+            words: StrTable::new(self.words.iter().map(|(w, &id)| (&**w, id)), seed ^ 1),
             max_word_len,
-            roots,
-            child_start,
-            edge_words,
-            edge_nodes,
-            rules,
+            roots: StrTable::new(
+                self.roots
+                    .iter()
+                    .map(|(v, &root)| (&**v, ids[root as usize])),
+                seed ^ 2,
+            ),
+            edges,
+            prefix_pairs: prefix_pairs.into_boxed_slice(),
             phrases: self.phrases,
         }
     }
 }
 
+/// Calls `pair` for every (shorter, longer) pair of phrases on the paths below `node`.
+fn collect_prefix_pairs(
+    nodes: &[BuildNode],
+    node: u32,
+    ancestors: &mut Vec<RuleId>,
+    pair: &mut impl FnMut(RuleId, RuleId),
+) {
+    let node = &nodes[node as usize];
+    if let Some(rule) = node.rule {
+        for &shorter in ancestors.iter() {
+            pair(shorter, rule);
+        }
+        ancestors.push(rule);
+    }
+    // Recursion depth is bounded by the words of a phrase (at most MAX_KEYWORD_WORDS from
+    // config; any caller's phrase length otherwise).
+    for &(_, child) in &node.children {
+        collect_prefix_pairs(nodes, child, ancestors, pair);
+    }
+    if node.rule.is_some() {
+        ancestors.pop();
+    }
+}
+
 /// Every number's keyword phrases, for matching a message's first words. Immutable: built once
 /// per config (or keyword change), published as a snapshot, read without locks.
-#[derive(Debug, Default)]
+///
+/// Layout, for few cache misses at 100,000 phrases (each miss costs more than all the
+/// arithmetic of a lookup): three open-addressing tables, each probed once per step with its
+/// key stored in the slot. A match of a one-word keyword touches three cache lines: the
+/// number's slot, the word's slot and the edge's slot.
+/// - `roots`: number -> its root node id.
+/// - `words`: word -> id, one table for all numbers; a message word missing here matches
+///   nothing anywhere, without touching any trie.
+/// - `edges`: (node id, word id) -> the rule ending there, if any, and the child node id if
+///   longer phrases continue from there. A hashed edge costs the same at a number's root
+///   whether it has ten keywords or ten thousand (a shared short code).
+#[derive(Default)]
 pub struct KeywordIndex {
-    /// Word -> id, shared by all numbers. A message word missing here matches nothing anywhere.
-    words: HashMap<Box<str>, u32>,
+    words: StrTable,
     /// Longest interned word in bytes: a longer message word cannot match, so it is not hashed.
     max_word_len: usize,
-    /// Number -> its root node.
-    roots: HashMap<Box<str>, u32>,
-    /// Node i's edges are `child_start[i]..child_start[i + 1]` in `edge_words` / `edge_nodes`.
-    child_start: Vec<u32>,
-    /// Edge labels (word ids), sorted within each node for binary search.
-    edge_words: Vec<u32>,
-    /// Edge targets, parallel to `edge_words`.
-    edge_nodes: Vec<u32>,
-    /// The phrase ending at node i, if any.
-    rules: Vec<Option<RuleId>>,
+    roots: StrTable,
+    edges: EdgeTable,
+    /// (root node id, shorter rule, longer rule), sorted, for [`KeywordIndex::prefix_pairs`].
+    prefix_pairs: Box<[(u32, RuleId, RuleId)]>,
     phrases: usize,
+}
+
+impl std::fmt::Debug for KeywordIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeywordIndex")
+            .field("phrases", &self.phrases)
+            .field("numbers", &self.roots.len)
+            .field("words", &self.words.len)
+            .field("edges", &self.edges.len)
+            .finish()
+    }
 }
 
 impl KeywordIndex {
     /// Follows `words` down `vmn`'s trie, calling `found` for every phrase passed, shortest first.
+    #[inline]
     fn walk(&self, vmn: &str, words: &[String], mut found: impl FnMut(RuleId, usize)) {
-        let Some(&root) = self.roots.get(vmn) else {
+        let Some(mut node) = self.roots.get(vmn) else {
             return;
         };
-        let mut node = root as usize;
         for (depth, word) in words.iter().enumerate() {
-            let (start, end) = (
-                self.child_start[node] as usize,
-                self.child_start[node + 1] as usize,
-            );
-            // A leaf has nowhere to go: no need to hash the word.
-            if start == end || word.len() > self.max_word_len {
+            if word.len() > self.max_word_len {
                 return;
             }
-            let Some(&id) = self.words.get(word.as_str()) else {
+            let Some(word) = self.words.get(word) else {
                 return;
             };
-            let Ok(i) = self.edge_words[start..end].binary_search(&id) else {
+            let Some(edge) = self.edges.get(edge_key(node, word)) else {
                 return;
             };
-            node = self.edge_nodes[start + i] as usize;
-            if let Some(rule) = self.rules[node] {
-                found(rule, depth + 1);
+            if edge.rule != NONE {
+                found(RuleId(edge.rule), depth + 1);
             }
+            if edge.child == NONE {
+                return;
+            }
+            node = edge.child;
         }
     }
 
@@ -469,60 +685,257 @@ impl KeywordIndex {
         self.phrases == 0
     }
 
-    /// Pairs of phrases of `vmn` where the first is a strict prefix of the second, as (shorter
-    /// rule, longer rule), sorted; `vmn check` warns about each. A rule whose alias is a prefix of
-    /// its own keyword pairs with itself.
+    /// Pairs of phrases of `vmn` where the first is a strict prefix (by whole words) of the
+    /// second, as (shorter rule, longer rule), sorted; `vmnd check` warns about each. A rule
+    /// whose alias is a prefix of its own keyword pairs with itself.
     pub fn prefix_pairs(&self, vmn: &str) -> Vec<(RuleId, RuleId)> {
-        let mut pairs = Vec::new();
-        let Some(&root) = self.roots.get(vmn) else {
-            return pairs;
+        let Some(root) = self.roots.get(vmn) else {
+            return Vec::new();
         };
-        // Depth-first with the rules on the path so far; phrases are at most a few words deep.
-        let mut ancestors: Vec<RuleId> = Vec::new();
-        let mut stack: Vec<(usize, usize)> = vec![(root as usize, 0)];
-        while let Some((node, depth)) = stack.pop() {
-            // `depth` counts the rules above this node; drop those of a finished sibling branch.
-            ancestors.truncate(depth);
-            let mut depth = depth;
-            if let Some(rule) = self.rules[node] {
-                pairs.extend(ancestors.iter().map(|&shorter| (shorter, rule)));
-                ancestors.push(rule);
-                depth += 1;
-            }
-            let (start, end) = (
-                self.child_start[node] as usize,
-                self.child_start[node + 1] as usize,
-            );
-            stack.extend(
-                self.edge_nodes[start..end]
-                    .iter()
-                    .map(|&c| (c as usize, depth)),
-            );
-        }
-        pairs.sort_unstable();
-        pairs
+        let from = self.prefix_pairs.partition_point(|p| p.0 < root);
+        self.prefix_pairs[from..]
+            .iter()
+            .take_while(|p| p.0 == root)
+            .map(|&(_, shorter, longer)| (shorter, longer))
+            .collect()
     }
 
-    /// Numbers with at least one phrase.
+    /// Numbers with at least one phrase, in no particular order.
     pub fn numbers(&self) -> impl Iterator<Item = &str> {
-        self.roots.keys().map(|k| &**k)
+        self.roots.keys()
     }
 
-    /// An estimate of the heap memory the index holds, in bytes (table capacities, control bytes
-    /// of the hash maps and the interned strings), for benchmarks and metrics.
+    /// The heap memory the index holds, in bytes (tables, spilled long keys, prefix pairs), for
+    /// benchmarks and metrics.
     pub fn heap_bytes(&self) -> usize {
-        fn map_bytes(map: &HashMap<Box<str>, u32>) -> usize {
-            // hashbrown: one slot of (key, value) plus one control byte per bucket.
-            let slot = size_of::<(Box<str>, u32)>() + 1;
-            let buckets = (map.capacity() * 8 / 7).next_power_of_two();
-            buckets * slot + map.keys().map(|k| k.len()).sum::<usize>()
+        self.words.heap_bytes()
+            + self.roots.heap_bytes()
+            + self.edges.heap_bytes()
+            + std::mem::size_of_val(&*self.prefix_pairs)
+    }
+}
+
+/// Key of the edge from `node` labelled `word`.
+fn edge_key(node: u32, word: u32) -> u64 {
+    (u64::from(node) << 32) | u64::from(word)
+}
+
+const HASH_K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The 128-bit product of `a` and `b`, folded to 64 bits: the mixing step of foldhash and
+/// wyhash, one multiplication per 8 bytes of key.
+#[inline]
+fn folded_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+/// A seeded hash of a short byte string. The std SipHash would do, at several times the cost for
+/// the 2-20 byte keys here (numbers and words); seeding keeps it safe against chosen collisions.
+#[inline]
+fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
+    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(HASH_K);
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        h = folded_mul(h ^ w, HASH_K);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = folded_mul(h ^ u64::from_le_bytes(w), HASH_K);
+    }
+    folded_mul(h ^ seed.rotate_left(32), HASH_K ^ 0xA076_1D64_78BD_642F)
+}
+
+/// Maps a hash onto `0..len` without a division (Lemire's "fastrange"); uses the hash's high
+/// bits, so the low bits are free for a slot's tag.
+#[inline]
+fn slot_of(hash: u64, len: usize) -> usize {
+    ((u128::from(hash) * len as u128) >> 64) as usize
+}
+
+/// Slots for `n` entries: load at most 2/3 keeps linear probes short, and at least one slot
+/// stays empty so a probe for a missing key always ends.
+fn table_size(n: usize) -> usize {
+    if n == 0 { 0 } else { n + n / 2 + 1 }
+}
+
+/// Keys up to this many bytes live in their slot; longer ones in the table's arena.
+const INLINE: usize = 20;
+
+/// One slot of a [`StrTable`]: 32 bytes, aligned so it never straddles two cache lines.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(32))]
+struct StrSlot {
+    /// The key's bytes if it fits, else its offset in the arena (first 4 bytes, little endian).
+    bytes: [u8; INLINE],
+    /// Low 32 bits of the key's hash: most mismatches are rejected without comparing bytes.
+    tag: u32,
+    /// Key length in bytes; 0 marks an empty slot (keys are never empty).
+    len: u32,
+    value: u32,
+}
+
+/// A read-only open-addressing map from short strings to u32, built once.
+#[derive(Default)]
+struct StrTable {
+    slots: Box<[StrSlot]>,
+    /// Keys longer than [`INLINE`] bytes, back to back.
+    arena: Box<[u8]>,
+    seed: u64,
+    len: usize,
+}
+
+impl StrTable {
+    fn new<'k>(entries: impl ExactSizeIterator<Item = (&'k str, u32)>, seed: u64) -> StrTable {
+        let len = entries.len();
+        let mut slots = vec![StrSlot::default(); table_size(len)].into_boxed_slice();
+        let mut arena = Vec::new();
+        for (key, value) in entries {
+            debug_assert!(!key.is_empty());
+            let h = hash_bytes(seed, key.as_bytes());
+            let mut slot = StrSlot {
+                tag: h as u32,
+                len: u32::try_from(key.len()).expect("key shorter than 4 GiB"),
+                value,
+                ..StrSlot::default()
+            };
+            if key.len() <= INLINE {
+                slot.bytes[..key.len()].copy_from_slice(key.as_bytes());
+            } else {
+                let offset = u32::try_from(arena.len()).expect("keys shorter than 4 GiB in all");
+                slot.bytes[..4].copy_from_slice(&offset.to_le_bytes());
+                arena.extend_from_slice(key.as_bytes());
+            }
+            let mut i = slot_of(h, slots.len());
+            while slots[i].len != 0 {
+                i = if i + 1 == slots.len() { 0 } else { i + 1 };
+            }
+            slots[i] = slot;
         }
-        map_bytes(&self.words)
-            + map_bytes(&self.roots)
-            + self.child_start.capacity() * size_of::<u32>()
-            + self.edge_words.capacity() * size_of::<u32>()
-            + self.edge_nodes.capacity() * size_of::<u32>()
-            + self.rules.capacity() * size_of::<Option<RuleId>>()
+        StrTable {
+            slots,
+            arena: arena.into_boxed_slice(),
+            seed,
+            len,
+        }
+    }
+
+    fn key_of<'s>(&'s self, slot: &'s StrSlot) -> &'s [u8] {
+        let len = slot.len as usize;
+        if len <= INLINE {
+            &slot.bytes[..len]
+        } else {
+            let offset = u32::from_le_bytes(slot.bytes[..4].try_into().expect("4 bytes")) as usize;
+            &self.arena[offset..offset + len]
+        }
+    }
+
+    #[inline]
+    fn get(&self, key: &str) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let key = key.as_bytes();
+        let h = hash_bytes(self.seed, key);
+        let mut i = slot_of(h, self.slots.len());
+        loop {
+            let slot = &self.slots[i];
+            if slot.len == 0 {
+                return None;
+            }
+            if slot.tag == h as u32 && slot.len as usize == key.len() && self.key_of(slot) == key {
+                return Some(slot.value);
+            }
+            i = if i + 1 == self.slots.len() { 0 } else { i + 1 };
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().filter(|s| s.len != 0).map(|s| {
+            // Keys were inserted from &str and are stored byte for byte.
+            std::str::from_utf8(self.key_of(s)).unwrap_or_default()
+        })
+    }
+
+    fn heap_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.slots) + self.arena.len()
+    }
+}
+
+/// One edge of the trie, as stored: 16 bytes, four to a cache line.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct EdgeSlot {
+    /// [`edge_key`]; `u64::MAX` marks an empty slot (no node has id `u32::MAX`).
+    key: u64,
+    /// The node this edge leads to, if phrases continue below it; else [`NONE`].
+    child: u32,
+    /// The rule of the phrase ending at this edge; else [`NONE`].
+    rule: u32,
+}
+
+const EMPTY_EDGE: EdgeSlot = EdgeSlot {
+    key: u64::MAX,
+    child: NONE,
+    rule: NONE,
+};
+
+/// A read-only open-addressing map from (node, word) to an edge, built once.
+#[derive(Default)]
+struct EdgeTable {
+    slots: Box<[EdgeSlot]>,
+    seed: u64,
+    len: usize,
+}
+
+impl EdgeTable {
+    fn with_capacity(n: usize, seed: u64) -> EdgeTable {
+        EdgeTable {
+            slots: vec![EMPTY_EDGE; table_size(n)].into_boxed_slice(),
+            seed,
+            len: 0,
+        }
+    }
+
+    #[inline]
+    fn hash(&self, key: u64) -> u64 {
+        folded_mul(key ^ self.seed, HASH_K)
+    }
+
+    /// Inserts an edge; keys are distinct (a builder node's children have distinct words).
+    fn insert(&mut self, edge: EdgeSlot) {
+        debug_assert!(self.len + 1 < self.slots.len());
+        let mut i = slot_of(self.hash(edge.key), self.slots.len());
+        while self.slots[i].key != u64::MAX {
+            i = if i + 1 == self.slots.len() { 0 } else { i + 1 };
+        }
+        self.slots[i] = edge;
+        self.len += 1;
+    }
+
+    #[inline]
+    fn get(&self, key: u64) -> Option<EdgeSlot> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mut i = slot_of(self.hash(key), self.slots.len());
+        loop {
+            let slot = self.slots[i];
+            if slot.key == key {
+                return Some(slot);
+            }
+            if slot.key == u64::MAX {
+                return None;
+            }
+            i = if i + 1 == self.slots.len() { 0 } else { i + 1 };
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.slots)
     }
 }
 
@@ -614,16 +1027,66 @@ mod tests {
 
     #[test]
     fn ascii_fast_path_agrees_with_the_full_pipeline() {
+        const PIECES: &[u8] = b"aZ09 \t\n\x0b\r,;:!#.-'\"()@_\x00\x7f";
         let mut rng = fastrand::Rng::with_seed(7);
-        for _ in 0..2000 {
-            let text: String = (0..rng.usize(1..24))
-                .map(|_| rng.u8(0..128) as char)
+        for _ in 0..20_000 {
+            let text: String = (0..rng.usize(0..24))
+                .map(|_| {
+                    if rng.bool() {
+                        PIECES[rng.usize(..PIECES.len())] as char
+                    } else {
+                        rng.u8(0..128) as char
+                    }
+                })
                 .collect();
-            let n = normalize(&text);
-            for (word, span) in n.words().iter().zip(n.spans()) {
+            let max = rng.usize(0..8);
+            let fast = normalize_ascii(&text, max);
+            assert_eq!(fast, normalize_unicode(&text, max), "{text:?}");
+            for (word, span) in fast.words().iter().zip(fast.spans()) {
                 assert_eq!(*word, fold_full(&text[span.clone()]), "{text:?}");
             }
         }
+    }
+
+    #[test]
+    fn simple_fold_agrees_with_the_full_pipeline() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut simple = 0;
+        for _ in 0..20_000 {
+            let word = random_text(&mut rng);
+            if let Some(fast) = fold_simple(&word) {
+                simple += 1;
+                assert_eq!(fast, fold_pipeline(&word), "{word:?}");
+            }
+        }
+        // The shortcut must actually apply to the scripts it is for ("Straße" does not: "ß" folds
+        // to two characters, which the pipeline handles).
+        for word in ["ПОДПИСКА", "जुड़ें", "اشترك", "加入俱乐部", "ΟΔΟΣ", "Café"]
+        {
+            assert_eq!(fold_simple(word), Some(fold_pipeline(word)), "{word}");
+        }
+        assert!(simple > 500, "{simple}");
+    }
+
+    /// Every BMP character alone, and after a consonant, a vowel and a mark: the table-driven
+    /// shortcut gives what the full pipeline gives whenever it applies.
+    #[test]
+    fn simple_fold_agrees_with_the_full_pipeline_on_every_bmp_character() {
+        let mut applied = 0;
+        for c in (0x80..=0xFFFF_u32).filter_map(char::from_u32) {
+            for word in [
+                c.to_string(),
+                format!("क{c}"),
+                format!("A{c}"),
+                format!("\u{301}{c}"),
+            ] {
+                if let Some(fast) = fold_simple(&word) {
+                    applied += 1;
+                    assert_eq!(fast, fold_pipeline(&word), "{word:?} U+{:04X}", c as u32);
+                }
+            }
+        }
+        assert!(applied > 100_000, "{applied}");
     }
 
     #[test]
@@ -806,50 +1269,99 @@ mod tests {
         assert!(index().heap_bytes() > 0);
     }
 
+    /// The index against the obvious model (every phrase in a list, compared word by word) on
+    /// random phrases: short and long words (inline and spilled keys), one number with thousands
+    /// of phrases (a shared short code) and many with few, multi-word prefixes of each other.
+    #[test]
+    fn index_agrees_with_a_naive_model() {
+        let mut rng = fastrand::Rng::with_seed(42);
+        let vocabulary: Vec<String> = (0..300)
+            .map(|i| match i % 3 {
+                0 => format!("w{i}"),
+                1 => format!("{}{i}", "long".repeat(rng.usize(5..9))),
+                _ => format!("ж{i}"),
+            })
+            .collect();
+        let phrase = |rng: &mut fastrand::Rng| -> Vec<String> {
+            (0..rng.usize(1..=4))
+                .map(|_| vocabulary[rng.usize(..40)].clone())
+                .collect()
+        };
+        let vmns: Vec<String> = (0..50).map(|i| format!("5676{i}")).collect();
+        let mut model: Vec<(String, Vec<String>, RuleId)> = Vec::new();
+        let mut b = KeywordIndexBuilder::new();
+        for rule in 0..5_000 {
+            let vmn = if rule % 2 == 0 {
+                &vmns[0]
+            } else {
+                &vmns[rng.usize(..vmns.len())]
+            };
+            let words = phrase(&mut rng);
+            let existing = model.iter().find(|(v, w, _)| v == vmn && *w == words);
+            let got = b.insert(vmn, &words, RuleId(rule));
+            match existing {
+                Some(&(_, _, first)) => assert_eq!(got, Err(first)),
+                None => {
+                    assert_eq!(got, Ok(()));
+                    model.push((vmn.clone(), words, RuleId(rule)));
+                }
+            }
+        }
+        let idx = b.build();
+        assert_eq!(idx.len(), model.len());
+        let mut numbers: Vec<&str> = idx.numbers().collect();
+        numbers.sort_unstable();
+        let mut expected_numbers: Vec<&str> = model.iter().map(|(v, _, _)| v.as_str()).collect();
+        expected_numbers.sort_unstable();
+        expected_numbers.dedup();
+        assert_eq!(numbers, expected_numbers);
+        for _ in 0..5_000 {
+            let vmn = if rng.bool() {
+                &vmns[0]
+            } else {
+                &vmns[rng.usize(..vmns.len())]
+            };
+            let mut words = phrase(&mut rng);
+            if rng.u8(..4) == 0 {
+                words.push(vocabulary[rng.usize(..vocabulary.len())].clone());
+            }
+            let mut expected: Vec<(RuleId, usize)> = model
+                .iter()
+                .filter(|(v, w, _)| v == vmn && words.starts_with(w))
+                .map(|(_, w, r)| (*r, w.len()))
+                .collect();
+            expected.sort_unstable_by_key(|&(_, n)| std::cmp::Reverse(n));
+            assert_eq!(idx.matches(vmn, &words), expected, "{vmn} {words:?}");
+            assert_eq!(idx.longest(vmn, &words), expected.first().copied());
+        }
+        for vmn in &vmns {
+            let mut expected: Vec<(RuleId, RuleId)> = Vec::new();
+            for (_, w1, r1) in model.iter().filter(|(v, _, _)| v == vmn) {
+                for (_, w2, r2) in model.iter().filter(|(v, _, _)| v == vmn) {
+                    if w2.len() > w1.len() && w2.starts_with(w1) {
+                        expected.push((*r1, *r2));
+                    }
+                }
+            }
+            expected.sort_unstable();
+            assert_eq!(idx.prefix_pairs(vmn), expected, "{vmn}");
+        }
+    }
+
     /// Random text from a mix of ASCII, blanks, separators, marks, invisible characters and
     /// several scripts, including characters whose case folding or decomposition expands.
     fn random_text(rng: &mut fastrand::Rng) -> String {
-        const PIECES: &[char] = &[
-            'a',
-            'Z',
-            '0',
-            ' ',
-            '\t',
-            '\n',
-            ',',
-            ':',
-            '!',
-            '#',
-            '\u{00A0}',
-            '\u{3000}',
-            '\u{200B}',
-            '\u{200D}',
-            '\u{FE0F}',
-            '\u{0301}',
-            '\u{094D}',
-            'ß',
-            'ẞ',
-            'İ',
-            'ŉ',
-            'ΐ',
-            'ﬃ',
-            'Σ',
-            'क',
-            '\u{095C}',
-            'ж',
-            'Ж',
-            'ع',
-            '加',
-            'Ｊ',
-            '，',
-            '👍',
-            '\u{10400}',
-        ];
+        // Blanks, separators, marks, invisible characters, several scripts, and characters whose
+        // case folding or decomposition expands, reorders or composes.
+        const PIECES: &str = "aZ0 \t\n,:!#\u{A0}\u{3000}\u{200B}\u{200D}\u{FE0F}\u{301}\u{316}\
+            \u{345}\u{94D}\u{93C}ßẞİŉΐﬃﬅΣᾳᾼǅ\u{212A}कड़жЖёЁع加Ｊ，👍\u{10400}\u{1100}\u{1161}\u{11A8}\
+            ¨⒈🄁";
         let len = rng.usize(0..40);
         (0..len)
             .map(|_| {
                 if rng.bool() {
-                    PIECES[rng.usize(..PIECES.len())]
+                    let pieces = PIECES.chars().count();
+                    PIECES.chars().nth(rng.usize(..pieces)).expect("in range")
                 } else {
                     rng.char(..)
                 }

@@ -1,0 +1,534 @@
+//! Several campaigns on one number, end to end through the simulator: keywords and aliases,
+//! the longest match, a keyword before its start and after its expiry, a poll with re-votes
+//! and an invalid answer, replies (immediate, delayed, windowed), forwards to a phone, the
+//! outbound SMS engine's retries on ESME_RTHROTTLED and permanent refusals, receipts
+//! correlated to replies, and the explanations of `vmnd route` and `POST /api/route`.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Timelike, Utc};
+use common::{Harness, eventually, sink_bodies};
+use vmnd::http_sink::SinkMode;
+use vmnd::sim::{SmscConfig, mo};
+use vmnd::smpp::pdu::status;
+use vmnd::smpp::receipt::Receipt;
+use vmnd::smpp::text::decode_text;
+
+const LONG: Duration = Duration::from_secs(30);
+const VMN: &str = "9876543210";
+
+/// Campaigns on 9876543210 (the harness's last number, so these tables belong to it).
+fn campaigns(window: &str) -> String {
+    format!(
+        r#"
+[[number.keyword]]
+keyword = "JOIN"
+aliases = ["SUBSCRIBE"]
+tenant = "acme"
+inbox = "summer"
+reply = "Thanks {{from}}! You joined {{inbox}}. Details: https://acme.example/s"
+webhook = "crm"
+forward_to = ["919800000099"]
+
+[[number.keyword]]
+keyword = "JOIN CLUB"
+tenant = "acme"
+inbox = "club"
+reply = "Welcome to the club, {{args}}"
+reply_after = "1s"
+
+[[number.keyword]]
+keyword = "OFFER"
+tenant = "globex"
+expires = "2020-01-01T00:00:00+05:30"
+expiry_reply = "Sorry, the offer has ended."
+webhook = "crm"
+
+[[number.keyword]]
+keyword = "LATER"
+starts = "2099-01-01T00:00:00Z"
+reply = "too early"
+
+[[number.keyword]]
+keyword = "NIGHT"
+reply = "windowed reply"
+reply_window = "{window}"
+
+[[number.keyword]]
+keyword = "VOTE"
+kind = "poll"
+options = ["A", "B", "C"]
+reply = "Thanks, you voted {{args}}"
+invalid_reply = "Please answer one of {{options}}"
+webhook = "crm"
+"#
+    )
+}
+
+/// A reply window that opens two hours from now (UTC) and lasts an hour: closed now.
+fn closed_window() -> String {
+    let h = (Utc::now().hour() + 2) % 24;
+    format!("{h:02}:00-{:02}:00 UTC", (h + 1) % 24)
+}
+
+fn submitted_texts(h: &Harness) -> Vec<(String, String, String)> {
+    h.smsc
+        .submitted()
+        .iter()
+        .map(|sm| {
+            let text = decode_text(sm.data_coding, &sm.short_message, false, 0).text;
+            (sm.source.addr.clone(), sm.dest.addr.clone(), text)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_campaigns_run_on_one_number() {
+    let h = Harness::start(
+        SmscConfig::default(),
+        SinkMode::Ok,
+        &campaigns(&closed_window()),
+    )
+    .await;
+    h.smsc.enqueue(mo::gsm("919812345678", VMN, "join Summer"));
+    h.smsc.enqueue(mo::gsm("919812345679", VMN, "SUBSCRIBE!"));
+    h.smsc
+        .enqueue(mo::gsm("919812345680", VMN, "Join  Club   Alice"));
+    h.smsc.enqueue(mo::gsm("919812345681", VMN, "offer please"));
+    h.smsc.enqueue(mo::gsm("919812345682", VMN, "later maybe"));
+    h.smsc.enqueue(mo::gsm("919812345683", VMN, "night owl"));
+
+    // Webhook: JOIN twice (keyword and alias), OFFER expired, LATER to the default.
+    assert!(h.sink.wait_for(4, LONG).await, "{:?}", sink_bodies(&h.sink));
+    let bodies = sink_bodies(&h.sink);
+    let by_from = |from: &str| {
+        bodies
+            .iter()
+            .find(|b| b["from"] == from)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let join = by_from("919812345678");
+    assert_eq!(
+        (
+            join["event"].as_str(),
+            join["keyword"].as_str(),
+            join["inbox"].as_str(),
+            join["args"].as_str()
+        ),
+        (
+            Some("message"),
+            Some("JOIN"),
+            Some("summer"),
+            Some("Summer")
+        )
+    );
+    assert_eq!(by_from("919812345679")["keyword"], "JOIN");
+    let offer = by_from("919812345681");
+    assert_eq!(
+        (offer["event"].as_str(), offer["keyword"].as_str()),
+        (Some("expired"), Some("OFFER"))
+    );
+    let later = by_from("919812345682");
+    assert_eq!(
+        (later["event"].as_str(), later["keyword"].is_null()),
+        (Some("message"), true),
+        "{later}"
+    );
+
+    // SMS: two JOIN replies, one forward per JOIN, the expiry reply, the delayed club reply.
+    assert!(
+        eventually(LONG, || h.smsc.submitted().len() >= 6).await,
+        "{:?}",
+        submitted_texts(&h)
+    );
+    let sent = submitted_texts(&h);
+    let has = |to: &str, text: &str| {
+        sent.iter()
+            .any(|(from, t_to, t)| from == VMN && t_to == to && t == text)
+    };
+    assert!(
+        has(
+            "919812345678",
+            "Thanks 919812345678! You joined summer. Details: https://acme.example/s"
+        ),
+        "{sent:?}"
+    );
+    assert!(
+        has(
+            "919812345679",
+            "Thanks 919812345679! You joined summer. Details: https://acme.example/s"
+        ),
+        "{sent:?}"
+    );
+    assert!(has("919800000099", "919812345678: join Summer"), "{sent:?}");
+    assert!(
+        has("919812345681", "Sorry, the offer has ended."),
+        "{sent:?}"
+    );
+    assert!(
+        has("919812345680", "Welcome to the club, Alice"),
+        "{sent:?}"
+    );
+    // Nothing for LATER (not started: default has no reply) nor NIGHT (window closed).
+    assert!(
+        !sent
+            .iter()
+            .any(|(_, to, _)| to == "919812345682" || to == "919812345683"),
+        "{sent:?}"
+    );
+    // The source address of a 10-digit long code: national (TON 2), ISDN (NPI 1).
+    let sm = &h.smsc.submitted()[0];
+    assert_eq!((sm.source.ton, sm.source.npi, sm.esm_class), (2, 1, 0));
+    // The windowed reply waits in the durable queue for the window to open.
+    let schedule = h.daemon().store.job_schedule().expect("queue");
+    let waiting: Vec<_> = schedule
+        .iter()
+        .filter(|(_, _, q)| q.starts_with("sms:"))
+        .collect();
+    assert_eq!(waiting.len(), 1, "{schedule:?}");
+    assert!(
+        waiting[0].0 > vmnd::clock::now_ms() + 3_600_000,
+        "due at the next opening, over an hour away"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_tallies_revotes_invalid_answers_and_csv() {
+    let h = Harness::start(
+        SmscConfig::default(),
+        SinkMode::Ok,
+        &campaigns(&closed_window()),
+    )
+    .await;
+    for (from, text) in [
+        ("919800000001", "VOTE A"),
+        ("919800000002", "vote b"),
+        ("919800000001", "Vote B"),
+        ("919800000003", "VOTE Z"),
+    ] {
+        h.smsc.enqueue(mo::gsm(from, VMN, text));
+        // One at a time: a re-vote must come after the first vote.
+        let n = h.smsc.stats().enqueued;
+        assert!(h.smsc.wait_until(LONG, |s| s.acked_ok == n).await);
+        assert!(eventually(LONG, || h.sink.count() as u64 == n).await);
+    }
+    let (status, body) = h.admin_get(&format!("/api/numbers/{VMN}/polls/VOTE")).await;
+    assert_eq!(status, 200, "{body}");
+    let tally: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(tally["voters"], 2);
+    assert_eq!(
+        tally["options"],
+        serde_json::json!([{"option":"A","votes":0},{"option":"B","votes":2},{"option":"C","votes":0}])
+    );
+    let (status, csv) = h
+        .admin_get(&format!("/api/numbers/{VMN}/polls/vote?format=csv"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(csv, "option,votes\r\nA,0\r\nB,2\r\nC,0\r\n");
+    assert!(eventually(LONG, || h.smsc.submitted().len() == 4).await);
+    let sent = submitted_texts(&h);
+    assert!(
+        sent.iter()
+            .any(|(_, to, t)| to == "919800000003" && t == "Please answer one of A, B, C"),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .any(|(_, to, t)| to == "919800000002" && t == "Thanks, you voted b"),
+        "{sent:?}"
+    );
+    let (status, _) = h.admin_get(&format!("/api/numbers/{VMN}/polls/JOIN")).await;
+    assert_eq!(status, 404, "JOIN is not a poll");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_submit_is_retried_and_its_receipt_is_correlated() {
+    let cfg = SmscConfig {
+        submit_statuses: vec![status::ESME_RTHROTTLED, status::ESME_RMSGQFUL],
+        ..Default::default()
+    };
+    let extra = "\n[[number.keyword]]\nkeyword = \"HI\"\nreply = \"Hello {from}\"\n";
+    let h = Harness::start(cfg, SinkMode::Ok, extra).await;
+    h.smsc.enqueue(mo::gsm("919812340000", VMN, "hi"));
+    assert!(
+        eventually(LONG, || h.smsc.submitted().len() == 1).await,
+        "{:?}",
+        h.smsc.stats()
+    );
+    assert_eq!(
+        h.smsc.stats().submits_received,
+        3,
+        "two refusals, then accepted"
+    );
+    let outbound = || async {
+        let (_, body) = h.admin_get("/api/outbound").await;
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["outbound"][0].clone()
+    };
+    let mut record = outbound().await;
+    for _ in 0..100 {
+        if record["state"] == "sent" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        record = outbound().await;
+    }
+    assert_eq!(record["state"], "sent", "{record}");
+    assert_eq!(record["segments"][0]["carrier_message_id"], "sim-1");
+    // The handset's receipt for sim-1 comes back as a deliver_sm.
+    h.smsc.enqueue(mo::receipt(
+        "919812340000",
+        VMN,
+        &Receipt {
+            id: "sim-1".into(),
+            stat: "DELIVRD".into(),
+            ..Default::default()
+        },
+    ));
+    let mut delivered = false;
+    for _ in 0..200 {
+        if outbound().await["state"] == "delivered" {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(delivered, "{}", outbound().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_submit_refusal_is_dead_lettered_and_long_replies_are_segmented() {
+    let cfg = SmscConfig {
+        submit_statuses: vec![status::ESME_RINVDSTADR],
+        ..Default::default()
+    };
+    let long = "This reply is long enough to need two segments. ".repeat(4);
+    let extra = format!(
+        "\n[[number.keyword]]\nkeyword = \"HI\"\nreply = \"{}\"\n",
+        long.trim_end()
+    );
+    let h = Harness::start(cfg, SinkMode::Ok, &extra).await;
+    h.smsc.enqueue(mo::gsm("919812340001", VMN, "hi"));
+    let dead = || async { h.admin_get("/api/deadletters").await.1 };
+    let mut body = String::new();
+    for _ in 0..300 {
+        body = dead().await;
+        if body.contains("ESME_RINVDSTADR") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(body.contains("ESME_RINVDSTADR"), "{body}");
+    let (_, outbound) = h.admin_get("/api/outbound").await;
+    assert!(outbound.contains("\"state\":\"failed\""), "{outbound}");
+    // The second message's reply goes out in two concatenated segments.
+    h.smsc.enqueue(mo::gsm("919812340002", VMN, "hi"));
+    assert!(
+        eventually(LONG, || h.smsc.submitted().len() == 2).await,
+        "{:?}",
+        h.smsc.stats()
+    );
+    let segments = h.smsc.submitted();
+    assert!(
+        segments
+            .iter()
+            .all(|s| s.esm_class == 0x40 && s.dest.addr == "919812340002")
+    );
+    let text: String = segments
+        .iter()
+        .map(|s| {
+            let (udh, rest) = vmnd::smpp::udh::parse_udh(&s.short_message).expect("udh");
+            decode_text(s.data_coding, rest, false, udh.len).text
+        })
+        .collect();
+    assert_eq!(text, long.trim_end());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_through_the_admin_api() {
+    let h = Harness::start(
+        SmscConfig::default(),
+        SinkMode::Ok,
+        &campaigns(&closed_window()),
+    )
+    .await;
+    let post = |body: String| {
+        let addr = h.daemon().admin_addr;
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let req = format!(
+                "POST /api/route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).await.expect("write");
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.expect("read");
+            out
+        }
+    };
+    let answer = post(r#"{"to":"9876543210","from":"+919812345678","text":"offer now","at":"2026-11-28T10:00:00Z"}"#.into()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""decision":"expired""#), "{answer}");
+    assert!(answer.contains("expiry_reply"), "{answer}");
+    let answer = post(r#"{"to":"9876543210","from":"1","text":"hello"}"#.into()).await;
+    assert!(
+        answer.contains(r#""decision":"default""#) && answer.contains("not matched"),
+        "{answer}"
+    );
+    let answer = post(r#"{"to":"9876543210"}"#.into()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
+/// Keyword lifetimes are exact to the second, in the keyword's own offset.
+#[test]
+fn start_and_expiry_at_the_boundary_second_in_two_time_zones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = r#"
+[[number.keyword]]
+keyword = "DIWALI"
+starts = "2026-11-01T00:00:00+05:30"
+expires = "2026-11-10T23:59:59+05:30"
+expiry_reply = "Diwali is over"
+
+[[number.keyword]]
+keyword = "BLACKFRIDAY"
+starts = "2026-11-27T00:00:00-05:00"
+expires = "2026-11-28T00:00:00-05:00"
+"#;
+    let text = common::config_text(
+        &dir.path().join("var"),
+        2775,
+        "http://127.0.0.1:9/sms",
+        extra,
+    );
+    let config = common::parse_config(&text);
+    let router = vmnd::routing::router::Router::new(&config);
+    let decide = |text: &str, at: chrono::DateTime<Utc>| {
+        vmnd::actions::explain(&router, VMN, "919800000000", text, at).decision
+    };
+    let ist = chrono::FixedOffset::east_opt(5 * 3600 + 1800).expect("offset");
+    let est = chrono::FixedOffset::west_opt(5 * 3600).expect("offset");
+    let at = |tz: chrono::FixedOffset, y, mo, d, h, mi, s| {
+        tz.with_ymd_and_hms(y, mo, d, h, mi, s)
+            .single()
+            .expect("time")
+            .with_timezone(&Utc)
+    };
+    assert_eq!(
+        decide("diwali", at(ist, 2026, 10, 31, 23, 59, 59)),
+        "default"
+    );
+    assert_eq!(decide("diwali", at(ist, 2026, 11, 1, 0, 0, 0)), "keyword");
+    assert_eq!(
+        decide("diwali", at(ist, 2026, 11, 10, 23, 59, 58)),
+        "keyword"
+    );
+    assert_eq!(
+        decide("diwali", at(ist, 2026, 11, 10, 23, 59, 59)),
+        "expired"
+    );
+    assert_eq!(
+        decide("blackfriday", at(est, 2026, 11, 26, 23, 59, 59)),
+        "default"
+    );
+    assert_eq!(
+        decide("blackfriday", at(est, 2026, 11, 27, 0, 0, 0)),
+        "keyword"
+    );
+    assert_eq!(
+        decide("blackfriday", at(est, 2026, 11, 27, 23, 59, 59)),
+        "keyword"
+    );
+    assert_eq!(
+        decide("blackfriday", at(est, 2026, 11, 28, 0, 0, 0)),
+        "expired"
+    );
+    // The same instant seen from UTC: 2026-11-28T05:00:00Z is midnight in New York.
+    assert_eq!(
+        decide(
+            "blackfriday",
+            Utc.with_ymd_and_hms(2026, 11, 28, 4, 59, 59)
+                .single()
+                .expect("t")
+        ),
+        "keyword"
+    );
+    assert_eq!(
+        decide(
+            "blackfriday",
+            Utc.with_ymd_and_hms(2026, 11, 28, 5, 0, 0)
+                .single()
+                .expect("t")
+        ),
+        "expired"
+    );
+}
+
+/// `vmnd route` explains a message that matches nothing and one that matches an expired keyword.
+#[test]
+fn vmnd_route_explains_no_match_and_expired() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("vmnd.toml");
+    let text = common::config_text(
+        &dir.path().join("var"),
+        2775,
+        "http://127.0.0.1:9/sms",
+        &campaigns("09:00-18:00 Asia/Kolkata"),
+    );
+    std::fs::write(&path, text).expect("write config");
+    let route = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vmnd"))
+            .arg("route")
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .output()
+            .expect("run vmnd");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let none = route(&["--to", VMN, "--from", "+919812345678", "hello", "there"]);
+    assert!(none.contains("number 9876543210: default"), "{none}");
+    assert!(
+        none.contains("\"JOIN\"")
+            && none.contains("not matched: the message starts with \"hello\""),
+        "{none}"
+    );
+    let expired = route(&[
+        "--to",
+        VMN,
+        "--from",
+        "919812345678",
+        "--at",
+        "2026-11-28T10:00:00Z",
+        "OFFER",
+        "code",
+    ]);
+    assert!(
+        expired.contains("number 9876543210: expired \"OFFER\""),
+        "{expired}"
+    );
+    assert!(
+        expired.contains("expired: expires 2020-01-01T00:00:00+05:30"),
+        "{expired}"
+    );
+    assert!(
+        expired.contains("SMS expiry_reply from 9876543210"),
+        "{expired}"
+    );
+    let longest = route(&["--to", VMN, "--from", "919812345678", "join", "club", "now"]);
+    assert!(longest.contains("keyword \"JOIN CLUB\""), "{longest}");
+    assert!(
+        longest.contains("shorter than the longer match \"JOIN CLUB\""),
+        "{longest}"
+    );
+    let unrouted = route(&["--to", "111111", "--from", "919812345678", "hi"]);
+    assert!(unrouted.contains("unrouted"), "{unrouted}");
+}
