@@ -2,8 +2,8 @@
 //! standing in for a tenant's endpoint, and the daemon with an embedded config (validated like
 //! any operator's file) and a data dir under a temp folder. A scripted set of messages covers
 //! plain GSM text, the GSM extension table, Unicode with an emoji, a three-part message
-//! delivered out of order, a message_payload TLV, a message to a number we do not serve, and a
-//! delivery receipt. Each message's fate is printed; the admin page stays up until Ctrl-C.
+//! delivered out of order, a message_payload TLV, a message to a number we do not serve, a
+//! delivery receipt, and two keywords (a campaign and a poll) answered by SMS. Each message's fate is printed; the admin page stays up until Ctrl-C.
 
 use std::time::Duration;
 
@@ -42,6 +42,21 @@ vmn = "567678"
 carrier = "sim"
 default = { webhook = "crm" }
 receipts = "crm"
+
+[[number.keyword]]
+keyword = "JOIN"
+aliases = ["SUBSCRIBE"]
+inbox = "summer"
+reply = "Thanks {from}! You joined {inbox}. Details: https://acme.example/s"
+webhook = "crm"
+
+[[number.keyword]]
+keyword = "VOTE"
+kind = "poll"
+options = ["A", "B"]
+reply = "Thanks, your vote {args} is counted"
+invalid_reply = "Please answer VOTE A or VOTE B"
+webhook = "crm"
 
 [[number]]
 vmn = "9876543210"
@@ -91,6 +106,7 @@ pub async fn run(once: bool) -> Result<(), String> {
     let mut script = vec![
         mo::gsm("919812345678", "567678", "JOIN summer"),
         mo::gsm("919812345679", "567678", "Price: 10€ {promo} [x] ~ \\ ^ |"),
+        mo::gsm("919812345684", "567678", "vote a"),
         mo::ucs2("919812345680", "9876543210", "नमस्ते, order #42 😀"),
         mo::payload_tlv("919812345681", "567678", "HELP via message_payload"),
         mo::latin1("33612345678", "567678", "Café crème, s'il vous plaît"),
@@ -120,8 +136,8 @@ pub async fn run(once: bool) -> Result<(), String> {
     let all_acked = smsc
         .wait_until(Duration::from_secs(20), |s| s.acked_ok >= sent)
         .await;
-    // Routed messages: 5 + 1 concatenated + 1 receipt, each posted once.
-    let expected_posts = 7;
+    // Routed messages: 6 + 1 concatenated + 1 receipt, each posted once.
+    let expected_posts = 8;
     let all_posted = sink.wait_for(expected_posts, Duration::from_secs(20)).await;
     let stats = smsc.stats();
     println!(
@@ -161,7 +177,12 @@ pub async fn run(once: bool) -> Result<(), String> {
                 r.map(|r| r.stat.as_str()).unwrap_or("?")
             )
         } else {
-            format!("\"{}\"", m.text.replace('\n', "\\n"))
+            let matched = match (&m.keyword, &m.inbox) {
+                (Some(k), Some(i)) => format!("  (keyword {k}, inbox {i})"),
+                (Some(k), None) => format!("  (keyword {k})"),
+                _ => String::new(),
+            };
+            format!("\"{}\"{matched}", m.text.replace('\n', "\\n"))
         };
         println!(
             "{}  {} -> {}  [{}{}]  {}\n      {}",
@@ -178,9 +199,16 @@ pub async fn run(once: bool) -> Result<(), String> {
             fate
         );
     }
-    let ok = all_acked && all_posted;
+    // Replies (JOIN, VOTE) leave as submit_sm through the simulated carrier.
+    let replies_sent = smsc.wait_until(Duration::from_secs(20), |s| s.submits_received >= 2).await;
+    println!();
+    for sm in smsc.submitted() {
+        let text = crate::smpp::text::decode_text(sm.data_coding, &sm.short_message, false, 0).text;
+        println!("reply  {} -> {}  submit_sm: \"{}\"", sm.source.addr, sm.dest.addr, text);
+    }
+    let ok = all_acked && all_posted && replies_sent;
     if !ok {
-        println!("\nnot everything arrived in time: acked={all_acked} posted={all_posted}");
+        println!("\nnot everything arrived in time: acked={all_acked} posted={all_posted} replies={replies_sent}");
     }
     if !once {
         println!(

@@ -103,7 +103,7 @@ fn demo_runs_its_script_end_to_end() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("10 deliver_sm sent, 10 acknowledged"),
+        stdout.contains("11 deliver_sm sent, 11 acknowledged"),
         "{stdout}"
     );
     assert!(
@@ -117,5 +117,11 @@ fn demo_runs_its_script_end_to_end() {
         "{stdout}"
     );
     assert!(stdout.contains("stored as unrouted"), "{stdout}");
-    assert_eq!(stdout.matches("forwarded to crm").count(), 7, "{stdout}");
+    assert_eq!(stdout.matches("forwarded to crm").count(), 8, "{stdout}");
+    assert!(stdout.contains("[gsm7]  \"JOIN summer\""), "{stdout}");
+    assert!(
+        stdout.contains("reply  567678 -> 919812345678  submit_sm: \"Thanks 919812345678! You joined summer."),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Thanks, your vote a is counted"), "{stdout}");
 }
