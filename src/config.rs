@@ -133,6 +133,8 @@ pub struct Number {
     /// Words checked before any campaign keyword (the consent issue acts on them); a campaign
     /// keyword or alias equal to one is a config error. Defaults: the industry lists.
     pub reserved: ReservedWords,
+    /// Confirmations, help and consent events for this number.
+    pub consent: ConsentConfig,
 }
 
 /// The reserved words of a number, upper-case as configured (matching normalises).
@@ -215,9 +217,42 @@ pub struct KeywordRule {
     pub actions: Actions,
     /// `kind = "inbox"` (default) or `kind = "poll"` with its options.
     pub poll: Option<Poll>,
+    /// `subscribe = true` (the keyword opts the sender in) or `subscribe = "double"` (it asks
+    /// for a confirmation first); default: no change of consent.
+    pub subscribe: Subscribe,
     /// Where the keyword is written in the file, for diagnostics after parsing (1-based).
     pub line: usize,
     pub col: usize,
+}
+
+/// What a keyword does to the sender's consent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Subscribe {
+    #[default]
+    No,
+    /// Opted in at once.
+    Single,
+    /// Pending until a start word ("YES") arrives within `within`; `confirm_reply` asks.
+    Double {
+        confirm_reply: String,
+        within: Duration,
+    },
+}
+
+/// `[optout]`, with a number's own `optout = { .. }` over it: confirmations, help and events.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConsentConfig {
+    /// `stop_reply`: the one confirmation of an opt-out.
+    pub stop_reply: Option<String>,
+    /// `start_reply`: the confirmation of an opt-in.
+    pub start_reply: Option<String>,
+    /// `help_reply`: the answer to a help word.
+    pub help_reply: Option<String>,
+    /// `webhook`: where `optin` and `optout` events go.
+    pub webhook: Option<String>,
+    /// `intent_phrases = true`: also recognise opt-outs written in words ("please stop
+    /// texting me"), conservatively, in English. Off by default.
+    pub intent_phrases: bool,
 }
 
 /// `kind = "poll"`: `options = ["A", "B"]` (or numbered answers "1", "2", ...).
@@ -1725,6 +1760,7 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
                     default_actions,
                     keywords,
                     reserved: reserved_lists.clone(),
+                    consent: ConsentConfig::default(),
                 })
             }
             _ => None,
@@ -2415,6 +2451,7 @@ fn validate_keyword(
         expiry_reply: rule.expiry_reply.as_ref().map(|r| r.get_ref().clone()),
         actions: actions?,
         poll,
+        subscribe: Subscribe::No,
         line,
         col,
     })
