@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 
 use crate::clock;
 use crate::config::{self, Actions, Number};
-use crate::routing::router::{Decision, Router, next_opening};
+use crate::config::Subscribe;
+use crate::routing::router::{Decision, ReservedKind, Router, next_opening};
+use crate::store::consent::{ConsentChange, ConsentState};
 use crate::store::polls::{Vote, VoteOutcome};
 use crate::store::queue::{Job, SmsJob};
 use crate::store::{self, MessageRecord, Store};
@@ -100,7 +102,7 @@ pub fn plan(
     }
     let at = DateTime::<Utc>::from_timestamp_millis(record.received_at_ms as i64)
         .unwrap_or_else(Utc::now);
-    let decision = if matchable {
+    let mut decision = if matchable {
         let routed = router.route(&number, &record.text, at);
         record.args = routed.args;
         routed.decision
@@ -108,23 +110,43 @@ pub fn plan(
         // Binary payloads are never keyword-matched.
         Decision::Default
     };
+    // An opt-out written in words, where the number asks for it and nothing else matched.
+    if matchable && number.consent.intent_phrases && matches!(decision, Decision::Default) {
+        if let Some(phrase) = crate::consent::intent::detect_optout(&record.text) {
+            decision = Decision::Reserved {
+                kind: ReservedKind::Stop,
+                phrase,
+            };
+        }
+    }
+    let consenting = is_msisdn(&record.from);
+    if let (Some(store), true) = (store, consenting) {
+        store.touch_contact(&number.vmn, &record.from, record.received_at_ms)?;
+    }
     let mut vars = Vars {
         record,
         options: String::new(),
         vote: None,
     };
     match decision {
-        Decision::Reserved { phrase, .. } => {
-            // The consent work acts on these; until then they are forwarded, and never
-            // answered with a campaign's or the default's reply.
+        Decision::Reserved { kind, phrase } => {
+            // Opt-out, opt-in and help words: the consent ledger changes, one confirmation
+            // per change, an event to the consent webhook; the message itself still goes to
+            // the default webhook, and never gets a campaign's or the default's reply.
             vars.record.keyword = Some(phrase.to_uppercase());
             if let Some(w) = &number.default_actions.webhook {
                 jobs.push(w.clone(), "message", now_ms, None);
+            }
+            if consenting {
+                reserved_word(store, &mut jobs, &number, &mut vars, kind, &phrase)?;
             }
         }
         Decision::Keyword { rule, .. } => {
             let rule = &number.keywords[rule];
             vars.record.keyword = Some(rule.keyword.clone());
+            if consenting {
+                subscribe(store, &mut jobs, &number, &mut vars, rule)?;
+            }
             vars.record.inbox = Some(rule.inbox.clone());
             metrics::counter!("vmnd_keyword_matches_total", "vmn" => number.vmn.clone(), "keyword" => rule.keyword.clone()).increment(1);
             let mut actions = rule.actions.clone();
@@ -213,6 +235,172 @@ pub fn plan(
         }
     }
     Ok(jobs.jobs)
+}
+
+/// A sender we can hold consent for and answer: an MSISDN (digits), not an alphanumeric name.
+fn is_msisdn(from: &str) -> bool {
+    !from.is_empty() && from.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// SMS purposes sent whatever the recipient's consent: the single confirmation of an opt-out
+/// (DESIGN.md promise 3). Everything else to an opted-out person is suppressed at send time.
+pub const CONSENT_EXEMPT_PURPOSES: &[&str] = &["optout_confirmation"];
+
+/// Records a consent change (not in a dry run) and returns whether the state changed.
+fn change_consent(
+    store: Option<&Store>,
+    number: &Number,
+    vars: &Vars<'_>,
+    to: ConsentState,
+    matched: &str,
+    keyword: Option<&str>,
+    pending_until_ms: Option<u64>,
+) -> store::Result<(ConsentState, bool)> {
+    let Some(store) = store else {
+        // Explaining: say what would happen without writing.
+        return Ok((ConsentState::Unknown, true));
+    };
+    let attributes: Vec<(String, String)> = match (&vars.record.args, keyword) {
+        (Some(args), Some(_)) => vec![("args".to_string(), args.clone())],
+        _ => Vec::new(),
+    };
+    store.apply_consent(&ConsentChange {
+        vmn: &number.vmn,
+        msisdn: &vars.record.from,
+        to,
+        at_ms: vars.record.received_at_ms,
+        text: &vars.record.text,
+        matched,
+        message_id: Some(&vars.record.id),
+        source: "sms",
+        keyword,
+        attributes: &attributes,
+        pending_until_ms,
+    })
+}
+
+fn consent_event(jobs: &mut Jobs, number: &Number, event: &str) {
+    if let Some(w) = &number.consent.webhook {
+        jobs.push(w.clone(), event, jobs.now_ms, None);
+    }
+}
+
+/// STOP / START / HELP (and an opt-out written in words).
+fn reserved_word(
+    store: Option<&Store>,
+    jobs: &mut Jobs,
+    number: &Number,
+    vars: &mut Vars<'_>,
+    kind: ReservedKind,
+    phrase: &str,
+) -> store::Result<()> {
+    let now_ms = jobs.now_ms;
+    match kind {
+        ReservedKind::Stop => {
+            let (previous, changed) =
+                change_consent(store, number, vars, ConsentState::OptedOut, phrase, None, None)?;
+            metrics::counter!("vmnd_optouts_total", "changed" => if changed { "yes" } else { "no" }).increment(1);
+            if changed {
+                vars.record.consent = Some(consent_info(previous, ConsentState::OptedOut, phrase));
+                consent_event(jobs, number, "optout");
+                // One confirmation per change: a repeated STOP changes nothing and gets none.
+                if let Some(reply) = &number.consent.stop_reply {
+                    push_sms(jobs, number, vars, reply, "optout_confirmation", now_ms);
+                    if let (Some(store), Some(_)) = (store, &number.carrier) {
+                        store.set_confirmation_sent(&number.vmn, &vars.record.from, &vars.record.id)?;
+                    }
+                }
+            }
+        }
+        ReservedKind::Start => {
+            let (previous, changed) =
+                change_consent(store, number, vars, ConsentState::OptedIn, phrase, None, None)?;
+            if changed {
+                vars.record.consent = Some(consent_info(previous, ConsentState::OptedIn, phrase));
+                consent_event(jobs, number, "optin");
+                if let Some(reply) = &number.consent.start_reply {
+                    push_sms(jobs, number, vars, reply, "optin_confirmation", now_ms);
+                    if let (Some(store), Some(_)) = (store, &number.carrier) {
+                        store.set_confirmation_sent(&number.vmn, &vars.record.from, &vars.record.id)?;
+                    }
+                }
+            }
+        }
+        ReservedKind::Help => {
+            if let Some(reply) = &number.consent.help_reply {
+                push_sms(jobs, number, vars, reply, "help", now_ms);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A keyword with `subscribe`: opts the sender in, or asks them to confirm (double opt-in).
+fn subscribe(
+    store: Option<&Store>,
+    jobs: &mut Jobs,
+    number: &Number,
+    vars: &mut Vars<'_>,
+    rule: &crate::config::KeywordRule,
+) -> store::Result<()> {
+    match &rule.subscribe {
+        Subscribe::No => {}
+        Subscribe::Single => {
+            let (previous, changed) = change_consent(
+                store,
+                number,
+                vars,
+                ConsentState::OptedIn,
+                &rule.keyword,
+                Some(&rule.keyword),
+                None,
+            )?;
+            if changed {
+                vars.record.consent = Some(consent_info(previous, ConsentState::OptedIn, &rule.keyword));
+                consent_event(jobs, number, "optin");
+            }
+        }
+        Subscribe::Double {
+            confirm_reply,
+            within,
+        } => {
+            let current = match store {
+                Some(s) => s.consent_state(&number.vmn, &vars.record.from)?,
+                None => ConsentState::Unknown,
+            };
+            if current != ConsentState::OptedIn {
+                let until = vars.record.received_at_ms + within.as_millis() as u64;
+                change_consent(
+                    store,
+                    number,
+                    vars,
+                    ConsentState::Pending,
+                    &rule.keyword,
+                    Some(&rule.keyword),
+                    Some(until),
+                )?;
+                push_sms(jobs, number, vars, confirm_reply, "optin_request", jobs.now_ms);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn consent_info(previous: ConsentState, state: ConsentState, matched: &str) -> store::ConsentInfo {
+    store::ConsentInfo {
+        previous,
+        state,
+        matched: matched.to_string(),
+    }
+}
+
+/// Queues an SMS to the sender of the message, from the number.
+fn push_sms(jobs: &mut Jobs, number: &Number, vars: &Vars<'_>, template: &str, purpose: &str, due_ms: u64) {
+    let Some(carrier) = &number.carrier else {
+        return; // validation refuses SMS actions without a carrier
+    };
+    let sms = sms_job(jobs, carrier, &number.vmn, &vars.record.from, vars.render(template), purpose);
+    jobs.push(String::new(), "message", due_ms, Some(sms));
 }
 
 fn run_actions(
@@ -341,6 +529,7 @@ pub fn explain(
         routed: false,
         receipt: None,
         webhooks: Vec::new(),
+        consent: None,
     };
     let number = router.number(&record.to).cloned();
     let routed = number.as_ref().map(|n| router.route(n, text, at));

@@ -17,6 +17,7 @@
 //! | [`actions`] | a routing decision turned into jobs: webhook events, replies, forwards, poll votes |
 //! | [`processor`] | after the ack: receipts, reassembly, text decoding, the message record, jobs |
 //! | [`routing::keywords`] | keyword normalisation and the word-level trie index matched on the hot path |
+//! | [`consent::intent`] | opt-out written in words ("please stop texting me"), recognised conservatively |
 //! | [`outbound::webhook`] | signed HTTP POSTs from the queue with backoff until `retry_for` |
 //! | [`admin`] | hyper server: `/healthz`, `/metrics`, `/api/messages`, `/` |
 //! | [`outbound::dispatcher`] | runs queued jobs per endpoint with concurrency limits and backoff |
@@ -32,6 +33,7 @@ pub mod admin;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod consent;
 pub mod daemon;
 pub mod demo;
 pub mod http_sink;

@@ -239,6 +239,7 @@ impl Processor {
             routed: false,
             receipt: None,
             webhooks: Vec::new(),
+            consent: None,
         }
     }
 

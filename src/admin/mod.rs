@@ -2,6 +2,7 @@
 //! operators' page at `/`. Loopback by default; when it listens elsewhere the config requires a
 //! bearer token, checked on everything but `/healthz` (load balancers probe that one).
 
+mod contacts;
 mod page;
 
 use std::collections::HashMap;
@@ -178,6 +179,16 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
     }
     if req.method() == Method::POST && path == "/api/route" {
         return explain_route(state, req).await;
+    }
+    if let Some(vmn) = (req.method() == Method::POST)
+        .then(|| {
+            path.strip_prefix("/api/numbers/")?
+                .strip_suffix("/contacts/import")
+        })
+        .flatten()
+        .filter(|vmn| !vmn.contains('/'))
+    {
+        return contacts::import(state, vmn, req).await;
     }
     if req.method() != Method::GET {
         return error(
@@ -441,9 +452,15 @@ fn list_outbound(state: &AdminState, q: &HashMap<String, String>) -> Reply {
     }
 }
 
-/// `/api/numbers/{vmn}/polls/{keyword}` (JSON, or CSV with `?format=csv`).
+/// `/api/numbers/{vmn}/polls/{keyword}` (JSON, or CSV with `?format=csv`); `.../contacts` and
+/// `.../ledger` are answered by [`contacts`].
 fn number_api(state: &AdminState, rest: &str, q: &HashMap<String, String>) -> Reply {
     let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [vmn, "contacts"] => return contacts::list(state, vmn, q),
+        [vmn, "ledger"] => return contacts::ledger(state, vmn, q),
+        _ => {}
+    }
     let [vmn, "polls", keyword] = parts.as_slice() else {
         return error(
             StatusCode::NOT_FOUND,

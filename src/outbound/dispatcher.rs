@@ -18,7 +18,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock;
 use crate::config::{Config, Webhook};
+use crate::actions;
 use crate::outbound::sms_text;
+use crate::store::consent::ConsentState;
 use crate::outbound::webhook::{self, Attempt, WebhookClient};
 use crate::smpp::pdu::{self, Address, ShortMessage, status};
 use crate::smpp::session::SubmitRequest;
@@ -84,6 +86,8 @@ struct Payload<'a> {
     missing_parts: &'a [u8],
     #[serde(skip_serializing_if = "Option::is_none")]
     receipt: Option<&'a crate::smpp::receipt::Receipt>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consent: Option<&'a crate::store::ConsentInfo>,
 }
 
 fn is_true(b: &bool) -> bool {
@@ -108,6 +112,7 @@ pub fn payload(record: &MessageRecord, event: &str) -> Vec<u8> {
         complete: record.complete,
         missing_parts: &record.missing_parts,
         receipt: record.receipt.as_ref(),
+        consent: record.consent.as_ref(),
     };
     serde_json::to_vec(&p).unwrap_or_default()
 }
@@ -493,6 +498,20 @@ impl AttemptTask {
             Some(r) => r,
             None => new_outbound_record(job, &sms),
         };
+        // DESIGN.md promise 3: nothing reaches a person who opted out of the number but the
+        // one confirmation. Checked at send time, so replies queued or scheduled before the
+        // opt-out are cancelled too.
+        if !actions::CONSENT_EXEMPT_PURPOSES.contains(&sms.purpose.as_str())
+            && self.store.consent_state(&sms.from, &sms.to)? == ConsentState::OptedOut
+        {
+            metrics::counter!("vmnd_sms_suppressed_total", "purpose" => sms.purpose.clone()).increment(1);
+            tracing::info!(job = job.id, to = %sms.to, from = %sms.from, "SMS suppressed: the recipient opted out");
+            record.state = "suppressed".to_string();
+            record.error = Some(format!("{} opted out of {}", sms.to, sms.from));
+            record.updated_ms = clock::now_ms();
+            self.store.put_outbound(job.id, &record)?;
+            return Ok(Outcome::Done);
+        }
         for (index, segment) in segments.iter().enumerate() {
             let index = index as u8;
             if sms.sent.iter().any(|(i, _)| *i == index) {

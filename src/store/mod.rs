@@ -12,7 +12,10 @@
 //! - `jobs`, `dead`: see [`queue`].
 //! - `outbound`, `outbound_ids`: SMS sent and their receipts, see [`outbound`].
 //! - `votes`: poll votes, see [`polls`].
+//! - `consent`, `contacts`, `contact_states`, `ledger`, `ledger_index`: opt-in/opt-out state,
+//!   contacts and the consent ledger, see [`consent`].
 
+pub mod consent;
 pub mod outbound;
 pub mod parts;
 pub mod polls;
@@ -145,6 +148,18 @@ pub struct MessageRecord {
     /// The webhooks this message was queued for.
     #[serde(default)]
     pub webhooks: Vec<String>,
+    /// Set when the message changed the sender's consent (an `optin`/`optout` event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<ConsentInfo>,
+}
+
+/// How a message changed its sender's consent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsentInfo {
+    pub previous: consent::ConsentState,
+    pub state: consent::ConsentState,
+    /// The word or phrase that matched.
+    pub matched: String,
 }
 
 /// Formats a numeric id the way every API and payload shows it.
@@ -207,6 +222,11 @@ struct Inner {
     outbound: sled::Tree,
     outbound_ids: sled::Tree,
     votes: sled::Tree,
+    consent: sled::Tree,
+    contacts: sled::Tree,
+    contact_states: sled::Tree,
+    ledger: sled::Tree,
+    ledger_index: sled::Tree,
     /// sled's main file, opened by us so a commit can fsync it (sled uses sync_file_range).
     db_file: Option<File>,
     dir: PathBuf,
@@ -244,6 +264,11 @@ impl Store {
                 outbound: db.open_tree("outbound")?,
                 outbound_ids: db.open_tree("outbound_ids")?,
                 votes: db.open_tree("votes")?,
+                consent: db.open_tree("consent")?,
+                contacts: db.open_tree("contacts")?,
+                contact_states: db.open_tree("contact_states")?,
+                ledger: db.open_tree("ledger")?,
+                ledger_index: db.open_tree("ledger_index")?,
                 db,
                 db_file,
                 dir: dir.to_path_buf(),
@@ -390,6 +415,11 @@ impl Store {
             outbound: &self.inner.outbound,
             outbound_ids: &self.inner.outbound_ids,
             votes: &self.inner.votes,
+            consent: &self.inner.consent,
+            contacts: &self.inner.contacts,
+            contact_states: &self.inner.contact_states,
+            ledger: &self.inner.ledger,
+            ledger_index: &self.inner.ledger_index,
         }
     }
 }
@@ -405,6 +435,11 @@ pub(crate) struct Trees<'a> {
     pub outbound: &'a sled::Tree,
     pub outbound_ids: &'a sled::Tree,
     pub votes: &'a sled::Tree,
+    pub consent: &'a sled::Tree,
+    pub contacts: &'a sled::Tree,
+    pub contact_states: &'a sled::Tree,
+    pub ledger: &'a sled::Tree,
+    pub ledger_index: &'a sled::Tree,
 }
 
 pub fn receipt_key(carrier: &str, carrier_message_id: &str) -> Vec<u8> {

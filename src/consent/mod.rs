@@ -1,0 +1,3 @@
+//! Consent: opt-in, opt-out and the consent ledger.
+
+pub mod intent;

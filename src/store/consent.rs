@@ -1,0 +1,816 @@
+//! Consent per sender and number (DESIGN.md promise 3): the state the outbound SMS engine checks
+//! before every message, the opt-in database of contacts, and the ledger that proves every change.
+//!
+//! Trees (addresses are normalised by [`normalize_address`] everywhere, so "+91 98123-45678" and
+//! "919812345678" are one contact):
+//! - `consent`: [`address_key`]`(vmn)` ++ [`address_key`]`(msisdn)` -> 1 byte of state, or for
+//!   `pending` 1 + 8 (deadline, ms BE) + 1 (the state to fall back to when the deadline passes).
+//!   The hot path: one get, no JSON. Absent means `unknown`, so ten million contacts that never
+//!   opted anything cost nothing here.
+//! - `contacts`: `address_key(vmn)` ++ msisdn bytes -> [`Contact`] (JSON), in msisdn order.
+//! - `contact_states`: `address_key(vmn)` ++ state byte ++ msisdn bytes -> (): pages of one state
+//!   without reading every contact of the number.
+//! - `ledger`: id (u64 BE, from [`Store::next_id`]) -> [`LedgerEntry`] (JSON), in record order.
+//! - `ledger_index`: `n` ++ `address_key(vmn)` ++ id -> () (a number's ledger),
+//!   `c` ++ `address_key(vmn)` ++ `address_key(msisdn)` ++ id -> () (one contact's ledger),
+//!   `m` ++ `address_key(vmn)` ++ `address_key(msisdn)` ++ message id -> ledger id (u64 BE):
+//!   makes [`Store::apply_consent`] idempotent per message and finds the entry whose
+//!   confirmation went out.
+//!
+//! A change writes all of these in one sled transaction: a crash leaves either the whole change or
+//! none of it, so the hot tree never disagrees with the evidence.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+
+use super::{Result, Store, StoreError, decode_json, encode_json, key_u64};
+
+/// Where one person stands with one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentState {
+    /// Never opted in or out (also: never heard of).
+    Unknown,
+    OptedIn,
+    /// Nothing but the one confirmation may be sent (promise 3).
+    OptedOut,
+    /// Double opt-in asked, not yet confirmed; falls back to the earlier state at the deadline.
+    Pending,
+}
+
+impl ConsentState {
+    /// The byte stored in the `consent` and `contact_states` trees.
+    pub fn code(self) -> u8 {
+        match self {
+            ConsentState::Unknown => 0,
+            ConsentState::OptedIn => 1,
+            ConsentState::OptedOut => 2,
+            ConsentState::Pending => 3,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<ConsentState> {
+        match code {
+            0 => Some(ConsentState::Unknown),
+            1 => Some(ConsentState::OptedIn),
+            2 => Some(ConsentState::OptedOut),
+            3 => Some(ConsentState::Pending),
+            _ => None,
+        }
+    }
+
+    /// The name used in JSON, CSV and query strings (`opted_out`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentState::Unknown => "unknown",
+            ConsentState::OptedIn => "opted_in",
+            ConsentState::OptedOut => "opted_out",
+            ConsentState::Pending => "pending",
+        }
+    }
+
+    /// Parses [`ConsentState::as_str`]'s names.
+    pub fn parse(text: &str) -> Option<ConsentState> {
+        [
+            ConsentState::Unknown,
+            ConsentState::OptedIn,
+            ConsentState::OptedOut,
+            ConsentState::Pending,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// A contact of one number (the opt-in database).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contact {
+    pub vmn: String,
+    pub msisdn: String,
+    /// The state in force: a pending contact whose deadline passed shows its earlier state.
+    pub state: ConsentState,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    /// The keyword that opted them in (or asked them to confirm).
+    pub source_keyword: Option<String>,
+    /// Values captured from `args` of the keyword that opted them in (e.g. {"args": "summer"}).
+    pub attributes: BTreeMap<String, String>,
+    /// Double opt-in: pending until.
+    pub pending_until_ms: Option<u64>,
+    /// When the state last changed.
+    pub updated_ms: u64,
+}
+
+/// One change of state, with its evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub at_ms: u64,
+    pub vmn: String,
+    pub msisdn: String,
+    pub from: ConsentState,
+    /// Equal to `from` when the message changed nothing (a repeated STOP).
+    pub to: ConsentState,
+    /// The raw text of the message (or "import: <file line>").
+    pub text: String,
+    /// The word or phrase that matched ("STOP", "please stop texting me", "JOIN").
+    pub matched: String,
+    pub message_id: Option<String>,
+    /// `sms` | `import` | `api`.
+    pub source: String,
+    pub confirmation_sent: bool,
+}
+
+/// A change to apply: what the processor (or an import) saw.
+#[derive(Debug, Clone, Copy)]
+pub struct ConsentChange<'a> {
+    pub vmn: &'a str,
+    pub msisdn: &'a str,
+    pub to: ConsentState,
+    /// When it happened: the message's time (also the "now" that decides whether a pending
+    /// contact's deadline has passed).
+    pub at_ms: u64,
+    pub text: &'a str,
+    pub matched: &'a str,
+    pub message_id: Option<&'a str>,
+    pub source: &'a str,
+    /// The keyword that opts in (kept as the contact's `source_keyword`).
+    pub keyword: Option<&'a str>,
+    /// Merged into the contact's attributes on a change to opted in or pending.
+    pub attributes: &'a [(String, String)],
+    /// With `to: Pending`: when the ask lapses (`None`: never).
+    pub pending_until_ms: Option<u64>,
+}
+
+/// Characters dropped from numeric addresses: people and spreadsheets write them.
+fn is_address_separator(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '-' | '.' | '(' | ')' | '+')
+}
+
+/// The form an address is stored under: digits only when it is a phone number written with
+/// separators or a `+` ("+91 98123-45678" -> "919812345678"); anything else (an alphanumeric
+/// sender) trimmed but as written.
+pub fn normalize_address(address: &str) -> String {
+    let trimmed = address.trim();
+    let mut digits = String::with_capacity(trimmed.len());
+    for c in trimmed.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+        } else if !is_address_separator(c) {
+            return trimmed.to_string();
+        }
+    }
+    if digits.is_empty() {
+        trimmed.to_string()
+    } else {
+        digits
+    }
+}
+
+/// Longest digit string stored packed; longer ones (none are real phone numbers) go raw.
+const MAX_PACKED_DIGITS: usize = 64;
+/// First byte of a raw (non-numeric) address in a key; packed ones start with their length.
+const RAW_ADDRESS: u8 = 0xff;
+
+/// Appends the compact, prefix-free key form of an address to `out`, normalising on the way
+/// without allocating (this runs on the hot path): `[digit count][two digits a byte]` for phone
+/// numbers, `[0xff][length u32 BE][bytes]` for anything else.
+pub fn push_address_key(out: &mut Vec<u8>, address: &str) {
+    let trimmed = address.trim();
+    let mut count = 0usize;
+    let mut numeric = true;
+    for c in trimmed.chars() {
+        if c.is_ascii_digit() {
+            count += 1;
+        } else if !is_address_separator(c) {
+            numeric = false;
+            break;
+        }
+    }
+    if numeric && (1..=MAX_PACKED_DIGITS).contains(&count) {
+        out.push(count as u8);
+        let mut high: Option<u8> = None;
+        for b in trimmed.bytes().filter(u8::is_ascii_digit) {
+            let d = b - b'0';
+            match high.take() {
+                None => high = Some(d),
+                Some(h) => out.push((h << 4) | d),
+            }
+        }
+        if let Some(h) = high {
+            out.push((h << 4) | 0x0f);
+        }
+    } else {
+        let raw = if numeric {
+            normalize_address(trimmed)
+        } else {
+            trimmed.to_string()
+        };
+        out.push(RAW_ADDRESS);
+        out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        out.extend_from_slice(raw.as_bytes());
+    }
+}
+
+/// [`push_address_key`] into a new vector.
+pub fn address_key(address: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    push_address_key(&mut out, address);
+    out
+}
+
+/// The `consent` tree's key of a contact.
+fn hot_key(vmn: &str, msisdn: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(24);
+    push_address_key(&mut key, vmn);
+    push_address_key(&mut key, msisdn);
+    key
+}
+
+fn contact_key(vmn: &str, msisdn: &str) -> Vec<u8> {
+    let mut key = address_key(vmn);
+    key.extend_from_slice(msisdn.as_bytes());
+    key
+}
+
+fn state_prefix(vmn: &str, state: ConsentState) -> Vec<u8> {
+    let mut key = address_key(vmn);
+    key.push(state.code());
+    key
+}
+
+fn state_key(vmn: &str, state: ConsentState, msisdn: &str) -> Vec<u8> {
+    let mut key = state_prefix(vmn, state);
+    key.extend_from_slice(msisdn.as_bytes());
+    key
+}
+
+fn number_ledger_prefix(vmn: &str) -> Vec<u8> {
+    let mut key = vec![b'n'];
+    push_address_key(&mut key, vmn);
+    key
+}
+
+fn contact_ledger_prefix(kind: u8, vmn: &str, msisdn: &str) -> Vec<u8> {
+    let mut key = vec![kind];
+    push_address_key(&mut key, vmn);
+    push_address_key(&mut key, msisdn);
+    key
+}
+
+fn message_key(vmn: &str, msisdn: &str, message_id: &str) -> Vec<u8> {
+    let mut key = contact_ledger_prefix(b'm', vmn, msisdn);
+    key.extend_from_slice(message_id.as_bytes());
+    key
+}
+
+/// A `consent` value, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hot {
+    /// As stored (`Pending` even after its deadline).
+    stored: ConsentState,
+    /// For `Pending`: the deadline and the state it falls back to.
+    pending: Option<(u64, ConsentState)>,
+}
+
+impl Hot {
+    const UNKNOWN: Hot = Hot {
+        stored: ConsentState::Unknown,
+        pending: None,
+    };
+
+    fn decode(raw: Option<&[u8]>) -> Result<Hot> {
+        let corrupt = || StoreError::Corrupt(format!("consent value {raw:?}"));
+        let Some(raw) = raw else {
+            return Ok(Hot::UNKNOWN);
+        };
+        let stored = raw
+            .first()
+            .and_then(|c| ConsentState::from_code(*c))
+            .ok_or_else(corrupt)?;
+        if stored != ConsentState::Pending {
+            return Ok(Hot {
+                stored,
+                pending: None,
+            });
+        }
+        let deadline: [u8; 8] = raw
+            .get(1..9)
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(corrupt)?;
+        let fallback = raw
+            .get(9)
+            .and_then(|c| ConsentState::from_code(*c))
+            .filter(|s| *s != ConsentState::Pending)
+            .ok_or_else(corrupt)?;
+        Ok(Hot {
+            stored,
+            pending: Some((u64::from_be_bytes(deadline), fallback)),
+        })
+    }
+
+    fn encode(self) -> Vec<u8> {
+        let mut out = vec![self.stored.code()];
+        if let Some((deadline, fallback)) = self.pending {
+            out.extend_from_slice(&deadline.to_be_bytes());
+            out.push(fallback.code());
+        }
+        out
+    }
+
+    /// The state in force at `now_ms`.
+    fn effective(self, now_ms: u64) -> ConsentState {
+        match self.pending {
+            Some((deadline, fallback)) if now_ms >= deadline => fallback,
+            _ => self.stored,
+        }
+    }
+}
+
+/// The trees one change touches, inside a transaction.
+struct Tx<'a> {
+    consent: &'a TransactionalTree,
+    contacts: &'a TransactionalTree,
+    states: &'a TransactionalTree,
+    ledger: &'a TransactionalTree,
+    ledger_index: &'a TransactionalTree,
+}
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
+
+fn abort<T>(r: Result<T>) -> TxResult<T> {
+    r.map_err(ConflictableTransactionError::Abort)
+}
+
+/// One change inside a transaction (see [`Store::apply_consent`]); `vmn`/`msisdn` normalised.
+fn apply_in(
+    tx: &Tx<'_>,
+    change: &ConsentChange<'_>,
+    vmn: &str,
+    msisdn: &str,
+    ledger_id: u64,
+) -> TxResult<(ConsentState, bool)> {
+    // The same message again (reprocessed after a crash): answer as the first time, add nothing.
+    if let Some(message_id) = change.message_id {
+        if let Some(raw) = tx.ledger_index.get(message_key(vmn, msisdn, message_id))? {
+            let id = abort(key_u64(&raw))?;
+            if let Some(raw) = tx.ledger.get(id.to_be_bytes())? {
+                let entry: LedgerEntry = abort(decode_json(&raw))?;
+                return Ok((entry.from, entry.from != entry.to));
+            }
+        }
+    }
+
+    let hkey = hot_key(vmn, msisdn);
+    let hot = abort(Hot::decode(tx.consent.get(&hkey)?.as_deref()))?;
+    let previous = hot.effective(change.at_ms);
+    let changed = previous != change.to;
+
+    let ckey = contact_key(vmn, msisdn);
+    let existing: Option<Contact> = match tx.contacts.get(&ckey)? {
+        Some(raw) => Some(abort(decode_json(&raw))?),
+        None => None,
+    };
+    let indexed = existing.as_ref().map(|c| c.state);
+    let mut contact = existing.unwrap_or_else(|| Contact {
+        vmn: vmn.to_string(),
+        msisdn: msisdn.to_string(),
+        state: ConsentState::Unknown,
+        first_seen_ms: change.at_ms,
+        last_seen_ms: change.at_ms,
+        source_keyword: None,
+        attributes: BTreeMap::new(),
+        pending_until_ms: None,
+        updated_ms: change.at_ms,
+    });
+    if change.source == "sms" {
+        contact.first_seen_ms = contact.first_seen_ms.min(change.at_ms);
+        contact.last_seen_ms = contact.last_seen_ms.max(change.at_ms);
+    }
+
+    // A lapsed pending is settled now too, so the stored state is the one in force.
+    let new_hot = if changed {
+        contact.state = change.to;
+        contact.updated_ms = change.at_ms;
+        if matches!(change.to, ConsentState::OptedIn | ConsentState::Pending) {
+            if let Some(keyword) = change.keyword {
+                contact.source_keyword = Some(keyword.to_string());
+            }
+            contact.attributes.extend(change.attributes.iter().cloned());
+        }
+        if change.to == ConsentState::Pending {
+            let deadline = change.pending_until_ms.unwrap_or(u64::MAX);
+            contact.pending_until_ms = Some(deadline);
+            Some(Hot {
+                stored: ConsentState::Pending,
+                pending: Some((deadline, previous)),
+            })
+        } else {
+            contact.pending_until_ms = None;
+            Some(Hot {
+                stored: change.to,
+                pending: None,
+            })
+        }
+    } else if hot.stored != previous {
+        contact.state = previous;
+        contact.pending_until_ms = None;
+        Some(Hot {
+            stored: previous,
+            pending: None,
+        })
+    } else {
+        // Unchanged (a pending ask keeps its first deadline), but the contact's record may
+        // predate a lapse settled elsewhere: keep it equal to the hot tree.
+        contact.state = hot.stored;
+        None
+    };
+    if let Some(new_hot) = new_hot {
+        if new_hot.stored == ConsentState::Unknown {
+            tx.consent.remove(hkey)?;
+        } else {
+            tx.consent.insert(hkey, new_hot.encode())?;
+        }
+    }
+    if indexed != Some(contact.state) {
+        if let Some(old) = indexed {
+            tx.states.remove(state_key(vmn, old, msisdn))?;
+        }
+        tx.states
+            .insert(state_key(vmn, contact.state, msisdn), &[] as &[u8])?;
+    }
+    tx.contacts.insert(ckey, encode_json(&contact))?;
+
+    let entry = LedgerEntry {
+        at_ms: change.at_ms,
+        vmn: vmn.to_string(),
+        msisdn: msisdn.to_string(),
+        from: previous,
+        to: if changed { change.to } else { previous },
+        text: change.text.to_string(),
+        matched: change.matched.to_string(),
+        message_id: change.message_id.map(str::to_string),
+        source: change.source.to_string(),
+        confirmation_sent: false,
+    };
+    let id = ledger_id.to_be_bytes();
+    tx.ledger.insert(&id, encode_json(&entry))?;
+    let mut key = number_ledger_prefix(vmn);
+    key.extend_from_slice(&id);
+    tx.ledger_index.insert(key, &[] as &[u8])?;
+    let mut key = contact_ledger_prefix(b'c', vmn, msisdn);
+    key.extend_from_slice(&id);
+    tx.ledger_index.insert(key, &[] as &[u8])?;
+    if let Some(message_id) = change.message_id {
+        tx.ledger_index
+            .insert(message_key(vmn, msisdn, message_id), &id)?;
+    }
+    Ok((previous, changed))
+}
+
+/// Keys of `tree` that start with `prefix` and sort after `prefix ++ after` (all of them when
+/// `after` is `None`), in order.
+fn keys_after<'t>(
+    tree: &'t sled::Tree,
+    prefix: &'t [u8],
+    after: Option<&[u8]>,
+) -> impl Iterator<Item = Result<sled::IVec>> + 't {
+    let start = match after {
+        Some(after) => {
+            let mut start = prefix.to_vec();
+            start.extend_from_slice(after);
+            Bound::Excluded(start)
+        }
+        None => Bound::Included(prefix.to_vec()),
+    };
+    tree.range::<Vec<u8>, _>((start, Bound::Unbounded))
+        .keys()
+        .map(|k| k.map_err(StoreError::from))
+        .take_while(move |k| k.as_ref().map_or(true, |k| k.starts_with(prefix)))
+}
+
+impl Store {
+    /// Hot path (every outbound SMS checks it): one sled get on a compact key -> 1-byte
+    /// (+deadline) value, no JSON. `Unknown` when absent. An error means "cannot tell": the
+    /// caller must not send.
+    pub fn consent_state(&self, vmn: &str, msisdn: &str) -> Result<ConsentState> {
+        self.consent_state_at(vmn, msisdn, crate::clock::now_ms())
+    }
+
+    /// [`Store::consent_state`] with an explicit "now" (decides whether a pending ask lapsed).
+    pub fn consent_state_at(&self, vmn: &str, msisdn: &str, now_ms: u64) -> Result<ConsentState> {
+        let raw = self.trees().consent.get(hot_key(vmn, msisdn))?;
+        Ok(Hot::decode(raw.as_deref())?.effective(now_ms))
+    }
+
+    /// Applies a change atomically (contact + ledger entry in one sled transaction). Returns the
+    /// previous state (the one in force at `at_ms`) and whether it changed. When it does not (a
+    /// repeated STOP) the ledger still records the message but `changed` is false, so the caller
+    /// sends no second confirmation. Applying the same `message_id` again (reprocessing after a
+    /// crash) records nothing new and returns what the first call returned.
+    pub fn apply_consent(&self, change: &ConsentChange) -> Result<(ConsentState, bool)> {
+        let mut out = self.apply_consents(std::slice::from_ref(change))?;
+        out.pop()
+            .ok_or_else(|| StoreError::Corrupt("no outcome for a consent change".into()))
+    }
+
+    /// Several changes in one transaction (imports, bulk loads), applied in order: a later
+    /// change of the same contact sees the earlier one. Keep batches to a few hundred: sled
+    /// holds a process-wide write lock while a transaction commits, and every read (the hot
+    /// path too) waits for it.
+    pub fn apply_consents(&self, changes: &[ConsentChange]) -> Result<Vec<(ConsentState, bool)>> {
+        let normalised: Vec<(String, String, u64)> = changes
+            .iter()
+            .map(|c| {
+                Ok((
+                    normalize_address(c.vmn),
+                    normalize_address(c.msisdn),
+                    self.next_id()?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let t = self.trees();
+        let outcome = (
+            t.consent,
+            t.contacts,
+            t.contact_states,
+            t.ledger,
+            t.ledger_index,
+        )
+            .transaction(|(consent, contacts, states, ledger, ledger_index)| {
+                let tx = Tx {
+                    consent,
+                    contacts,
+                    states,
+                    ledger,
+                    ledger_index,
+                };
+                changes
+                    .iter()
+                    .zip(&normalised)
+                    .map(|(change, (vmn, msisdn, id))| apply_in(&tx, change, vmn, msisdn, *id))
+                    .collect::<TxResult<Vec<_>>>()
+            })?;
+        Ok(outcome)
+    }
+
+    /// Marks the ledger entry of `message_id` as having had its confirmation sent (called when
+    /// the confirmation is queued). Does nothing when no entry of that contact has that id.
+    pub fn set_confirmation_sent(&self, vmn: &str, msisdn: &str, message_id: &str) -> Result<()> {
+        let (vmn, msisdn) = (normalize_address(vmn), normalize_address(msisdn));
+        let t = self.trees();
+        let Some(raw) = t.ledger_index.get(message_key(&vmn, &msisdn, message_id))? else {
+            return Ok(());
+        };
+        let id = key_u64(&raw)?;
+        let mut failure = None;
+        t.ledger.fetch_and_update(id.to_be_bytes(), |old| {
+            let old = old?;
+            match decode_json::<LedgerEntry>(old) {
+                Ok(mut entry) => {
+                    entry.confirmation_sent = true;
+                    Some(encode_json(&entry))
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    Some(old.to_vec())
+                }
+            }
+        })?;
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// First/last seen for any message from a contact (creates an `Unknown` contact if new).
+    pub fn touch_contact(&self, vmn: &str, msisdn: &str, at_ms: u64) -> Result<()> {
+        let (vmn, msisdn) = (normalize_address(vmn), normalize_address(msisdn));
+        let ckey = contact_key(&vmn, &msisdn);
+        let t = self.trees();
+        // A transaction, not a plain read-modify-write: a consent change of the same contact
+        // running at the same time must not be overwritten with the state read before it.
+        (t.contacts, t.contact_states).transaction(|(contacts, states)| {
+            let contact = match contacts.get(&ckey)? {
+                Some(raw) => {
+                    let mut c: Contact = abort(decode_json(&raw))?;
+                    if c.first_seen_ms <= at_ms && c.last_seen_ms >= at_ms {
+                        return Ok(());
+                    }
+                    c.first_seen_ms = c.first_seen_ms.min(at_ms);
+                    c.last_seen_ms = c.last_seen_ms.max(at_ms);
+                    c
+                }
+                None => {
+                    states.insert(
+                        state_key(&vmn, ConsentState::Unknown, &msisdn),
+                        &[] as &[u8],
+                    )?;
+                    Contact {
+                        vmn: vmn.clone(),
+                        msisdn: msisdn.clone(),
+                        state: ConsentState::Unknown,
+                        first_seen_ms: at_ms,
+                        last_seen_ms: at_ms,
+                        source_keyword: None,
+                        attributes: BTreeMap::new(),
+                        pending_until_ms: None,
+                        updated_ms: at_ms,
+                    }
+                }
+            };
+            contacts.insert(ckey.as_slice(), encode_json(&contact))?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// One contact, with the state in force now.
+    pub fn contact(&self, vmn: &str, msisdn: &str) -> Result<Option<Contact>> {
+        let (vmn, msisdn) = (normalize_address(vmn), normalize_address(msisdn));
+        match self.trees().contacts.get(contact_key(&vmn, &msisdn))? {
+            Some(raw) => Ok(Some(
+                self.settle(decode_json(&raw)?, crate::clock::now_ms())?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// A contact as read, with a lapsed pending ask shown as the state it fell back to.
+    fn settle(&self, mut contact: Contact, now_ms: u64) -> Result<Contact> {
+        if contact.state == ConsentState::Pending {
+            contact.state = self.consent_state_at(&contact.vmn, &contact.msisdn, now_ms)?;
+        }
+        Ok(contact)
+    }
+
+    /// Contacts of a number in msisdn order after `after`, optional state filter (the state in
+    /// force now), at most `limit`.
+    pub fn contacts(
+        &self,
+        vmn: &str,
+        state: Option<ConsentState>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Contact>> {
+        self.contacts_at(vmn, state, after, limit, crate::clock::now_ms())
+    }
+
+    /// [`Store::contacts`] with an explicit "now".
+    pub fn contacts_at(
+        &self,
+        vmn: &str,
+        state: Option<ConsentState>,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<Contact>> {
+        let vmn = normalize_address(vmn);
+        let after = after.map(normalize_address);
+        let after = after.as_deref().map(str::as_bytes);
+        let t = self.trees();
+        let Some(state) = state else {
+            let prefix = address_key(&vmn);
+            let mut out = Vec::new();
+            for kv in t.contacts.range::<Vec<u8>, _>((
+                match after {
+                    Some(a) => Bound::Excluded([prefix.as_slice(), a].concat()),
+                    None => Bound::Included(prefix.clone()),
+                },
+                Bound::Unbounded,
+            )) {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = kv?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                out.push(self.settle(decode_json(&v)?, now_ms)?);
+            }
+            return Ok(out);
+        };
+        // Contacts filed under `state`, and pending ones whose ask lapsed back to it: two
+        // sorted runs of at most `limit` each, merged.
+        let prefix = state_prefix(&vmn, state);
+        let mut msisdns: Vec<Vec<u8>> = Vec::new();
+        for key in keys_after(t.contact_states, &prefix, after) {
+            if msisdns.len() >= limit {
+                break;
+            }
+            let key = key?;
+            let msisdn = &key[prefix.len()..];
+            if state == ConsentState::Pending {
+                let msisdn = String::from_utf8_lossy(msisdn);
+                if self.consent_state_at(&vmn, &msisdn, now_ms)? != ConsentState::Pending {
+                    continue;
+                }
+            }
+            msisdns.push(msisdn.to_vec());
+        }
+        if state != ConsentState::Pending {
+            let pending = state_prefix(&vmn, ConsentState::Pending);
+            let mut lapsed = 0;
+            for key in keys_after(t.contact_states, &pending, after) {
+                if lapsed >= limit {
+                    break;
+                }
+                let key = key?;
+                let msisdn = &key[pending.len()..];
+                let text = String::from_utf8_lossy(msisdn);
+                if self.consent_state_at(&vmn, &text, now_ms)? == state {
+                    msisdns.push(msisdn.to_vec());
+                    lapsed += 1;
+                }
+            }
+            msisdns.sort();
+            msisdns.truncate(limit);
+        }
+        let mut out = Vec::with_capacity(msisdns.len());
+        for msisdn in msisdns {
+            let mut key = address_key(&vmn);
+            key.extend_from_slice(&msisdn);
+            if let Some(raw) = t.contacts.get(key)? {
+                out.push(self.settle(decode_json(&raw)?, now_ms)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ledger entries of a number (optionally one msisdn), oldest first after the id `after`,
+    /// at most `limit`, with their ids.
+    pub fn ledger(
+        &self,
+        vmn: &str,
+        msisdn: Option<&str>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, LedgerEntry)>> {
+        let vmn = normalize_address(vmn);
+        let prefix = match msisdn {
+            Some(m) => contact_ledger_prefix(b'c', &vmn, &normalize_address(m)),
+            None => number_ledger_prefix(&vmn),
+        };
+        let t = self.trees();
+        let after = after.map(u64::to_be_bytes);
+        let mut out = Vec::new();
+        for key in keys_after(
+            t.ledger_index,
+            &prefix,
+            after.as_ref().map(|a| a.as_slice()),
+        ) {
+            if out.len() >= limit {
+                break;
+            }
+            let key = key?;
+            let id = key_u64(&key[prefix.len()..])?;
+            if let Some(raw) = t.ledger.get(id.to_be_bytes())? {
+                out.push((id, decode_json(&raw)?));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_normalise_and_pack() {
+        assert_eq!(normalize_address(" +91 98123-45678 "), "919812345678");
+        assert_eq!(normalize_address("(0)1.2"), "012");
+        assert_eq!(normalize_address("ACME-Shop"), "ACME-Shop");
+        assert_eq!(normalize_address("+"), "+");
+        assert_eq!(address_key("+91 98123-45678"), address_key("919812345678"));
+        assert_eq!(
+            address_key("919812345678"),
+            vec![12, 0x91, 0x98, 0x12, 0x34, 0x56, 0x78]
+        );
+        assert_eq!(address_key("123"), vec![3, 0x12, 0x3f]);
+        assert_eq!(address_key("AB"), vec![0xff, 0, 0, 0, 2, b'A', b'B']);
+        // Prefix-free: "1" + "23" and "12" + "3" are different contacts.
+        assert_ne!(hot_key("1", "23"), hot_key("12", "3"));
+        let long = "1".repeat(65);
+        assert_eq!(address_key(&long)[0], RAW_ADDRESS);
+    }
+
+    #[test]
+    fn hot_values_round_trip_and_lapse() {
+        let pending = Hot {
+            stored: ConsentState::Pending,
+            pending: Some((1000, ConsentState::OptedOut)),
+        };
+        let decoded = Hot::decode(Some(&pending.encode())).expect("decodes");
+        assert_eq!(decoded, pending);
+        assert_eq!(decoded.effective(999), ConsentState::Pending);
+        assert_eq!(decoded.effective(1000), ConsentState::OptedOut);
+        assert_eq!(
+            Hot::decode(None).expect("absent").stored,
+            ConsentState::Unknown
+        );
+        for bad in [&[][..], &[9], &[3, 0, 0], &[3, 0, 0, 0, 0, 0, 0, 0, 0, 3]] {
+            assert!(Hot::decode(Some(bad)).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Consent end to end through the simulator: an opt-out cancels replies already queued or
+//! scheduled (they are never sent, and recorded as suppressed), a repeated STOP changes the
+//! ledger once, START after STOP lets replies through again, and the ledger and contacts are
+//! visible through the admin API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, eventually};
+use vmnd::http_sink::SinkMode;
+use vmnd::sim::{SmscConfig, mo};
+use vmnd::smpp::text::decode_text;
+
+const LONG: Duration = Duration::from_secs(30);
+const VMN: &str = "9876543210";
+
+/// A keyword whose reply waits two seconds, and one answered at once.
+const KEYWORDS: &str = r#"
+[[number.keyword]]
+keyword = "LATER"
+reply = "Your delayed answer"
+reply_after = "2s"
+webhook = "crm"
+
+[[number.keyword]]
+keyword = "NOW"
+reply = "Your answer now"
+webhook = "crm"
+"#;
+
+fn texts_to(h: &Harness, to: &str) -> Vec<String> {
+    h.smsc
+        .submitted()
+        .iter()
+        .filter(|sm| sm.dest.addr == to)
+        .map(|sm| decode_text(sm.data_coding, &sm.short_message, false, 0).text)
+        .collect()
+}
+
+async fn send_and_wait(h: &Harness, from: &str, text: &str) {
+    let n = h.smsc.stats().enqueued + 1;
+    h.smsc.enqueue(mo::gsm(from, VMN, text));
+    assert!(h.smsc.wait_until(LONG, |s| s.acked_ok == n).await);
+    // Processed (the webhook saw it): the consent change is in the store.
+    assert!(eventually(LONG, || h.sink.count() as u64 >= n).await);
+}
+
+async fn json(h: &Harness, path: &str) -> serde_json::Value {
+    let (status, body) = h.admin_get(path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opt_out_cancels_a_scheduled_reply() {
+    let h = Harness::start(SmscConfig::default(), SinkMode::Ok, KEYWORDS).await;
+    let person = "919811110001";
+    send_and_wait(&h, person, "later").await;
+    send_and_wait(&h, person, "STOP").await;
+    // The reply was due two seconds after LATER: wait well past it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        eventually(LONG, || h.daemon().store.queue_depth() == 0).await,
+        "the suppressed job leaves the queue"
+    );
+    assert!(texts_to(&h, person).is_empty(), "{:?}", texts_to(&h, person));
+    let outbound = json(&h, "/api/outbound").await;
+    let record = &outbound["outbound"][0];
+    assert_eq!(record["state"], "suppressed", "{outbound}");
+    assert_eq!(record["to"], person);
+    // A new message from the person still reaches the webhook, but its reply is suppressed.
+    send_and_wait(&h, person, "now").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(eventually(LONG, || h.daemon().store.queue_depth() == 0).await);
+    assert!(texts_to(&h, person).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_stop_changes_once_and_start_lets_replies_through() {
+    let h = Harness::start(SmscConfig::default(), SinkMode::Ok, KEYWORDS).await;
+    let person = "919811110002";
+    send_and_wait(&h, person, "NOW").await;
+    assert!(eventually(LONG, || texts_to(&h, person).len() == 1).await);
+    send_and_wait(&h, person, "stop").await;
+    send_and_wait(&h, person, "STOP!").await;
+    let ledger = json(&h, &format!("/api/numbers/{VMN}/ledger?msisdn={person}")).await;
+    let entries = ledger["entries"].as_array().expect("entries").clone();
+    let changes: Vec<_> = entries
+        .iter()
+        .filter(|e| e["from"] != e["to"])
+        .collect();
+    assert_eq!(changes.len(), 1, "one change for two STOPs: {ledger}");
+    assert_eq!(changes[0]["to"], "opted_out");
+    assert_eq!(changes[0]["matched"], "STOP");
+    let contacts = json(&h, &format!("/api/numbers/{VMN}/contacts?state=opted_out")).await;
+    assert_eq!(contacts["contacts"][0]["msisdn"], person, "{contacts}");
+    // START: opted in again, replies flow.
+    send_and_wait(&h, person, "start").await;
+    send_and_wait(&h, person, "now").await;
+    assert!(eventually(LONG, || texts_to(&h, person).len() == 2).await, "{:?}", texts_to(&h, person));
+    let contact = json(&h, &format!("/api/numbers/{VMN}/contacts?state=opted_in")).await;
+    assert_eq!(contact["contacts"][0]["msisdn"], person, "{contact}");
+}
