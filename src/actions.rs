@@ -493,12 +493,14 @@ pub struct Explanation {
 }
 
 /// Explains the fate of a message from `from` to `to` with `text` at `at`.
+/// With `tenant`, candidates that belong to another tenant of a shared number say so.
 pub fn explain(
     router: &Router,
     to: &str,
     from: &str,
     text: &str,
     at: DateTime<Utc>,
+    as_tenant: Option<&str>,
 ) -> Explanation {
     let digits = |s: &str| {
         let t = s.trim();
@@ -584,7 +586,19 @@ pub fn explain(
         tenant,
         args: record.args.clone(),
         actions,
-        candidates: routed.map(|r| r.candidates).unwrap_or_default(),
+        candidates: routed
+            .map(|r| r.candidates)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut c| {
+                if let (Some(asked), Some(owner)) = (as_tenant, &c.tenant) {
+                    if asked != owner {
+                        c.outcome = format!("other tenant ({owner}); {}", c.outcome);
+                    }
+                }
+                c
+            })
+            .collect(),
     }
 }
 

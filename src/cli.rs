@@ -97,6 +97,8 @@ pub struct RouteArgs {
     pub from: String,
     /// RFC 3339; default now.
     pub at: Option<String>,
+    /// Explain as this tenant sees a shared number.
+    pub tenant: Option<String>,
     pub json: bool,
     pub text: String,
 }
@@ -125,7 +127,14 @@ pub fn route(args: &RouteArgs) -> ExitCode {
         },
     };
     let router = crate::routing::router::Router::new(&config);
-    let explanation = crate::actions::explain(&router, &args.to, &args.from, &args.text, at);
+    let explanation = crate::actions::explain(
+        &router,
+        &args.to,
+        &args.from,
+        &args.text,
+        at,
+        args.tenant.as_deref(),
+    );
     if args.json {
         println!(
             "{}",

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   vmnd run --config FILE     run the daemon in the foreground
   vmnd check --config FILE   validate FILE; print every problem as FILE:LINE:COL: message
-  vmnd route --config FILE --to VMN --from MSISDN [--at TIME] [--json] TEXT
+  vmnd route --config FILE --to VMN --from MSISDN [--at TIME] [--tenant T] [--json] TEXT
                              explain what a message would trigger, and why other rules did not match
   vmnd demo [--once]         everything on loopback with a simulated carrier (--once: exit after the script)
   vmnd --version";
@@ -61,6 +61,7 @@ fn route_args(args: &[String]) -> Result<vmnd::cli::RouteArgs, String> {
             "--to" => r.to = value("--to")?,
             "--from" => r.from = value("--from")?,
             "--at" => r.at = Some(value("--at")?),
+            "--tenant" => r.tenant = Some(value("--tenant")?),
             "--json" => r.json = true,
             "--" => text.extend(it.by_ref().cloned()),
             _ => text.push(arg.clone()),

@@ -412,7 +412,7 @@ expires = "2026-11-28T00:00:00-05:00"
     let config = common::parse_config(&text);
     let router = vmnd::routing::router::Router::new(&config);
     let decide = |text: &str, at: chrono::DateTime<Utc>| {
-        vmnd::actions::explain(&router, VMN, "919800000000", text, at).decision
+        vmnd::actions::explain(&router, VMN, "919800000000", text, at, None).decision
     };
     let ist = chrono::FixedOffset::east_opt(5 * 3600 + 1800).expect("offset");
     let est = chrono::FixedOffset::west_opt(5 * 3600).expect("offset");
@@ -534,6 +534,9 @@ fn vmnd_route_explains_no_match_and_expired() {
         longest.contains("shorter than the longer match \"JOIN CLUB\""),
         "{longest}"
     );
+    // On a shared short code, a tenant sees which candidates are another tenant's.
+    let shared = route(&["--to", VMN, "--from", "919812345678", "--tenant", "globex", "join", "club"]);
+    assert!(shared.contains("(tenant acme): other tenant (acme); matched"), "{shared}");
     let unrouted = route(&["--to", "111111", "--from", "919812345678", "hi"]);
     assert!(unrouted.contains("unrouted"), "{unrouted}");
 }

@@ -405,6 +405,7 @@ async fn explain_route(state: &AdminState, req: Request<Incoming>) -> Reply {
         from: String,
         text: String,
         at: Option<String>,
+        tenant: Option<String>,
     }
     let request: RouteRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -428,7 +429,14 @@ async fn explain_route(state: &AdminState, req: Request<Incoming>) -> Reply {
         },
     };
     let router = state.router.load();
-    let explanation = actions::explain(&router, &request.to, &request.from, &request.text, at);
+    let explanation = actions::explain(
+        &router,
+        &request.to,
+        &request.from,
+        &request.text,
+        at,
+        request.tenant.as_deref(),
+    );
     json_reply(StatusCode::OK, &json!(explanation))
 }
 
