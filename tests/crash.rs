@@ -702,3 +702,29 @@ async fn scheduled_reply_survives_sigkill_and_is_sent_once() {
     assert_eq!(text, "Your delayed answer, 919812349999");
     assert_eq!(submitted[0].dest.addr, "919812349999");
 }
+
+/// An opt-out that arrives while a delayed reply waits cancels it, across a SIGKILL: the
+/// consent ledger and the queued reply both survive, and the reply is suppressed, not sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opt_out_before_a_scheduled_reply_holds_across_sigkill() {
+    let smsc = Smsc::start(SmscConfig::default()).await.expect("sim");
+    let sink = HttpSink::start(SinkMode::Ok).await.expect("sink");
+    let mut vmnd = Vmnd::new(&smsc, &sink, |text| {
+        text + "\n[[number.keyword]]\nkeyword = \"LATER\"\nreply = \"Your delayed answer\"\nreply_after = \"3s\"\nwebhook = \"crm\"\n"
+    });
+    vmnd.start();
+    let person = "919812348888";
+    smsc.enqueue(mo::gsm(person, "9876543210", "later"));
+    smsc.enqueue(mo::gsm(person, "9876543210", "STOP"));
+    wait_for(&mut vmnd, "LATER and STOP processed", || sink.count() == 2, || format!("{:?} {}", smsc.stats(), sink.count())).await;
+    vmnd.kill();
+    wait_unbound(&smsc).await;
+    vmnd.start();
+    // Well past the reply's due time, with the daemon running.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        vmnd.assert_running();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(smsc.stats().submits_received, 0, "the reply to an opted-out person was sent");
+}
