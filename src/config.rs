@@ -220,7 +220,8 @@ pub struct KeywordRule {
     /// `subscribe = true` (the keyword opts the sender in) or `subscribe = "double"` (it asks
     /// for a confirmation first); default: no change of consent.
     pub subscribe: Subscribe,
-    /// Where the keyword is written in the file, for diagnostics after parsing (1-based).
+    /// Where the keyword is written in the file, for diagnostics after parsing (1-based; 0 for
+    /// a keyword added through the admin API).
     pub line: usize,
     pub col: usize,
 }
@@ -430,6 +431,10 @@ fn position(source: &str, offset: usize) -> (usize, usize) {
 struct Found {
     at: usize,
     warning: bool,
+    /// An error that is a clash with something already defined (another keyword or alias, a
+    /// reserved word, another tenant's inbox) rather than a mistake in what is checked: the
+    /// admin API answers those with 409 rather than 400.
+    conflict: bool,
     message: String,
 }
 
@@ -451,6 +456,17 @@ impl<'s> Problems<'s> {
         self.found.push(Found {
             at: at.start,
             warning: false,
+            conflict: false,
+            message: message.into(),
+        });
+    }
+
+    /// An error that is a clash with something already defined, see [`Found::conflict`].
+    fn conflict(&mut self, at: &Span, message: impl Into<String>) {
+        self.found.push(Found {
+            at: at.start,
+            warning: false,
+            conflict: true,
             message: message.into(),
         });
     }
@@ -459,12 +475,25 @@ impl<'s> Problems<'s> {
         self.found.push(Found {
             at: at.start,
             warning: true,
+            conflict: false,
             message: message.into(),
         });
     }
 
     fn errors(&self) -> usize {
         self.found.iter().filter(|f| !f.warning).count()
+    }
+
+    /// For a table checked at run time, where positions mean nothing to the reader: the
+    /// errors and the warnings (in the order of the keys they are about), and whether every
+    /// error is a conflict.
+    fn into_messages(mut self) -> (Vec<String>, Vec<String>, bool) {
+        self.found.sort_by_key(|f| f.at);
+        let conflict = self.found.iter().all(|f| f.warning || f.conflict);
+        let (warnings, errors): (Vec<Found>, Vec<Found>) =
+            self.found.into_iter().partition(|f| f.warning);
+        let messages = |found: Vec<Found>| found.into_iter().map(|f| f.message).collect();
+        (messages(errors), messages(warnings), conflict)
     }
 
     /// The 1-based line of a span, for messages that point back at an earlier definition.
@@ -1516,8 +1545,8 @@ fn validate_carrier(
     })
 }
 
-/// A duration in the config's own syntax, for messages.
-fn show_duration(d: Duration) -> String {
+/// A duration in the config's own syntax ("10m", "1500ms"), for messages and the admin API.
+pub fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
     for (unit, size) in [
         ("d", 86_400_000),
@@ -2084,9 +2113,40 @@ struct Word<'a> {
     rule: usize,
     tenant: Option<&'a str>,
     at: Span,
+    place: Place,
+}
+
+/// Where a keyword or alias was defined, for messages that point back at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// In the config source being checked: its line comes from the span.
+    Here,
+    /// In the config file, seen from a keyword checked at run time (its span means nothing).
+    Config { line: usize },
+    /// Added earlier through the admin API.
+    Api,
+    /// In the keyword table being checked at run time.
+    Request,
+}
+
+impl Place {
+    /// "at line 12", "in the config file at line 12", ...: for "already used by X <place>".
+    fn describe(self, at: &Span, p: &Problems<'_>) -> String {
+        match self {
+            Place::Here => format!("at line {}", p.line(at)),
+            Place::Config { line } => format!("in the config file at line {line}"),
+            Place::Api => "added through the admin API".to_string(),
+            Place::Request => "in this request".to_string(),
+        }
+    }
 }
 
 impl Word<'_> {
+    /// Where this word was defined, see [`Place::describe`].
+    fn place(&self, p: &Problems<'_>) -> String {
+        self.place.describe(&self.at, p)
+    }
+
     /// `keyword "JOIN"` or `alias "SUBSCRIBE" of keyword "JOIN"`, with the tenant when asked.
     fn describe(&self, with_tenant: bool) -> String {
         let what = match self.alias_of {
@@ -2145,10 +2205,20 @@ fn validate_keywords(
     let mut resolved = Vec::new();
     for (index, rule) in rules.iter().enumerate() {
         let tenant = rule.tenant.as_ref().map(|t| t.get_ref().trim());
-        ok &= note_word(&rule.keyword, None, index, tenant, reserved, &mut words, p);
+        let here = Place::Here;
+        ok &= note_word(
+            &rule.keyword,
+            None,
+            index,
+            tenant,
+            here,
+            reserved,
+            &mut words,
+            p,
+        );
         for alias in rule.aliases.iter().flatten() {
             let keyword = Some(rule.keyword.get_ref().as_str());
-            ok &= note_word(alias, keyword, index, tenant, reserved, &mut words, p);
+            ok &= note_word(alias, keyword, index, tenant, here, reserved, &mut words, p);
         }
         match validate_keyword(rule, route, raw, p) {
             Some(r) => resolved.push(r),
@@ -2156,7 +2226,7 @@ fn validate_keywords(
         }
     }
     ok &= check_collisions(&words, p);
-    check_prefixes(&words, p);
+    check_prefixes(&words, None, p);
     ok &= check_inboxes(rules, &resolved, p);
     ok.then_some(resolved)
 }
@@ -2169,6 +2239,7 @@ fn note_word<'a>(
     alias_of: Option<&'a str>,
     rule: usize,
     tenant: Option<&'a str>,
+    place: Place,
     reserved: &[Reserved<'_>],
     words: &mut Vec<Word<'a>>,
     p: &mut Problems<'_>,
@@ -2192,6 +2263,7 @@ fn note_word<'a>(
         rule,
         tenant,
         at: written.span(),
+        place,
     };
     // The router answers a reserved word wherever it starts a message, so a keyword that only
     // starts with one ("STOP NOW") would never be reached either.
@@ -2207,14 +2279,15 @@ fn note_word<'a>(
                 "{what} starts with {written:?}, reserved for {purpose}: reserved words are answered before any campaign keyword, so it would never match; choose another"
             )
         };
-        p.error(&word.at, message);
+        p.conflict(&word.at, message);
         return false;
     }
     words.push(word);
     true
 }
 
-/// A keyword or alias used twice on a number (after normalisation), reported at the second.
+/// A keyword or alias used twice on a number (after normalisation), reported at the second
+/// (a conflict when the first belongs to another rule).
 fn check_collisions(words: &[Word<'_>], p: &mut Problems<'_>) -> bool {
     let mut first: HashMap<&[String], &Word<'_>> = HashMap::new();
     let mut ok = true;
@@ -2225,15 +2298,18 @@ fn check_collisions(words: &[Word<'_>], p: &mut Problems<'_>) -> bool {
             }
             Some(earlier) => {
                 let tenants = earlier.tenant != word.tenant;
-                let line = p.line(&earlier.at);
-                p.error(
-                    &word.at,
-                    format!(
-                        "{} is already used by {} at line {line} (keywords and aliases are compared without case and punctuation)",
-                        word.describe(tenants),
-                        earlier.describe(tenants)
-                    ),
+                let message = format!(
+                    "{} is already used by {} {} (keywords and aliases are compared without case and punctuation)",
+                    word.describe(tenants),
+                    earlier.describe(tenants),
+                    earlier.place(p)
                 );
+                if earlier.rule == word.rule {
+                    // An alias repeating its own keyword: a mistake in the rule itself.
+                    p.error(&word.at, message);
+                } else {
+                    p.conflict(&word.at, message);
+                }
                 ok = false;
             }
         }
@@ -2242,8 +2318,10 @@ fn check_collisions(words: &[Word<'_>], p: &mut Problems<'_>) -> bool {
 }
 
 /// Warns where a keyword or alias is a strict word-prefix of another rule's: the longer one
-/// wins for messages that start with it. Reported at the longer one.
-fn check_prefixes(words: &[Word<'_>], p: &mut Problems<'_>) {
+/// wins for messages that start with it. Reported at the longer one. With `only_rule`, only
+/// pairs that involve that rule (a keyword checked at run time against the existing ones,
+/// whose own warnings were given when they were defined).
+fn check_prefixes(words: &[Word<'_>], only_rule: Option<usize>, p: &mut Problems<'_>) {
     let mut first: HashMap<&[String], &Word<'_>> = HashMap::new();
     for word in words {
         first.entry(&word.words).or_insert(word);
@@ -2264,14 +2342,17 @@ fn check_prefixes(words: &[Word<'_>], p: &mut Problems<'_>) {
                 // Both lead to the same rule.
                 continue;
             }
+            if only_rule.is_some_and(|r| r != word.rule && r != shorter.rule) {
+                continue;
+            }
             let tenants = shorter.tenant != word.tenant;
-            let line = p.line(&shorter.at);
             p.warning(
                 &word.at,
                 format!(
-                    "{} starts with {} at line {line}: messages that start with {:?} go to the longer keyword, not to {:?}",
+                    "{} starts with {} {}: messages that start with {:?} go to the longer keyword, not to {:?}",
                     word.describe(tenants),
                     shorter.describe(tenants),
+                    shorter.place(p),
                     word.written,
                     shorter.written
                 ),
@@ -2297,26 +2378,29 @@ fn check_inboxes(rules: &[RawKeyword], resolved: &[KeywordRule], p: &mut Problem
                 .inbox
                 .as_ref()
                 .map_or(rules[i].keyword.span(), |s| s.span());
-            let tenant = |t: &Option<String>| match t {
-                Some(t) => format!("tenant {t:?}"),
-                None => "no tenant".to_string(),
-            };
-            p.error(
-                &at,
-                format!(
-                    "inbox {:?} of keyword {:?} ({}) is already the inbox of keyword {:?} ({}) at line {}; keywords of different tenants cannot share an inbox",
-                    rule.inbox,
-                    rule.keyword,
-                    tenant(&rule.tenant),
-                    earlier.keyword,
-                    tenant(&earlier.tenant),
-                    earlier.line
-                ),
-            );
+            let place = format!("at line {}", earlier.line);
+            p.conflict(&at, inbox_clash(rule, earlier, &place));
             ok = false;
         }
     }
     ok
+}
+
+/// The message for `rule` taking the inbox of `earlier`, another tenant's keyword defined at
+/// `place` ("at line 12", ...).
+fn inbox_clash(rule: &KeywordRule, earlier: &KeywordRule, place: &str) -> String {
+    let tenant = |t: &Option<String>| match t {
+        Some(t) => format!("tenant {t:?}"),
+        None => "no tenant".to_string(),
+    };
+    format!(
+        "inbox {:?} of keyword {:?} ({}) is already the inbox of keyword {:?} ({}) {place}; keywords of different tenants cannot share an inbox",
+        rule.inbox,
+        rule.keyword,
+        tenant(&rule.tenant),
+        earlier.keyword,
+        tenant(&earlier.tenant),
+    )
 }
 
 /// Checks one `[[number.keyword]]` on its own (its words are checked across rules by the
@@ -2532,6 +2616,318 @@ fn validate_poll(rule: &RawKeyword, route: &SmsRoute<'_>, p: &mut Problems<'_>) 
         last_vote_counts,
         invalid_reply: rule.invalid_reply.as_ref().map(|r| r.get_ref().clone()),
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keywords added at run time: one `[[number.keyword]]` table checked against a running config
+// ---------------------------------------------------------------------------------------------
+
+/// A keyword table accepted at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedKeyword {
+    /// Resolved; `line` and `col` are 0 (it is not in the file).
+    pub rule: KeywordRule,
+    /// What `vmnd check` would warn about (a keyword that starts another rule's), without
+    /// positions.
+    pub warnings: Vec<String>,
+}
+
+/// Why a keyword table was refused at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeywordRefusal {
+    /// Every problem found, worded as `vmnd check` words it, without a position.
+    pub problems: Vec<String>,
+    /// True when every problem is a clash with what the number already has (a keyword or alias
+    /// of another rule, a reserved word, another tenant's inbox) rather than a mistake in the
+    /// table itself: the admin API answers 409 Conflict rather than 400.
+    pub conflict: bool,
+}
+
+/// Validates one `[[number.keyword]]` table given at run time (through the admin API, or kept
+/// in the store and read at start) against a running config. See [`check_keyword_table`].
+pub fn validate_keyword_table(
+    config: &Config,
+    number: &Number,
+    table: &toml::Table,
+    runtime: &[KeywordRule],
+) -> Result<KeywordRule, Vec<String>> {
+    check_keyword_table(config, number, table, runtime)
+        .map(|checked| checked.rule)
+        .map_err(|refusal| refusal.problems)
+}
+
+/// Checks one `[[number.keyword]]` table for `number` (one of `config.numbers`) with the code
+/// and the messages of `vmnd check`: the table's keys and types, each value, the reserved
+/// words, collisions with every keyword and alias of the number (its config keywords and
+/// `runtime`, the keywords added at run time, without the one this table replaces), inboxes
+/// shared across tenants, the webhooks it names and whether the number's carrier can send the
+/// SMS its actions need.
+pub fn check_keyword_table(
+    config: &Config,
+    number: &Number,
+    table: &toml::Table,
+    runtime: &[KeywordRule],
+) -> Result<CheckedKeyword, KeywordRefusal> {
+    // The checks read spanned values as the file parser makes them, so the table is written
+    // out as one inline TOML table and read back; positions in that text are never shown.
+    let mut source = String::new();
+    write_inline_table(table, &mut source);
+    let mut p = Problems::new(&source);
+    let value = match DeValue::parse(&source) {
+        Ok(value) => value,
+        Err(e) => {
+            // Unreachable for text written by `write_inline_table`; reported, never a panic.
+            return Err(KeywordRefusal {
+                problems: vec![format!(
+                    "the keyword table cannot be read: {}",
+                    first_line(e.message())
+                )],
+                conflict: false,
+            });
+        }
+    };
+    let raw = shape::<RawKeyword>(value, "[[number.keyword]]", &mut p);
+
+    // What the rule is checked against: the config's webhooks, the number's carrier, its
+    // reserved words and every keyword it already has.
+    let context = RawConfig {
+        daemon: None,
+        carriers: Vec::new(),
+        webhooks: Vec::new(),
+        numbers: Vec::new(),
+        carrier_names: Names::new("carrier"),
+        webhook_names: Names {
+            kind: "webhook",
+            names: config
+                .webhooks
+                .iter()
+                .map(|w| (w.name.clone(), 0..0))
+                .collect(),
+            complete: true,
+        },
+    };
+    let route = match &number.carrier {
+        None => SmsRoute::NoCarrier,
+        Some(name) => match config.carrier(name) {
+            Some(c) if c.bind == BindMode::Receiver => SmsRoute::Receiver(name),
+            Some(_) => SmsRoute::Ready,
+            None => SmsRoute::Unknown,
+        },
+    };
+    let reserved = reserved_words(&number.reserved);
+    let existing: Vec<(&KeywordRule, Place)> = number
+        .keywords
+        .iter()
+        .map(|r| (r, Place::Config { line: r.line }))
+        .chain(runtime.iter().map(|r| (r, Place::Api)))
+        .collect();
+    let mut words: Vec<Word<'_>> = Vec::new();
+    for (index, &(rule, place)) in existing.iter().enumerate() {
+        let keyword = std::iter::once((&rule.keyword, None));
+        let aliases = rule
+            .aliases
+            .iter()
+            .map(|a| (a, Some(rule.keyword.as_str())));
+        for (written, alias_of) in keyword.chain(aliases) {
+            // Already accepted, so already checked on their own: only noted for the
+            // checks across rules.
+            if let Ok(normalised) = keyword_words(written) {
+                words.push(Word {
+                    words: normalised,
+                    written,
+                    alias_of,
+                    rule: index,
+                    tenant: rule.tenant.as_deref(),
+                    at: 0..0,
+                    place,
+                });
+            }
+        }
+    }
+
+    let resolved = raw.as_ref().and_then(|raw| {
+        let new = existing.len();
+        let tenant = raw.tenant.as_ref().map(|t| t.get_ref().trim());
+        let request = Place::Request;
+        note_word(
+            &raw.keyword,
+            None,
+            new,
+            tenant,
+            request,
+            &reserved,
+            &mut words,
+            &mut p,
+        );
+        for alias in raw.aliases.iter().flatten() {
+            let keyword = Some(raw.keyword.get_ref().as_str());
+            note_word(
+                alias, keyword, new, tenant, request, &reserved, &mut words, &mut p,
+            );
+        }
+        check_collisions(&words, &mut p);
+        check_prefixes(&words, Some(new), &mut p);
+        let rule = validate_keyword(raw, &route, &context, &mut p)?;
+        for &(earlier, place) in &existing {
+            if earlier.inbox == rule.inbox && earlier.tenant != rule.tenant {
+                let at = raw.inbox.as_ref().map_or(raw.keyword.span(), |s| s.span());
+                let place = place.describe(&at, &p);
+                p.conflict(&at, inbox_clash(&rule, earlier, &place));
+            }
+        }
+        Some(rule)
+    });
+    let (mut problems, warnings, conflict) = p.into_messages();
+    match resolved {
+        Some(rule) if problems.is_empty() => Ok(CheckedKeyword {
+            rule: KeywordRule {
+                line: 0,
+                col: 0,
+                ..rule
+            },
+            warnings,
+        }),
+        _ => {
+            if problems.is_empty() {
+                // Unreachable by construction (every `None` reports why), as in `parse`.
+                problems.push("the keyword could not be resolved".to_string());
+            }
+            Err(KeywordRefusal { problems, conflict })
+        }
+    }
+}
+
+/// Converts a JSON object (an admin API body, or a keyword kept in the store) to the TOML table
+/// it stands for. JSON's `null` has no TOML counterpart: such a key is refused by name.
+pub fn keyword_table_from_json(value: &serde_json::Value) -> Result<toml::Table, Vec<String>> {
+    let serde_json::Value::Object(map) = value else {
+        return Err(vec![format!(
+            "expected a JSON object of [[number.keyword]] keys, got {}",
+            json_type(value)
+        )]);
+    };
+    let mut table = toml::Table::new();
+    let mut problems = Vec::new();
+    for (key, value) in map {
+        match json_to_toml(value) {
+            Ok(v) => {
+                table.insert(key.clone(), v);
+            }
+            Err((path, message)) => problems.push(format!("`{key}{path}`: {message}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(table)
+    } else {
+        Err(problems)
+    }
+}
+
+/// One JSON value as TOML; the error names the path inside the value (`[1]`, `.a`) and why.
+fn json_to_toml(value: &serde_json::Value) -> Result<toml::Value, (String, String)> {
+    use serde_json::Value as J;
+    Ok(match value {
+        J::Null => {
+            return Err((
+                String::new(),
+                "null is not a value here; leave the key out instead".to_string(),
+            ));
+        }
+        J::Bool(b) => toml::Value::Boolean(*b),
+        J::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => toml::Value::Integer(i),
+            (None, Some(f)) => toml::Value::Float(f),
+            (None, None) => {
+                return Err((String::new(), format!("{n} is out of range")));
+            }
+        },
+        J::String(s) => toml::Value::String(s.clone()),
+        J::Array(items) => toml::Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| json_to_toml(v).map_err(|(path, m)| (format!("[{i}]{path}"), m)))
+                .collect::<Result<_, _>>()?,
+        ),
+        J::Object(map) => toml::Value::Table(
+            map.iter()
+                .map(|(k, v)| {
+                    json_to_toml(v)
+                        .map(|v| (k.clone(), v))
+                        .map_err(|(path, m)| (format!(".{k}{path}"), m))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// "a string", "an array", ...: for messages about a JSON value.
+fn json_type(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value as J;
+    match value {
+        J::Null => "null",
+        J::Bool(_) => "a boolean",
+        J::Number(_) => "a number",
+        J::String(_) => "a string",
+        J::Array(_) => "an array",
+        J::Object(_) => "an object",
+    }
+}
+
+/// Writes `table` as one TOML inline table (`{ "key" = value, ... }`): every key quoted, every
+/// string escaped, so any table reads back as itself.
+fn write_inline_table(table: &toml::Table, out: &mut String) {
+    out.push('{');
+    for (i, (key, value)) in table.iter().enumerate() {
+        out.push_str(if i == 0 { " " } else { ", " });
+        write_toml_string(key, out);
+        out.push_str(" = ");
+        write_inline_value(value, out);
+    }
+    out.push_str(" }");
+}
+
+fn write_inline_value(value: &toml::Value, out: &mut String) {
+    match value {
+        toml::Value::String(s) => write_toml_string(s, out),
+        toml::Value::Integer(i) => out.push_str(&i.to_string()),
+        toml::Value::Float(f) if f.is_nan() => out.push_str("nan"),
+        toml::Value::Float(f) if f.is_infinite() => {
+            out.push_str(if *f > 0.0 { "inf" } else { "-inf" });
+        }
+        // Debug keeps a fraction or an exponent ("1.0", "1e300"): both read back as a float.
+        toml::Value::Float(f) => out.push_str(&format!("{f:?}")),
+        toml::Value::Boolean(b) => out.push_str(if *b { "true" } else { "false" }),
+        toml::Value::Datetime(d) => out.push_str(&d.to_string()),
+        toml::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_inline_value(item, out);
+            }
+            out.push(']');
+        }
+        toml::Value::Table(table) => write_inline_table(table, out),
+    }
+}
+
+/// A TOML basic string: quotes, backslashes and control characters escaped.
+fn write_toml_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -3416,5 +3812,304 @@ invalid_reply = "One of {options}"
                 .collect();
             must_not_panic(&random);
         }
+    }
+}
+
+#[cfg(test)]
+mod runtime_keyword_tests {
+    //! [`check_keyword_table`]: one keyword table checked against a running config.
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+[daemon]
+data_dir = "./var"
+
+[[carrier]]
+name = "sim"
+host = "127.0.0.1"
+port = 2775
+system_id = "vmnd"
+password = "secret"
+
+[[webhook]]
+name = "crm"
+url = "http://127.0.0.1:8080/sms"
+
+[[number]]
+vmn = "567678"
+carrier = "sim"
+default = { webhook = "crm" }
+
+[[number.keyword]]
+keyword = "JOIN"
+aliases = ["SUBSCRIBE"]
+tenant = "acme"
+inbox = "summer"
+
+[[number]]
+vmn = "9876543210"
+default = { webhook = "crm" }
+"#;
+
+    fn config() -> Config {
+        parse(CONFIG, "t.toml", &|_| None).expect("valid").0
+    }
+
+    fn table(json: serde_json::Value) -> toml::Table {
+        keyword_table_from_json(&json).expect("a JSON object")
+    }
+
+    fn check(
+        config: &Config,
+        vmn: &str,
+        json: serde_json::Value,
+        runtime: &[KeywordRule],
+    ) -> Result<CheckedKeyword, KeywordRefusal> {
+        let number = config.number(vmn).expect("served");
+        check_keyword_table(config, number, &table(json), runtime)
+    }
+
+    #[test]
+    fn a_valid_table_resolves_like_a_config_keyword() {
+        let config = config();
+        let checked = check(
+            &config,
+            "567678",
+            serde_json::json!({
+                "keyword": "Go Now",
+                "aliases": ["GONOW"],
+                "reply": "Thanks {from}",
+                "reply_after": "10m",
+                "expires": "2026-12-31T23:59:59+05:30",
+                "expiry_reply": "Over",
+                "webhook": "crm",
+            }),
+            &[],
+        )
+        .expect("valid");
+        let rule = checked.rule;
+        assert_eq!(
+            (rule.keyword.as_str(), rule.inbox.as_str()),
+            ("Go Now", "go now")
+        );
+        assert_eq!(rule.aliases, ["GONOW"]);
+        assert_eq!(rule.actions.reply.as_deref(), Some("Thanks {from}"));
+        assert_eq!(rule.actions.reply_after, Some(Duration::from_secs(600)));
+        assert_eq!(rule.actions.webhook.as_deref(), Some("crm"));
+        assert_eq!(
+            rule.expires.map(|e| e.to_rfc3339()).as_deref(),
+            Some("2026-12-31T23:59:59+05:30")
+        );
+        assert_eq!((rule.line, rule.col), (0, 0));
+        assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+    }
+
+    #[test]
+    fn mistakes_in_the_table_are_every_one_named_and_not_conflicts() {
+        let config = config();
+        let refusal = check(
+            &config,
+            "567678",
+            serde_json::json!({
+                "keyword": "GO",
+                "reply": "Hi {name}",
+                "reply_window": "9-5",
+                "webhook": "nope",
+            }),
+            &[],
+        )
+        .unwrap_err();
+        assert!(!refusal.conflict);
+        let all = refusal.problems.join("\n");
+        assert_eq!(refusal.problems.len(), 3, "{all}");
+        assert!(all.contains("`reply`: unknown placeholder {name}"), "{all}");
+        assert!(
+            all.contains("`reply_window`: \"9-5\" has no time zone"),
+            "{all}"
+        );
+        assert!(
+            all.contains("`webhook` names unknown webhook \"nope\"; known webhooks: \"crm\""),
+            "{all}"
+        );
+
+        let refusal = check(
+            &config,
+            "567678",
+            serde_json::json!({"keyword": "GO", "colour": "red"}),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(refusal.problems.len(), 1, "{:?}", refusal.problems);
+        assert!(
+            refusal.problems[0].starts_with("unknown key `colour` in [[number.keyword]]"),
+            "{:?}",
+            refusal.problems
+        );
+        let refusal = check(
+            &config,
+            "567678",
+            serde_json::json!({"keyword": "GO", "aliases": "GONOW"}),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            refusal.problems[0].starts_with("wrong type for `aliases`"),
+            "{:?}",
+            refusal.problems
+        );
+    }
+
+    #[test]
+    fn clashes_with_the_number_are_conflicts_that_say_where() {
+        let config = config();
+        let refusal = check(
+            &config,
+            "567678",
+            serde_json::json!({"keyword": "Stop"}),
+            &[],
+        )
+        .unwrap_err();
+        assert!(refusal.conflict);
+        assert_eq!(
+            refusal.problems,
+            [
+                "keyword \"Stop\" is reserved for opt-out (reserved words are answered before any campaign keyword); choose another"
+            ]
+        );
+
+        let refusal = check(
+            &config,
+            "567678",
+            serde_json::json!({"keyword": "GO", "aliases": ["subscribe!"]}),
+            &[],
+        )
+        .unwrap_err();
+        assert!(refusal.conflict);
+        assert_eq!(
+            refusal.problems,
+            [
+                "alias \"subscribe!\" of keyword \"GO\" (no tenant) is already used by alias \"SUBSCRIBE\" of keyword \"JOIN\" (tenant \"acme\") in the config file at line 22 (keywords and aliases are compared without case and punctuation)"
+            ]
+        );
+
+        let earlier = check(&config, "567678", serde_json::json!({"keyword": "GO"}), &[])
+            .expect("valid")
+            .rule;
+        let refusal = check(
+            &config,
+            "567678",
+            serde_json::json!({"keyword": "go!", "tenant": "globex", "inbox": "summer"}),
+            std::slice::from_ref(&earlier),
+        )
+        .unwrap_err();
+        assert!(refusal.conflict);
+        let all = refusal.problems.join("\n");
+        assert!(
+            all.contains("keyword \"go!\" (tenant \"globex\") is already used by keyword \"GO\" (no tenant) added through the admin API"),
+            "{all}"
+        );
+        assert!(
+            all.contains("inbox \"summer\" of keyword \"go!\" (tenant \"globex\") is already the inbox of keyword \"JOIN\" (tenant \"acme\") in the config file at line 22"),
+            "{all}"
+        );
+
+        // A mistake and a clash together: a bad request first.
+        let refusal = check(
+            &config,
+            "567678",
+            serde_json::json!({"keyword": "JOIN", "reply": "{x}"}),
+            &[],
+        )
+        .unwrap_err();
+        assert!(!refusal.conflict);
+        assert_eq!(refusal.problems.len(), 2, "{:?}", refusal.problems);
+        // An alias repeating its own keyword is a mistake, not a clash.
+        let refusal = check(
+            &config,
+            "567678",
+            serde_json::json!({"keyword": "GO", "aliases": ["go"]}),
+            &[],
+        )
+        .unwrap_err();
+        assert!(!refusal.conflict, "{:?}", refusal.problems);
+        assert!(
+            refusal.problems[0].contains("in this request"),
+            "{:?}",
+            refusal.problems
+        );
+    }
+
+    #[test]
+    fn prefixes_are_warnings_about_the_new_keyword_only() {
+        let config = config();
+        let checked = check(
+            &config,
+            "567678",
+            serde_json::json!({"keyword": "JOIN CLUB"}),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            checked.warnings,
+            [
+                "keyword \"JOIN CLUB\" (no tenant) starts with keyword \"JOIN\" (tenant \"acme\") in the config file at line 22: messages that start with \"JOIN CLUB\" go to the longer keyword, not to \"JOIN\""
+            ]
+        );
+    }
+
+    #[test]
+    fn sms_actions_need_a_carrier_that_can_send() {
+        let config = config();
+        let refusal = check(
+            &config,
+            "9876543210",
+            serde_json::json!({"keyword": "HI", "reply": "Hello"}),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(
+            refusal.problems,
+            ["`reply` sends an SMS; replies leave through the number's carrier: set `carrier`"]
+        );
+    }
+
+    #[test]
+    fn json_values_become_toml_and_read_back_as_written() {
+        assert_eq!(
+            keyword_table_from_json(&serde_json::json!(["a"])).unwrap_err(),
+            ["expected a JSON object of [[number.keyword]] keys, got an array"]
+        );
+        assert_eq!(
+            keyword_table_from_json(&serde_json::json!({"aliases": ["A", null], "tenant": null}))
+                .unwrap_err(),
+            [
+                "`aliases[1]`: null is not a value here; leave the key out instead",
+                "`tenant`: null is not a value here; leave the key out instead"
+            ]
+        );
+        let config = config();
+        let tricky = "Quote \" back\\slash \n tab\t bell\u{7} {{braces}} ✓ {from}";
+        let checked = check(
+            &config,
+            "567678",
+            serde_json::json!({"keyword": "GO", "reply": tricky, "inbox": "x = 1, y"}),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(checked.rule.actions.reply.as_deref(), Some(tricky));
+        assert_eq!(checked.rule.inbox, "x = 1, y");
+        let refusal = check(
+            &config,
+            "567678",
+            serde_json::json!({"keyword": "GO", "options": [1.5, {"a": true}], "kind": "poll"}),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            refusal.problems[0].starts_with("wrong type for `options"),
+            "{:?}",
+            refusal.problems
+        );
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
-use crate::config::Config;
+use crate::config::{self, Config, KeywordRule};
 use crate::outbound::dispatcher::{self, Scheduler};
 use crate::outbound::webhook::WebhookClient;
 use crate::processor::Processor;
@@ -44,7 +44,10 @@ impl Daemon {
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let (scheduler, scheduled) = Scheduler::channel();
-        let router = Arc::new(ArcSwap::from_pointee(Router::new(&config)));
+        let runtime = runtime_keywords(&store, &config)?;
+        let router = Arc::new(ArcSwap::from_pointee(Router::with_runtime(
+            &config, &runtime,
+        )));
         let mut processor = Processor::new(store.clone(), &config, router.clone(), scheduler);
         let recovered = processor
             .recover()
@@ -114,6 +117,7 @@ impl Daemon {
             carriers: carriers.clone(),
             token: d.admin_token.clone(),
             metrics,
+            keyword_changes: Arc::default(),
         };
         others.push(tokio::spawn(admin::serve(
             listener,
@@ -147,6 +151,61 @@ impl Daemon {
         }
         tracing::info!("vmnd stopped");
     }
+}
+
+/// The keywords added through the admin API (kept in the store) that still fit `config`, as
+/// (VMN, rule) for [`Router::with_runtime`]. One that no longer does (the config changed under
+/// it: a webhook renamed, a number's carrier removed, a config keyword that now takes its
+/// word) is logged and skipped, not fatal; it stays stored, so fixing the config brings it
+/// back, and the admin API lists, replaces or deletes it.
+fn runtime_keywords(store: &Store, config: &Config) -> Result<Vec<(String, KeywordRule)>, String> {
+    let kept = store
+        .runtime_keywords()
+        .map_err(|e| format!("cannot read the keywords added through the admin API: {e}"))?;
+    let mut accepted: Vec<(String, KeywordRule)> = Vec::new();
+    // The store lists a number's keywords together: each is checked against those of its
+    // number accepted before it.
+    let mut current_vmn = String::new();
+    let mut of_number: Vec<KeywordRule> = Vec::new();
+    for kept in kept {
+        let skip = |problems: &[String]| {
+            tracing::warn!(
+                vmn = %kept.vmn,
+                keyword = %kept.name,
+                problems = %problems.join("; "),
+                "a keyword added through the admin API no longer fits the config; not routed"
+            );
+        };
+        let Some(number) = config.number(&kept.vmn) else {
+            skip(&["the number is no longer served".to_string()]);
+            continue;
+        };
+        if current_vmn != number.vmn {
+            current_vmn.clone_from(&number.vmn);
+            of_number.clear();
+        }
+        let table = match config::keyword_table_from_json(&kept.table) {
+            Ok(table) => table,
+            Err(problems) => {
+                skip(&problems);
+                continue;
+            }
+        };
+        match config::validate_keyword_table(config, number, &table, &of_number) {
+            Ok(rule) => {
+                of_number.push(rule.clone());
+                accepted.push((number.vmn.clone(), rule));
+            }
+            Err(problems) => skip(&problems),
+        }
+    }
+    if !accepted.is_empty() {
+        tracing::info!(
+            keywords = accepted.len(),
+            "routing keywords added through the admin API"
+        );
+    }
+    Ok(accepted)
 }
 
 /// `vmnd run`: until SIGINT or SIGTERM.

@@ -28,7 +28,7 @@ use crate::store::{self, Store};
 pub const MAX_IMPORT_BODY: usize = 16 * 1024 * 1024;
 /// Rows applied per store transaction: small, because sled blocks every read (the consent
 /// check on the outbound hot path too) while a transaction commits.
-const IMPORT_BATCH: usize = 128;
+const IMPORT_BATCH: usize = 32;
 /// Largest CSV page: exports are read by programs, in few requests.
 const MAX_CSV_PAGE: usize = 1_000_000;
 /// Bad rows reported in full; past this only counted (a wrong file should not make a 50 MB

@@ -1,6 +1,8 @@
-//! The admin HTTP server (hyper): `/healthz`, `/metrics` (Prometheus), `/api/messages` and the
-//! operators' page at `/`. Loopback by default; when it listens elsewhere the config requires a
-//! bearer token, checked on everything but `/healthz` (load balancers probe that one).
+//! The admin HTTP server (hyper): `/healthz`, `/metrics` (Prometheus), `/api/messages`, the
+//! keywords of a number (listed, and added, replaced or deleted at run time: kept in the store
+//! and swapped into the routing snapshot) and the operators' page at `/`. Loopback by default;
+//! when it listens elsewhere the config requires a bearer token, checked on everything but
+//! `/healthz` (load balancers probe that one).
 
 mod contacts;
 mod page;
@@ -23,9 +25,11 @@ use tokio::sync::watch;
 
 use crate::actions;
 use crate::clock;
-use crate::config::Config;
+use crate::config::{self, Config, KeywordRule, Number};
+use crate::routing::keywords::keyword_words;
 use crate::routing::router::Router;
 use crate::smpp::supervisor::CarrierState;
+use crate::store::keywords::runtime_keyword_name;
 use crate::store::{self, MessageFilter, Store};
 use arc_swap::ArcSwap;
 use http_body_util::BodyExt;
@@ -44,6 +48,9 @@ pub struct AdminState {
     pub carriers: Arc<Vec<(String, Arc<CarrierState>)>>,
     pub token: Option<String>,
     pub metrics: PrometheusHandle,
+    /// Held while a keyword change is validated, stored and published: each change builds the
+    /// next routing snapshot from the current one, so two at once would lose one.
+    pub keyword_changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The process-wide Prometheus recorder (a process has one global recorder; tests start
@@ -189,6 +196,10 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
         .filter(|vmn| !vmn.contains('/'))
     {
         return contacts::import(state, vmn, req).await;
+    }
+    // Keywords take GET, PUT and DELETE.
+    if let Some((vmn, keyword)) = keywords_path(&path) {
+        return keywords_api(state, req, vmn, keyword).await;
     }
     if req.method() != Method::GET {
         return error(
@@ -479,12 +490,17 @@ fn number_api(state: &AdminState, rest: &str, q: &HashMap<String, String>) -> Re
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default();
-    let Some(number) = state.config.number(vmn) else {
+    let Some(configured) = state.config.number(vmn) else {
         return error(
             StatusCode::NOT_FOUND,
             &format!("vmnd does not serve {vmn:?}"),
         );
     };
+    // The routing snapshot's number: its keywords include those added at run time.
+    let snapshot = state.router.load();
+    let number = snapshot
+        .number(&configured.vmn)
+        .map_or(configured, |n| n.as_ref());
     let Some((rule, poll)) = number
         .keywords
         .iter()
@@ -544,4 +560,400 @@ fn csv_field(value: &str) -> String {
     } else {
         value.to_string()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keywords: /api/numbers/{vmn}/keywords[/{keyword}]
+// ---------------------------------------------------------------------------------------------
+
+/// `/api/numbers/{vmn}/keywords` (keyword `None`) or `/api/numbers/{vmn}/keywords/{keyword}`,
+/// the keyword %-decoded.
+fn keywords_path(path: &str) -> Option<(&str, Option<String>)> {
+    let rest = path.strip_prefix("/api/numbers/")?;
+    let mut parts = rest.split('/');
+    let vmn = parts.next()?;
+    if parts.next()? != "keywords" {
+        return None;
+    }
+    match (parts.next(), parts.next()) {
+        (None | Some(""), None) => Some((vmn, None)),
+        (Some(keyword), None) if !keyword.is_empty() => Some((vmn, Some(percent_decode(keyword)))),
+        _ => None,
+    }
+}
+
+/// A path segment with its `%XX` escapes decoded (a '+' stays a plus: a path is not a form).
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn keywords_api(
+    state: &AdminState,
+    req: Request<Incoming>,
+    vmn: &str,
+    keyword: Option<String>,
+) -> Reply {
+    let Some(number) = state.config.number(vmn) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("vmnd does not serve {vmn:?}"),
+        );
+    };
+    let method = req.method().clone();
+    match (method, keyword) {
+        (Method::GET, None) => list_keywords(state, number),
+        (Method::GET, Some(keyword)) => one_keyword(state, number, &keyword),
+        (Method::PUT, Some(keyword)) => put_keyword(state, number, &keyword, req).await,
+        (Method::DELETE, Some(keyword)) => delete_keyword(state, number, &keyword).await,
+        (_, None) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET only here; PUT and DELETE take /api/numbers/{vmn}/keywords/{keyword}",
+        ),
+        (_, Some(_)) => error(StatusCode::METHOD_NOT_ALLOWED, "GET, PUT or DELETE"),
+    }
+}
+
+/// A keyword as the API shows it; `source` is "config" or "api".
+fn keyword_view(rule: &KeywordRule, source: &str) -> serde_json::Value {
+    let a = &rule.actions;
+    let mut view = json!({
+        "keyword": rule.keyword,
+        "source": source,
+        "active": true,
+        "aliases": rule.aliases,
+        "tenant": rule.tenant,
+        "inbox": rule.inbox,
+        "starts": rule.starts.map(|t| t.to_rfc3339()),
+        "expires": rule.expires.map(|t| t.to_rfc3339()),
+        "expiry_reply": rule.expiry_reply,
+        "kind": if rule.poll.is_some() { "poll" } else { "inbox" },
+        "actions": {
+            "webhook": a.webhook,
+            "reply": a.reply,
+            "reply_after": a.reply_after.map(config::show_duration),
+            "reply_window": a.reply_window.as_ref().map(|w| w.text.clone()),
+            "forward_to": a.forward_to,
+            "forward_template": (!a.forward_to.is_empty()).then_some(&a.forward_template),
+        },
+    });
+    if let Some(poll) = &rule.poll {
+        view["poll"] = json!({
+            "options": poll.options,
+            "vote": if poll.last_vote_counts { "last" } else { "first" },
+            "invalid_reply": poll.invalid_reply,
+        });
+    }
+    if source == "config" {
+        view["line"] = json!(rule.line);
+    }
+    view
+}
+
+/// The config keyword `keyword` names (compared as messages are matched), if any: the API
+/// neither replaces nor deletes those.
+fn config_keyword<'a>(number: &'a Number, keyword: &str) -> Option<&'a KeywordRule> {
+    let name = runtime_keyword_name(keyword);
+    let words = keyword_words(keyword).ok();
+    number.keywords.iter().find(|rule| {
+        runtime_keyword_name(&rule.keyword) == name
+            || (words.is_some() && keyword_words(&rule.keyword).ok() == words)
+    })
+}
+
+/// A config keyword the request would change: 409, saying where to change it instead.
+fn config_keyword_conflict(rule: &KeywordRule, change: &str) -> Reply {
+    error(
+        StatusCode::CONFLICT,
+        &format!(
+            "keyword {:?} is defined in the config file at line {}; {change} it there (the admin API manages only the keywords added through it)",
+            rule.keyword, rule.line
+        ),
+    )
+}
+
+/// The keywords added at run time that the current snapshot routes, for `vmn`.
+fn routed_runtime_keywords(snapshot: &Router, vmn: &str) -> Vec<KeywordRule> {
+    snapshot
+        .runtime_keywords()
+        .iter()
+        .filter(|(v, _)| v == vmn)
+        .map(|(_, rule)| rule.clone())
+        .collect()
+}
+
+/// Keywords kept in the store for the number but not routed (they no longer fit the config,
+/// see the daemon's start), each with its problems; `only` restricts to one name.
+fn inactive_keywords(
+    state: &AdminState,
+    number: &Number,
+    routed: &[KeywordRule],
+    only: Option<&str>,
+) -> store::Result<Vec<serde_json::Value>> {
+    let routed_names: Vec<String> = routed
+        .iter()
+        .map(|r| runtime_keyword_name(&r.keyword))
+        .collect();
+    let mut out = Vec::new();
+    for kept in state.store.runtime_keywords_of(&number.vmn)? {
+        if routed_names.contains(&kept.name) || only.is_some_and(|o| o != kept.name) {
+            continue;
+        }
+        let problems = match config::keyword_table_from_json(&kept.table) {
+            Ok(table) => config::validate_keyword_table(&state.config, number, &table, routed)
+                .err()
+                .unwrap_or_default(),
+            Err(problems) => problems,
+        };
+        out.push(json!({
+            "keyword": kept.table.get("keyword").cloned().unwrap_or(json!(kept.name)),
+            "source": "api",
+            "active": false,
+            "problems": problems,
+            "table": kept.table,
+        }));
+    }
+    Ok(out)
+}
+
+/// `GET /api/numbers/{vmn}/keywords`: the config's keywords, then those added at run time.
+fn list_keywords(state: &AdminState, number: &Number) -> Reply {
+    let snapshot = state.router.load();
+    let routed = routed_runtime_keywords(&snapshot, &number.vmn);
+    let mut keywords: Vec<serde_json::Value> = number
+        .keywords
+        .iter()
+        .map(|rule| keyword_view(rule, "config"))
+        .chain(routed.iter().map(|rule| keyword_view(rule, "api")))
+        .collect();
+    match inactive_keywords(state, number, &routed, None) {
+        Ok(inactive) => keywords.extend(inactive),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+    json_reply(
+        StatusCode::OK,
+        &json!({ "vmn": number.vmn, "keywords": keywords }),
+    )
+}
+
+/// `GET /api/numbers/{vmn}/keywords/{keyword}`.
+fn one_keyword(state: &AdminState, number: &Number, keyword: &str) -> Reply {
+    if let Some(rule) = config_keyword(number, keyword) {
+        return json_reply(StatusCode::OK, &keyword_view(rule, "config"));
+    }
+    let snapshot = state.router.load();
+    let routed = routed_runtime_keywords(&snapshot, &number.vmn);
+    let name = runtime_keyword_name(keyword);
+    if let Some(rule) = routed
+        .iter()
+        .find(|r| runtime_keyword_name(&r.keyword) == name)
+    {
+        return json_reply(StatusCode::OK, &keyword_view(rule, "api"));
+    }
+    match inactive_keywords(state, number, &routed, Some(&name)) {
+        Ok(mut inactive) if !inactive.is_empty() => json_reply(StatusCode::OK, &inactive.remove(0)),
+        Ok(_) => error(
+            StatusCode::NOT_FOUND,
+            &format!("number {} has no keyword {keyword:?}", number.vmn),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// A refusal that lists every problem.
+fn problems_reply(status: StatusCode, summary: &str, problems: &[String]) -> Reply {
+    json_reply(status, &json!({ "error": summary, "problems": problems }))
+}
+
+/// `PUT /api/numbers/{vmn}/keywords/{keyword}` with the keys of a `[[number.keyword]]` table
+/// as a JSON object: validated as `vmnd check` validates the config, kept in the store
+/// (durably) and published in a new routing snapshot. 201 when created, 200 when replaced.
+async fn put_keyword(
+    state: &AdminState,
+    number: &Number,
+    keyword: &str,
+    req: Request<Incoming>,
+) -> Reply {
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {e}"),
+            );
+        }
+    };
+    let mut table: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(t) => t,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not JSON: {e}"),
+            );
+        }
+    };
+    let Some(object) = table.as_object_mut() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected a JSON object of [[number.keyword]] keys (the keyword itself comes from the path)",
+        );
+    };
+    match object.get("keyword") {
+        None => {}
+        Some(serde_json::Value::String(k))
+            if runtime_keyword_name(k) == runtime_keyword_name(keyword) => {}
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "`keyword` in the body ({other}) is not the keyword of the path ({keyword:?}); leave it out"
+                ),
+            );
+        }
+    }
+    // The path's spelling is the one kept: it names the keyword from now on.
+    object.insert("keyword".to_string(), json!(keyword));
+    if let Some(rule) = config_keyword(number, keyword) {
+        return config_keyword_conflict(rule, "change");
+    }
+    let toml_table = match config::keyword_table_from_json(&table) {
+        Ok(t) => t,
+        Err(problems) => {
+            return problems_reply(
+                StatusCode::BAD_REQUEST,
+                "the keyword table is not valid",
+                &problems,
+            );
+        }
+    };
+
+    let _change = state.keyword_changes.lock().await;
+    let snapshot = state.router.load_full();
+    let name = runtime_keyword_name(keyword);
+    let is_this = |vmn: &str, rule: &KeywordRule| {
+        vmn == number.vmn && runtime_keyword_name(&rule.keyword) == name
+    };
+    let others: Vec<KeywordRule> = routed_runtime_keywords(&snapshot, &number.vmn)
+        .into_iter()
+        .filter(|rule| !is_this(&number.vmn, rule))
+        .collect();
+    let checked = match config::check_keyword_table(&state.config, number, &toml_table, &others) {
+        Ok(checked) => checked,
+        Err(refusal) if refusal.conflict => {
+            return problems_reply(
+                StatusCode::CONFLICT,
+                &format!(
+                    "the keyword clashes with what number {} already has",
+                    number.vmn
+                ),
+                &refusal.problems,
+            );
+        }
+        Err(refusal) => {
+            return problems_reply(
+                StatusCode::BAD_REQUEST,
+                "the keyword table is not valid",
+                &refusal.problems,
+            );
+        }
+    };
+    let replaced = match state
+        .store
+        .put_runtime_keyword(&number.vmn, keyword, &table)
+    {
+        Ok(replaced) => replaced,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    // Durable before it is announced or routed: a change the caller saw succeed survives a
+    // crash. (If this fails the snapshot is left as it was; the record may still reach the
+    // disk with sled's next flush and be routed after a restart, which a retry makes agree.)
+    if let Err(e) = state.store.commit().await {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the keyword could not be stored durably: {e}"),
+        );
+    }
+    let runtime: Vec<(String, KeywordRule)> = snapshot
+        .runtime_keywords()
+        .iter()
+        .filter(|(vmn, rule)| !is_this(vmn, rule))
+        .cloned()
+        .chain(std::iter::once((number.vmn.clone(), checked.rule.clone())))
+        .collect();
+    state
+        .router
+        .store(Arc::new(Router::with_runtime(&state.config, &runtime)));
+    tracing::info!(vmn = %number.vmn, keyword, replaced, "keyword stored through the admin API");
+    json_reply(
+        if replaced {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        },
+        &json!({
+            "keyword": keyword_view(&checked.rule, "api"),
+            "warnings": checked.warnings,
+        }),
+    )
+}
+
+/// `DELETE /api/numbers/{vmn}/keywords/{keyword}`: 204, or 404 when the API never added it.
+async fn delete_keyword(state: &AdminState, number: &Number, keyword: &str) -> Reply {
+    if let Some(rule) = config_keyword(number, keyword) {
+        return config_keyword_conflict(rule, "remove");
+    }
+    let _change = state.keyword_changes.lock().await;
+    match state.store.delete_runtime_keyword(&number.vmn, keyword) {
+        Ok(true) => {}
+        Ok(false) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "number {} has no keyword {keyword:?} added through the admin API",
+                    number.vmn
+                ),
+            );
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+    if let Err(e) = state.store.commit().await {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the deletion could not be stored durably: {e}"),
+        );
+    }
+    let name = runtime_keyword_name(keyword);
+    let snapshot = state.router.load_full();
+    let runtime: Vec<(String, KeywordRule)> = snapshot
+        .runtime_keywords()
+        .iter()
+        .filter(|(vmn, rule)| !(*vmn == number.vmn && runtime_keyword_name(&rule.keyword) == name))
+        .cloned()
+        .collect();
+    state
+        .router
+        .store(Arc::new(Router::with_runtime(&state.config, &runtime)));
+    tracing::info!(vmn = %number.vmn, keyword, "keyword deleted through the admin API");
+    reply(StatusCode::NO_CONTENT, "application/json", Bytes::new())
 }

@@ -1,7 +1,9 @@
 //! The router: for a message to one of our numbers, which rule it matches and why the other
-//! candidates did not. Built from the config into one immutable value (keyword trie, reserved
-//! words, rules) that the processor reads through an atomically swapped snapshot, so matching
-//! takes no lock. The same code answers `vmnd route` and `POST /api/route`.
+//! candidates did not. Built from the config and the keywords added at run time (kept in the
+//! store, see [`Router::with_runtime`]) into one immutable value (keyword trie, reserved words,
+//! rules) that the processor reads through an atomically swapped snapshot, so matching takes no
+//! lock; the admin API builds and swaps a new one after each keyword change. The same code
+//! answers `vmnd route` and `POST /api/route`.
 //!
 //! Order of checks: opt-out/opt-in/help words first (the consent work acts on them), then the
 //! campaign keywords, longest first; a keyword before its `starts` falls to the default rule,
@@ -67,7 +69,11 @@ struct Phrase {
 
 /// Everything matching needs, immutable once built.
 pub struct Router {
+    /// Each number with its config keywords first, then those added at run time.
     numbers: HashMap<String, Arc<Number>>,
+    /// The keywords added at run time that this snapshot routes (number, rule), so the admin
+    /// API can build the next one from it.
+    runtime: Vec<(String, KeywordRule)>,
     keywords: KeywordIndex,
     phrases: Vec<Phrase>,
     reserved: KeywordIndex,
@@ -75,14 +81,35 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds the router. The config was validated (no collisions), so a phrase inserted twice
-    /// keeps the first rule.
+    /// Builds the router from the config alone.
     pub fn new(config: &Config) -> Router {
+        Router::with_runtime(config, &[])
+    }
+
+    /// Builds the router from the config and the keywords added at run time, each given with
+    /// its number's VMN (one the config does not serve is ignored). They come after the
+    /// number's config keywords, so on a clash (which their validation prevents) the config's
+    /// wins: a phrase inserted twice keeps the first rule.
+    pub fn with_runtime(config: &Config, runtime: &[(String, KeywordRule)]) -> Router {
+        let mut numbers: Vec<Number> = config.numbers.clone();
+        let at: HashMap<&str, usize> = config
+            .numbers
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.vmn.as_str(), i))
+            .collect();
+        let mut kept = Vec::with_capacity(runtime.len());
+        for (vmn, rule) in runtime {
+            if let Some(&i) = at.get(vmn.as_str()) {
+                numbers[i].keywords.push(rule.clone());
+                kept.push((vmn.clone(), rule.clone()));
+            }
+        }
         let mut builder = KeywordIndexBuilder::new();
         let mut phrases = Vec::new();
         let mut reserved_builder = KeywordIndexBuilder::new();
         let mut reserved_phrases = Vec::new();
-        for number in &config.numbers {
+        for number in &numbers {
             for (rule, kw) in number.keywords.iter().enumerate() {
                 for written in std::iter::once(&kw.keyword).chain(kw.aliases.iter()) {
                     let Ok(words) = keywords::keyword_words(written) else {
@@ -115,11 +142,11 @@ impl Router {
             }
         }
         Router {
-            numbers: config
-                .numbers
-                .iter()
-                .map(|n| (n.vmn.clone(), Arc::new(n.clone())))
+            numbers: numbers
+                .into_iter()
+                .map(|n| (n.vmn.clone(), Arc::new(n)))
                 .collect(),
+            runtime: kept,
             keywords: builder.build(),
             phrases,
             reserved: reserved_builder.build(),
@@ -259,6 +286,12 @@ impl Router {
     pub fn keyword_count(&self) -> usize {
         self.keywords.len()
     }
+
+    /// The keywords added at run time that this snapshot routes, as (VMN, rule), in the order
+    /// they were given to [`Router::with_runtime`].
+    pub fn runtime_keywords(&self) -> &[(String, KeywordRule)] {
+        &self.runtime
+    }
 }
 
 fn kind_name(kind: ReservedKind) -> &'static str {
@@ -298,4 +331,64 @@ pub fn next_opening(window: &ReplyWindow, at: DateTime<Utc>) -> DateTime<Utc> {
         }
     }
     at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[daemon]
+data_dir = "./var"
+
+[[webhook]]
+name = "crm"
+url = "http://127.0.0.1:8080/sms"
+
+[[number]]
+vmn = "567678"
+default = { webhook = "crm" }
+
+[[number.keyword]]
+keyword = "JOIN"
+inbox = "from-config"
+"#;
+
+    fn rule(keyword: &str, inbox: &str) -> KeywordRule {
+        let config = crate::config::parse(CONFIG, "t.toml", &|_| None)
+            .expect("valid")
+            .0;
+        let mut rule = config.numbers[0].keywords[0].clone();
+        rule.keyword = keyword.to_string();
+        rule.inbox = inbox.to_string();
+        rule
+    }
+
+    fn matched(router: &Router, text: &str) -> Option<String> {
+        let number = router.number("567678").expect("served");
+        let routed = router.route(number, text, Utc::now());
+        Router::rule(number, &routed.decision).map(|r| r.inbox.clone())
+    }
+
+    #[test]
+    fn runtime_keywords_join_their_number_and_the_config_wins_a_clash() {
+        let config = crate::config::parse(CONFIG, "t.toml", &|_| None)
+            .expect("valid")
+            .0;
+        let runtime = [
+            ("567678".to_string(), rule("GO", "from-api")),
+            ("567678".to_string(), rule("join", "clash")),
+            ("111111".to_string(), rule("LOST", "not-served")),
+        ];
+        let router = Router::with_runtime(&config, &runtime);
+        assert_eq!(matched(&router, "go now").as_deref(), Some("from-api"));
+        assert_eq!(matched(&router, "join").as_deref(), Some("from-config"));
+        assert_eq!(router.keyword_count(), 2, "JOIN once, GO");
+        // The number's rules: the config's first, then the runtime ones it serves.
+        let number = router.number("567678").expect("served");
+        assert_eq!(number.keywords.len(), 3);
+        assert_eq!(router.runtime_keywords().len(), 2, "111111 is not served");
+        // Router::new is the config alone.
+        assert_eq!(matched(&Router::new(&config), "go"), None);
+    }
 }

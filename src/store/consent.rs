@@ -175,44 +175,56 @@ const MAX_PACKED_DIGITS: usize = 64;
 /// First byte of a raw (non-numeric) address in a key; packed ones start with their length.
 const RAW_ADDRESS: u8 = 0xff;
 
-/// Appends the compact, prefix-free key form of an address to `out`, normalising on the way
-/// without allocating (this runs on the hot path): `[digit count][two digits a byte]` for phone
-/// numbers, `[0xff][length u32 BE][bytes]` for anything else.
-pub fn push_address_key(out: &mut Vec<u8>, address: &str) {
+/// Longest packed form: the count byte and two digits a byte.
+const MAX_PACKED_BYTES: usize = 1 + MAX_PACKED_DIGITS / 2;
+
+/// Packs a phone number (digits and separators only, 1..=64 digits) as `[digit count][two
+/// digits a byte]` into `out`, normalising on the way without allocating (this runs on the hot
+/// path); the length written, or `None` for anything else.
+fn pack_digits(address: &str, out: &mut [u8]) -> Option<usize> {
     let trimmed = address.trim();
     let mut count = 0usize;
-    let mut numeric = true;
     for c in trimmed.chars() {
         if c.is_ascii_digit() {
             count += 1;
         } else if !is_address_separator(c) {
-            numeric = false;
-            break;
+            return None;
         }
     }
-    if numeric && (1..=MAX_PACKED_DIGITS).contains(&count) {
-        out.push(count as u8);
-        let mut high: Option<u8> = None;
-        for b in trimmed.bytes().filter(u8::is_ascii_digit) {
-            let d = b - b'0';
-            match high.take() {
-                None => high = Some(d),
-                Some(h) => out.push((h << 4) | d),
-            }
-        }
-        if let Some(h) = high {
-            out.push((h << 4) | 0x0f);
-        }
-    } else {
-        let raw = if numeric {
-            normalize_address(trimmed)
+    if !(1..=MAX_PACKED_DIGITS).contains(&count) {
+        return None;
+    }
+    let len = 1 + count.div_ceil(2);
+    let out = out.get_mut(..len)?;
+    out[0] = count as u8;
+    for (i, d) in trimmed
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|b| b - b'0')
+        .enumerate()
+    {
+        let byte = &mut out[1 + i / 2];
+        *byte = if i % 2 == 0 {
+            (d << 4) | 0x0f
         } else {
-            trimmed.to_string()
+            (*byte & 0xf0) | d
         };
-        out.push(RAW_ADDRESS);
-        out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
-        out.extend_from_slice(raw.as_bytes());
     }
+    Some(len)
+}
+
+/// Appends the compact, prefix-free key form of an address to `out`: packed digits for phone
+/// numbers (see `pack_digits`), `[0xff][length u32 BE][bytes]` for anything else.
+pub fn push_address_key(out: &mut Vec<u8>, address: &str) {
+    let mut packed = [0u8; MAX_PACKED_BYTES];
+    if let Some(len) = pack_digits(address, &mut packed) {
+        out.extend_from_slice(&packed[..len]);
+        return;
+    }
+    let raw = normalize_address(address);
+    out.push(RAW_ADDRESS);
+    out.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+    out.extend_from_slice(raw.as_bytes());
 }
 
 /// [`push_address_key`] into a new vector.
@@ -497,13 +509,31 @@ impl Store {
     /// (+deadline) value, no JSON. `Unknown` when absent. An error means "cannot tell": the
     /// caller must not send.
     pub fn consent_state(&self, vmn: &str, msisdn: &str) -> Result<ConsentState> {
-        self.consent_state_at(vmn, msisdn, crate::clock::now_ms())
+        let hot = self.hot(vmn, msisdn)?;
+        // The clock is read only for a pending ask, the rare case.
+        Ok(match hot.pending {
+            Some(_) => hot.effective(crate::clock::now_ms()),
+            None => hot.stored,
+        })
     }
 
     /// [`Store::consent_state`] with an explicit "now" (decides whether a pending ask lapsed).
     pub fn consent_state_at(&self, vmn: &str, msisdn: &str, now_ms: u64) -> Result<ConsentState> {
-        let raw = self.trees().consent.get(hot_key(vmn, msisdn))?;
-        Ok(Hot::decode(raw.as_deref())?.effective(now_ms))
+        Ok(self.hot(vmn, msisdn)?.effective(now_ms))
+    }
+
+    /// The `consent` value of a contact; the key built on the stack for phone numbers.
+    fn hot(&self, vmn: &str, msisdn: &str) -> Result<Hot> {
+        let tree = self.trees().consent;
+        let mut key = [0u8; 2 * MAX_PACKED_BYTES];
+        let raw = match pack_digits(vmn, &mut key) {
+            Some(n) => match pack_digits(msisdn, &mut key[n..]) {
+                Some(m) => tree.get(&key[..n + m])?,
+                None => tree.get(hot_key(vmn, msisdn))?,
+            },
+            None => tree.get(hot_key(vmn, msisdn))?,
+        };
+        Hot::decode(raw.as_deref())
     }
 
     /// Applies a change atomically (contact + ledger entry in one sled transaction). Returns the

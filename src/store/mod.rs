@@ -12,10 +12,12 @@
 //! - `jobs`, `dead`: see [`queue`].
 //! - `outbound`, `outbound_ids`: SMS sent and their receipts, see [`outbound`].
 //! - `votes`: poll votes, see [`polls`].
+//! - `keywords`: keywords added at run time through the admin API, see [`keywords`].
 //! - `consent`, `contacts`, `contact_states`, `ledger`, `ledger_index`: opt-in/opt-out state,
 //!   contacts and the consent ledger, see [`consent`].
 
 pub mod consent;
+pub mod keywords;
 pub mod outbound;
 pub mod parts;
 pub mod polls;
@@ -222,6 +224,7 @@ struct Inner {
     outbound: sled::Tree,
     outbound_ids: sled::Tree,
     votes: sled::Tree,
+    keywords: sled::Tree,
     consent: sled::Tree,
     contacts: sled::Tree,
     contact_states: sled::Tree,
@@ -264,6 +267,7 @@ impl Store {
                 outbound: db.open_tree("outbound")?,
                 outbound_ids: db.open_tree("outbound_ids")?,
                 votes: db.open_tree("votes")?,
+                keywords: db.open_tree("keywords")?,
                 consent: db.open_tree("consent")?,
                 contacts: db.open_tree("contacts")?,
                 contact_states: db.open_tree("contact_states")?,
@@ -415,6 +419,7 @@ impl Store {
             outbound: &self.inner.outbound,
             outbound_ids: &self.inner.outbound_ids,
             votes: &self.inner.votes,
+            keywords: &self.inner.keywords,
             consent: &self.inner.consent,
             contacts: &self.inner.contacts,
             contact_states: &self.inner.contact_states,
@@ -435,6 +440,7 @@ pub(crate) struct Trees<'a> {
     pub outbound: &'a sled::Tree,
     pub outbound_ids: &'a sled::Tree,
     pub votes: &'a sled::Tree,
+    pub keywords: &'a sled::Tree,
     pub consent: &'a sled::Tree,
     pub contacts: &'a sled::Tree,
     pub contact_states: &'a sled::Tree,
