@@ -49,6 +49,8 @@ pub struct Processor {
     /// Payload hash -> (first seen ms, message id); only with `dedup_window`.
     recent: HashMap<u64, u64>,
     scheduler: Scheduler,
+    /// Messages processed but not yet committed: one transaction per batch.
+    finished: Vec<(u64, MessageRecord, Vec<Job>)>,
 }
 
 impl Processor {
@@ -70,6 +72,7 @@ impl Processor {
             dedup_window: config.daemon.dedup_window,
             recent: HashMap::new(),
             scheduler,
+            finished: Vec::new(),
         }
     }
 
@@ -78,8 +81,11 @@ impl Processor {
     pub fn recover(&mut self) -> store::Result<usize> {
         let ids = self.store.pending_journal_ids()?;
         let n = ids.len();
-        for id in ids {
-            self.process(id);
+        for chunk in ids.chunks(1024) {
+            for &id in chunk {
+                self.process(id);
+            }
+            self.flush();
         }
         self.sweep_groups(clock::now_ms());
         Ok(n)
@@ -101,6 +107,7 @@ impl Processor {
                     for id in batch.drain(..) {
                         self.process(id);
                     }
+                    self.flush();
                 }
                 _ = sweep.tick() => {
                     self.sweep_groups(clock::now_ms());
@@ -112,7 +119,7 @@ impl Processor {
 
     /// Processes one journal entry. Errors are logged and counted; the entry stays in the
     /// journal and is retried at the next start (nothing acknowledged is dropped).
-    pub fn process(&mut self, journal_id: u64) {
+    fn process(&mut self, journal_id: u64) {
         if let Err(e) = self.try_process(journal_id) {
             metrics::counter!("vmnd_processing_errors_total").increment(1);
             tracing::error!(journal_id, error = %e, "processing failed; entry stays in the journal");
@@ -264,10 +271,30 @@ impl Processor {
         record.encoding = decoded.encoding.as_str().to_string();
         record.parts = parts;
         let jobs = self.route(&mut record)?;
-        self.store
-            .finish_message(journal_id, &record, &jobs, None)?;
-        self.schedule(&jobs);
+        // Committed with the rest of the batch (see `flush`).
+        self.finished.push((journal_id, record, jobs));
         Ok(())
+    }
+
+    /// Commits the messages finished since the last flush in one transaction, then hands their
+    /// jobs to the dispatcher. On failure the journal entries stay and are processed again at
+    /// the next start.
+    fn flush(&mut self) {
+        if self.finished.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.finished);
+        match self.store.finish_messages(&batch) {
+            Ok(()) => {
+                for (_, _, jobs) in &batch {
+                    self.schedule(jobs);
+                }
+            }
+            Err(e) => {
+                metrics::counter!("vmnd_processing_errors_total").increment(batch.len() as u64);
+                tracing::error!(error = %e, messages = batch.len(), "cannot store processed messages; they stay in the journal");
+            }
+        }
     }
 
     fn finish_receipt(

@@ -207,6 +207,33 @@ impl Store {
         Ok(())
     }
 
+    /// Stores many messages and their jobs, consuming their journal entries, in one
+    /// transaction: the processor's batch path (one sled commit per batch, not per message).
+    pub fn finish_messages(&self, batch: &[(u64, MessageRecord, Vec<Job>)]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let t = self.trees();
+        let encoded: Vec<(u64, Vec<u8>, Vec<(u64, Vec<u8>)>)> = batch
+            .iter()
+            .map(|(id, message, jobs)| {
+                let jobs = jobs.iter().map(|j| (j.id, encode_json(j))).collect();
+                (*id, encode_json(message), jobs)
+            })
+            .collect();
+        (t.inbound, t.messages, t.jobs).transaction(|(inbound, messages, jobs_tree)| {
+            for (id, message, jobs) in &encoded {
+                inbound.remove(&id.to_be_bytes())?;
+                messages.insert(&id.to_be_bytes(), message.as_slice())?;
+                for (job_id, value) in jobs {
+                    jobs_tree.insert(&job_id.to_be_bytes(), value.as_slice())?;
+                }
+            }
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
     /// Drops a journal entry that turned out to be a duplicate (dedup window) or unreadable
     /// after a restart (kept as a message record instead by the processor).
     pub fn drop_journal_entry(&self, journal_id: u64) -> Result<()> {
