@@ -672,6 +672,58 @@ struct RawNumber {
     carrier: Option<Spanned<String>>,
     default: Option<Spanned<RawDefault>>,
     receipts: Option<Spanned<String>>,
+    /// `optout = { .. }` or `[number.optout]`: this number's consent settings over `[optout]`.
+    optout: Option<Spanned<RawOptout>>,
+}
+
+/// A list of words or phrases (`stop = ["STOP", "STOP ALL"]`).
+type RawWordList = Spanned<Vec<Spanned<String>>>;
+
+/// `[optout]`, or a number's `optout = { .. }`, as written: every key optional, a number's key
+/// over the global one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOptout {
+    stop: Option<RawWordList>,
+    start: Option<RawWordList>,
+    help: Option<RawWordList>,
+    stop_extra: Option<RawWordList>,
+    start_extra: Option<RawWordList>,
+    help_extra: Option<RawWordList>,
+    stop_reply: Option<Spanned<String>>,
+    start_reply: Option<Spanned<String>>,
+    help_reply: Option<Spanned<String>>,
+    webhook: Option<Spanned<String>>,
+    intent_phrases: Option<bool>,
+}
+
+/// `subscribe = true | false | "double"` as written; a string other than "double" is reported
+/// by the validation, with the value.
+enum RawSubscribe {
+    Bool(bool),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawSubscribe {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawSubscribe;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or \"double\"")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<RawSubscribe, E> {
+                Ok(RawSubscribe::Bool(value))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawSubscribe, E> {
+                Ok(RawSubscribe::Text(text.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// `default = { webhook = "crm", reply = "..." }` in a `[[number]]`: the actions for messages
@@ -711,6 +763,9 @@ struct RawKeyword {
     options: Option<Spanned<Vec<Spanned<String>>>>,
     vote: Option<Spanned<String>>,
     invalid_reply: Option<Spanned<String>>,
+    subscribe: Option<Spanned<RawSubscribe>>,
+    confirm_reply: Option<Spanned<String>>,
+    confirm_within: Option<Spanned<String>>,
 }
 
 /// The action keys shared by `default` and `[[number.keyword]]`, borrowed from either.
@@ -873,6 +928,8 @@ struct RawConfig {
     carriers: Vec<(Span, RawCarrier)>,
     webhooks: Vec<(Span, RawWebhook)>,
     numbers: Vec<RawNumberEntry>,
+    /// `[optout]`; `Some(None)` when it was there but could not be read (already reported).
+    optout: Option<Option<RawOptout>>,
     carrier_names: Names,
     webhook_names: Names,
 }
@@ -894,9 +951,6 @@ fn not_implemented(section: &str) -> Option<String> {
         "smtp" => {
             format!("[smtp] (e-mail forwards and replies by e-mail) {NOT_YET}; remove the section")
         }
-        "optout" => format!(
-            "[optout] (STOP/START/HELP handling) {NOT_YET}; remove the section (such messages are forwarded like any other)"
-        ),
         _ => return None,
     })
 }
@@ -909,6 +963,7 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
         carriers: Vec::new(),
         webhooks: Vec::new(),
         numbers: Vec::new(),
+        optout: None,
         carrier_names: Names::new("carrier"),
         webhook_names: Names::new("webhook"),
     };
@@ -942,6 +997,12 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
                     }
                 }
             }
+            "optout" => {
+                raw.optout = Some(
+                    expect_table(value, "optout", p)
+                        .and_then(|v| shape::<RawOptout>(v, "[optout]", p)),
+                );
+            }
             "number" => {
                 for mut element in expect_array_of_tables(value, "number", p) {
                     let keywords = take_keywords(&mut element, p);
@@ -961,7 +1022,7 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
                     p.error(
                         &key_span,
                         format!(
-                            "unknown section `{other}`; expected [daemon], [[carrier]], [[webhook]] or [[number]]"
+                            "unknown section `{other}`; expected [daemon], [[carrier]], [[webhook]], [[number]] or [optout]"
                         ),
                     );
                 }
@@ -1710,14 +1771,23 @@ fn validate_webhook(
 /// Checks every `[[number]]`: the VMN, uniqueness after normalisation, the carrier and webhooks
 /// it names, its `default` actions and its keyword rules.
 fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>> {
-    let reserved_lists = ReservedWords::default();
-    let reserved = reserved_words(&reserved_lists);
+    // `[optout]`, checked once; each number's own `optout` is checked over it.
+    let global = raw.optout.as_ref().and_then(Option::as_ref);
+    let global_layer = global.map(|g| OptoutLayer::read(g, false, raw, p));
+    let (global_lists, _) = effective_lists(global_layer.as_ref(), None, p);
+    let global_reserved = reserved_words(&global_lists);
     let mut seen: Vec<(String, Span)> = Vec::new();
     let mut numbers = Vec::new();
     for entry in &raw.numbers {
         let Some(number) = &entry.number else {
             // The number itself is refused already; its rules are still checked on their own.
-            validate_keywords(&entry.keywords, &SmsRoute::Unknown, raw, &reserved, p);
+            validate_keywords(
+                &entry.keywords,
+                &SmsRoute::Unknown,
+                raw,
+                &global_reserved,
+                p,
+            );
             numbers.push(None);
             continue;
         };
@@ -1778,9 +1848,28 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
             );
         }
 
+        let own_layer = number
+            .optout
+            .as_ref()
+            .map(|o| OptoutLayer::read(o.get_ref(), true, raw, p));
+        let (reserved_lists, lists_ok) = match &own_layer {
+            Some(own) if own.has_lists() => effective_lists(global_layer.as_ref(), Some(own), p),
+            _ => (global_lists.clone(), true),
+        };
+        let consent = consent_config(
+            global_layer.as_ref(),
+            own_layer.as_ref(),
+            &route,
+            &number.vmn,
+            p,
+        );
+        let reserved = reserved_words(&reserved_lists);
         let keywords = validate_keywords(&entry.keywords, &route, raw, &reserved, p);
-        numbers.push(match (vmn, default_actions, keywords) {
-            (Some(vmn), Some(default_actions), Some(keywords)) if carrier_ok && receipts_ok => {
+        let optout_ok = lists_ok && own_layer.as_ref().is_none_or(|l| l.ok);
+        numbers.push(match (vmn, default_actions, keywords, consent) {
+            (Some(vmn), Some(default_actions), Some(keywords), Some(consent))
+                if carrier_ok && receipts_ok && optout_ok =>
+            {
                 Some(Number {
                     vmn,
                     carrier: number.carrier.as_ref().map(|c| c.get_ref().clone()),
@@ -1789,13 +1878,300 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
                     default_actions,
                     keywords,
                     reserved: reserved_lists.clone(),
-                    consent: ConsentConfig::default(),
+                    consent,
                 })
             }
             _ => None,
         });
     }
     numbers
+}
+
+// ---------------------------------------------------------------------------------------------
+// `[optout]` and a number's `optout = { .. }`
+// ---------------------------------------------------------------------------------------------
+
+/// The reserved lists: their key, the key that adds to it, and what their words are for.
+const OPTOUT_LISTS: [(&str, &str, &str); 3] = [
+    ("stop", "stop_extra", "opt-out"),
+    ("start", "start_extra", "opt-in"),
+    ("help", "help_extra", "help"),
+];
+
+/// One word or phrase of a reserved list, with where it came from.
+#[derive(Clone)]
+struct ListedWord {
+    /// Trimmed and upper-case, as the resolved lists keep it.
+    written: String,
+    /// As `keyword_words` returns it: how messages are compared with it.
+    words: Vec<String>,
+    /// Where it is written and under which key; `None` for a default.
+    at: Option<(Span, &'static str)>,
+    /// Written in a number's own `optout` rather than in `[optout]`.
+    number_level: bool,
+}
+
+/// One layer of consent settings (`[optout]`, or a number's `optout`), its values checked.
+struct OptoutLayer<'a> {
+    raw: &'a RawOptout,
+    /// `stop`, `start`, `help` when given (each phrase checked; a bad one is left out).
+    base: [Option<Vec<ListedWord>>; 3],
+    /// `stop_extra`, `start_extra`, `help_extra` when given.
+    extra: [Option<Vec<ListedWord>>; 3],
+    /// False when any value of this layer was refused (reported).
+    ok: bool,
+}
+
+impl<'a> OptoutLayer<'a> {
+    /// Checks the values of one layer on their own: each phrase, each template, the webhook.
+    fn read(
+        raw: &'a RawOptout,
+        number_level: bool,
+        config: &RawConfig,
+        p: &mut Problems<'_>,
+    ) -> Self {
+        let mut ok = true;
+        let mut list = |value: &Option<RawWordList>, key: &'static str, p: &mut Problems<'_>| {
+            let value = value.as_ref()?;
+            let (words, good) = read_word_list(value, key, number_level, p);
+            ok &= good;
+            Some(words)
+        };
+        let base = [
+            list(&raw.stop, "stop", p),
+            list(&raw.start, "start", p),
+            list(&raw.help, "help", p),
+        ];
+        let extra = [
+            list(&raw.stop_extra, "stop_extra", p),
+            list(&raw.start_extra, "start_extra", p),
+            list(&raw.help_extra, "help_extra", p),
+        ];
+        for (value, key) in [
+            (&raw.stop_reply, "optout.stop_reply"),
+            (&raw.start_reply, "optout.start_reply"),
+            (&raw.help_reply, "optout.help_reply"),
+        ] {
+            if let Some(t) = value {
+                ok &= check_template_value(t, key, TEMPLATE_PLACEHOLDERS, p);
+            }
+        }
+        if let Some(w) = &raw.webhook {
+            ok &= config.webhook_names.check_reference(w, "optout.webhook", p);
+        }
+        OptoutLayer {
+            raw,
+            base,
+            extra,
+            ok,
+        }
+    }
+
+    /// Whether this layer gives any of the reserved lists.
+    fn has_lists(&self) -> bool {
+        self.base.iter().chain(&self.extra).any(Option::is_some)
+    }
+}
+
+/// Reads one `stop`/`start`/`help` list (or an `_extra` one): every phrase must be a valid
+/// keyword. Returns the good phrases and whether all were.
+fn read_word_list(
+    list: &RawWordList,
+    key: &'static str,
+    number_level: bool,
+    p: &mut Problems<'_>,
+) -> (Vec<ListedWord>, bool) {
+    let mut ok = true;
+    if key == "stop" && list.get_ref().is_empty() {
+        p.error(
+            &list.span(),
+            "`optout.stop` is empty: opt-outs must always be possible; list at least one word, or remove `stop` to keep the default words",
+        );
+        ok = false;
+    }
+    let mut words = Vec::new();
+    for phrase in list.get_ref() {
+        match keyword_words(phrase.get_ref()) {
+            Ok(normalised) => words.push(ListedWord {
+                written: phrase.get_ref().trim().to_uppercase(),
+                words: normalised,
+                at: Some((phrase.span(), key)),
+                number_level,
+            }),
+            Err(message) => {
+                // The routing module words its messages about a "keyword".
+                let rest = message.strip_prefix("keyword").unwrap_or(&message);
+                p.error(&phrase.span(), format!("`optout.{key}`: phrase{rest}"));
+                ok = false;
+            }
+        }
+    }
+    (words, ok)
+}
+
+/// A default list as listed words.
+fn default_list(index: usize) -> Vec<ListedWord> {
+    let defaults = ReservedWords::default();
+    let list = match index {
+        0 => defaults.stop,
+        1 => defaults.start,
+        _ => defaults.help,
+    };
+    list.into_iter()
+        .filter_map(|written| {
+            Some(ListedWord {
+                words: keyword_words(&written).ok()?,
+                written,
+                at: None,
+                number_level: false,
+            })
+        })
+        .collect()
+}
+
+/// The reserved lists of a number: for each list, the number's key over the global one over
+/// the default, plus the `_extra` words (the number's key over the global one). A word or
+/// phrase on two lists is reported, once: with `own`, only pairs that involve a word of the
+/// number's own (the others were reported with `[optout]`). Returns the lists and whether no
+/// such pair was found.
+fn effective_lists(
+    global: Option<&OptoutLayer<'_>>,
+    own: Option<&OptoutLayer<'_>>,
+    p: &mut Problems<'_>,
+) -> (ReservedWords, bool) {
+    let mut lists: Vec<Vec<ListedWord>> = Vec::new();
+    for index in 0..3 {
+        let pick = |extra: bool| {
+            let of = |layer: &OptoutLayer<'_>| {
+                if extra {
+                    layer.extra[index].clone()
+                } else {
+                    layer.base[index].clone()
+                }
+            };
+            own.and_then(of).or_else(|| global.and_then(of))
+        };
+        let mut list: Vec<ListedWord> = Vec::new();
+        let all = pick(false)
+            .unwrap_or_else(|| default_list(index))
+            .into_iter()
+            .chain(pick(true).unwrap_or_default());
+        for word in all {
+            // Twice on one list (e.g. an extra word that is a default already): harmless.
+            if !list.iter().any(|w| w.words == word.words) {
+                list.push(word);
+            }
+        }
+        lists.push(list);
+    }
+
+    let mut ok = true;
+    for later in 1..3 {
+        for earlier in 0..later {
+            for a in &lists[earlier] {
+                for b in lists[later].iter().filter(|b| b.words == a.words) {
+                    let reported_here = if own.is_some() {
+                        a.number_level || b.number_level
+                    } else {
+                        a.at.is_some() || b.at.is_some()
+                    };
+                    if !reported_here {
+                        continue;
+                    }
+                    ok = false;
+                    // At the word of this layer (or the one written last), naming the other.
+                    let (at_word, other, other_list) = match (&a.at, &b.at) {
+                        (None, _) => (b, a, earlier),
+                        (_, None) => (a, b, later),
+                        (Some((sa, _)), Some((sb, _))) => {
+                            let a_first = if a.number_level != b.number_level {
+                                b.number_level
+                            } else {
+                                sa.start < sb.start
+                            };
+                            if a_first {
+                                (b, a, earlier)
+                            } else {
+                                (a, b, later)
+                            }
+                        }
+                    };
+                    let Some((at, key)) = &at_word.at else {
+                        continue;
+                    };
+                    let (other_key, _, purpose) = OPTOUT_LISTS[other_list];
+                    let whence = match &other.at {
+                        None => format!("a default {other_key} word"),
+                        Some((span, key)) => {
+                            format!("given in `optout.{key}` at line {}", p.line(span))
+                        }
+                    };
+                    p.error(
+                        at,
+                        format!(
+                            "`optout.{key}` lists {:?}, which is already {} {purpose} word ({whence}); a word or phrase can be on one list only",
+                            at_word.written,
+                            if purpose.starts_with("opt") { "an" } else { "a" }
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let strings =
+        |index: usize| -> Vec<String> { lists[index].iter().map(|w| w.written.clone()).collect() };
+    (
+        ReservedWords {
+            stop: strings(0),
+            start: strings(1),
+            help: strings(2),
+        },
+        ok,
+    )
+}
+
+/// The consent settings of a number: each key of its own `optout` over `[optout]`. The replies
+/// are SMS: the number must be able to send them. `None` when one cannot be sent (reported).
+fn consent_config(
+    global: Option<&OptoutLayer<'_>>,
+    own: Option<&OptoutLayer<'_>>,
+    route: &SmsRoute<'_>,
+    vmn: &Spanned<String>,
+    p: &mut Problems<'_>,
+) -> Option<ConsentConfig> {
+    let mut ok = true;
+    let mut reply = |get: fn(&RawOptout) -> Option<&Spanned<String>>, key: &str| {
+        if let Some(t) = own.and_then(|l| get(l.raw)) {
+            ok &= route.check(&format!("optout.{key}"), &t.span(), p);
+            return Some(t.get_ref().clone());
+        }
+        let t = global.and_then(|l| get(l.raw))?;
+        // Given for every number in `[optout]`: reported at the number that cannot send it.
+        let line = p.line(&t.span());
+        let what = format!("`optout.{key}` (from [optout] at line {line})");
+        ok &= route.check_what(&what, &vmn.span(), p);
+        Some(t.get_ref().clone())
+    };
+    let stop_reply = reply(|o| o.stop_reply.as_ref(), "stop_reply");
+    let start_reply = reply(|o| o.start_reply.as_ref(), "start_reply");
+    let help_reply = reply(|o| o.help_reply.as_ref(), "help_reply");
+    let pick = |get: fn(&RawOptout) -> Option<&Spanned<String>>| {
+        own.and_then(|l| get(l.raw))
+            .or_else(|| global.and_then(|l| get(l.raw)))
+            .map(|v| v.get_ref().clone())
+    };
+    let webhook = pick(|o| o.webhook.as_ref());
+    let intent_phrases = own
+        .and_then(|l| l.raw.intent_phrases)
+        .or_else(|| global.and_then(|l| l.raw.intent_phrases))
+        .unwrap_or(false);
+    ok.then_some(ConsentConfig {
+        stop_reply,
+        start_reply,
+        help_reply,
+        webhook,
+        intent_phrases,
+    })
 }
 
 /// `forward_template` when none is given.
@@ -1838,13 +2214,19 @@ fn sms_route<'a>(number: &'a RawNumber, carrier_ok: bool, raw: &'a RawConfig) ->
 impl SmsRoute<'_> {
     /// Reports `key`, an action that sends an SMS, when the number cannot send one.
     fn check(&self, key: &str, at: &Span, p: &mut Problems<'_>) -> bool {
+        self.check_what(&format!("`{key}`"), at, p)
+    }
+
+    /// As [`SmsRoute::check`], for `what` as it should read in the message ("`reply`", or a
+    /// key inherited from `[optout]` with where it is written).
+    fn check_what(&self, what: &str, at: &Span, p: &mut Problems<'_>) -> bool {
         match self {
             SmsRoute::Ready | SmsRoute::Unknown => true,
             SmsRoute::NoCarrier => {
                 p.error(
                     at,
                     format!(
-                        "`{key}` sends an SMS; replies leave through the number's carrier: set `carrier`"
+                        "{what} sends an SMS; replies leave through the number's carrier: set `carrier`"
                     ),
                 );
                 false
@@ -1853,7 +2235,7 @@ impl SmsRoute<'_> {
                 p.error(
                     at,
                     format!(
-                        "`{key}` sends an SMS, but the number's carrier {name:?} binds as a receiver, which cannot send submit_sm: bind it as \"transceiver\" or give the number another carrier"
+                        "{what} sends an SMS, but the number's carrier {name:?} binds as a receiver, which cannot send submit_sm: bind it as \"transceiver\" or give the number another carrier"
                     ),
                 );
                 false
@@ -2515,6 +2897,9 @@ fn validate_keyword(
         None => None,
     };
 
+    let subscribe = validate_subscribe(rule, route, p);
+    ok &= subscribe.is_some();
+
     let actions = validate_actions(&rule.actions(), "", route, raw, p);
     let (line, col) = position(p.source, rule.keyword.span().start);
     if !ok {
@@ -2535,11 +2920,106 @@ fn validate_keyword(
         expiry_reply: rule.expiry_reply.as_ref().map(|r| r.get_ref().clone()),
         actions: actions?,
         poll,
-        subscribe: Subscribe::No,
+        subscribe: subscribe?,
         line,
         col,
     })
 }
+
+/// `subscribe = true | false | "double"` with `confirm_reply` and `confirm_within`, which only
+/// a double opt-in has (and needs: the request for a confirmation is an SMS).
+fn validate_subscribe(
+    rule: &RawKeyword,
+    route: &SmsRoute<'_>,
+    p: &mut Problems<'_>,
+) -> Option<Subscribe> {
+    // `None` for a value refused here (then the other keys are checked on their own only).
+    let kind = match rule.subscribe.as_ref().map(|s| (s.get_ref(), s.span())) {
+        None | Some((RawSubscribe::Bool(false), _)) => Some(Subscribe::No),
+        Some((RawSubscribe::Bool(true), _)) => Some(Subscribe::Single),
+        Some((RawSubscribe::Text(text), _)) if text == "double" => Some(Subscribe::Double {
+            confirm_reply: String::new(),
+            within: Duration::ZERO,
+        }),
+        Some((RawSubscribe::Text(other), at)) => {
+            p.error(
+                &at,
+                format!(
+                    "`subscribe` must be true (opt in at once), false or \"double\" (opt in after a confirmation), got {other:?}"
+                ),
+            );
+            None
+        }
+    };
+    let mut ok = kind.is_some();
+    let double = matches!(kind, Some(Subscribe::Double { .. }));
+    if let Some(reply) = &rule.confirm_reply {
+        ok &= check_template_value(reply, "confirm_reply", TEMPLATE_PLACEHOLDERS, p);
+        if double {
+            ok &= route.check("confirm_reply", &reply.span(), p);
+        }
+    }
+    if kind.is_some() && !double {
+        let only_double = [
+            (
+                "confirm_reply",
+                "asks the sender to confirm a double opt-in",
+                rule.confirm_reply.as_ref().map(|r| r.span()),
+            ),
+            (
+                "confirm_within",
+                "bounds the wait for a double opt-in confirmation",
+                rule.confirm_within.as_ref().map(|w| w.span()),
+            ),
+        ];
+        for (key, what, at) in only_double {
+            if let Some(at) = at {
+                p.error(
+                    &at,
+                    format!(
+                        "`{key}` {what}, but `subscribe` is not \"double\": set `subscribe = \"double\"` or remove `{key}`"
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    let mut within = None;
+    if double {
+        if rule.confirm_reply.is_none() {
+            let at = rule
+                .subscribe
+                .as_ref()
+                .map_or(rule.keyword.span(), |s| s.span());
+            p.error(
+                &at,
+                "`subscribe = \"double\"` asks the sender to confirm: set `confirm_reply`, e.g. \"Reply YES to confirm\"",
+            );
+            ok = false;
+        }
+        within = validate_duration(
+            rule.confirm_within.as_ref(),
+            "confirm_within",
+            DEFAULT_CONFIRM_WITHIN,
+            false,
+            p,
+        );
+        ok &= within.is_some();
+    }
+    if !ok {
+        return None;
+    }
+    Some(match (kind?, within, &rule.confirm_reply) {
+        (Subscribe::Double { .. }, Some(within), Some(reply)) => Subscribe::Double {
+            confirm_reply: reply.get_ref().clone(),
+            within,
+        },
+        (kind, _, _) => kind,
+    })
+}
+
+/// `confirm_within` when none is given.
+const DEFAULT_CONFIRM_WITHIN: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The keys of a `kind = "poll"` rule.
 fn validate_poll(rule: &RawKeyword, route: &SmsRoute<'_>, p: &mut Problems<'_>) -> Option<Poll> {
@@ -2695,6 +3175,7 @@ pub fn check_keyword_table(
         carriers: Vec::new(),
         webhooks: Vec::new(),
         numbers: Vec::new(),
+        optout: None,
         carrier_names: Names::new("carrier"),
         webhook_names: Names {
             kind: "webhook",
@@ -4111,5 +4592,159 @@ default = { webhook = "crm" }
             "{:?}",
             refusal.problems
         );
+    }
+}
+
+#[cfg(test)]
+mod optout_tests {
+    use super::*;
+
+    /// The valid consent fixture: `[optout]`, a number's own `optout` over it, extra words,
+    /// a double opt-in keyword and a subscribe keyword.
+    const OPTOUT: &str = include_str!("../tests/config/valid/optout.toml");
+
+    fn words(list: &[&str]) -> Vec<String> {
+        list.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn global_optout_and_a_numbers_own_resolve_key_by_key() {
+        let (config, warnings) = parse(OPTOUT, "t.toml", &|_| None).expect("valid");
+        assert!(warnings.is_empty(), "{warnings:?}");
+
+        let first = config.number("567678").unwrap();
+        assert_eq!(
+            first.reserved,
+            ReservedWords {
+                stop: words(&[
+                    "STOP",
+                    "STOPALL",
+                    "STOP ALL",
+                    "UNSUBSCRIBE",
+                    "CANCEL",
+                    "END",
+                    "QUIT",
+                    "ARRET",
+                    "BASTA"
+                ]),
+                start: words(&["START", "YES", "UNSTOP"]),
+                help: words(&["HELP", "INFO"]),
+            }
+        );
+        assert_eq!(
+            first.consent,
+            ConsentConfig {
+                stop_reply: Some(
+                    "You are unsubscribed from {to}. Reply START to join again.".into()
+                ),
+                start_reply: Some("Welcome back to {to}. Reply STOP to unsubscribe.".into()),
+                help_reply: Some(
+                    "{to}: reply STOP to unsubscribe. Help: support@example.net".into()
+                ),
+                webhook: Some("consent".into()),
+                intent_phrases: false,
+            }
+        );
+        assert_eq!(
+            first.keywords[0].subscribe,
+            Subscribe::Double {
+                confirm_reply: "Reply YES within 2 hours to join {to}.".into(),
+                within: Duration::from_secs(2 * 3600),
+            }
+        );
+        assert_eq!(first.keywords[1].subscribe, Subscribe::Single);
+        assert_eq!(first.keywords[2].subscribe, Subscribe::No);
+
+        // The second number replaces `help`, adds start words, keeps the global extras.
+        let second = config.number("9876543210").unwrap();
+        assert_eq!(second.reserved.help, words(&["AIDE", "AIUTO"]));
+        assert_eq!(
+            second.reserved.start,
+            words(&["START", "YES", "UNSTOP", "OUI", "SI"])
+        );
+        assert!(second.reserved.stop.contains(&"BASTA".to_string()));
+        assert_eq!(
+            second.consent.stop_reply.as_deref(),
+            Some("Vous êtes désabonné de {to}.")
+        );
+        assert_eq!(
+            second.consent.start_reply, first.consent.start_reply,
+            "inherited"
+        );
+        assert_eq!(second.consent.webhook.as_deref(), Some("crm"));
+        assert!(second.consent.intent_phrases);
+        assert_eq!(second.keywords[0].keyword, "INFO");
+    }
+
+    #[test]
+    fn without_optout_the_defaults_apply_and_double_waits_a_day() {
+        let source = r#"
+[daemon]
+data_dir = "./var"
+
+[[carrier]]
+name = "sim"
+host = "127.0.0.1"
+port = 2775
+system_id = "vmnd"
+password = "secret"
+
+[[number]]
+vmn = "567678"
+carrier = "sim"
+default = { reply = "ok" }
+
+[[number.keyword]]
+keyword = "JOIN"
+subscribe = "double"
+confirm_reply = "Reply YES"
+"#;
+        let (config, _) = parse(source, "t.toml", &|_| None).expect("valid");
+        let n = config.number("567678").unwrap();
+        assert_eq!(n.reserved, ReservedWords::default());
+        assert_eq!(n.consent, ConsentConfig::default());
+        assert_eq!(
+            n.keywords[0].subscribe,
+            Subscribe::Double {
+                confirm_reply: "Reply YES".into(),
+                within: DEFAULT_CONFIRM_WITHIN,
+            }
+        );
+    }
+
+    #[test]
+    fn runtime_keywords_meet_the_effective_lists_and_subscribe_keys() {
+        let (config, _) = parse(OPTOUT, "t.toml", &|_| None).expect("valid");
+        let number = config.number("567678").unwrap();
+        let table = |text: &str| -> toml::Table { text.parse().expect("toml") };
+        let refused = check_keyword_table(&config, number, &table("keyword = \"basta\""), &[])
+            .expect_err("an extra stop word");
+        assert!(refused.conflict, "{refused:?}");
+        assert!(
+            refused.problems[0].contains("reserved for opt-out"),
+            "{refused:?}"
+        );
+        let checked = check_keyword_table(
+            &config,
+            number,
+            &table("keyword = \"PROMO\"\nsubscribe = \"double\"\nconfirm_reply = \"Reply YES\"\nconfirm_within = \"1h\""),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            checked.rule.subscribe,
+            Subscribe::Double {
+                confirm_reply: "Reply YES".into(),
+                within: Duration::from_secs(3600),
+            }
+        );
+        let refused = check_keyword_table(
+            &config,
+            number,
+            &table("keyword = \"PROMO\"\nconfirm_within = \"1h\""),
+            &[],
+        )
+        .expect_err("not double");
+        assert!(!refused.conflict);
     }
 }

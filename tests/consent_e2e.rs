@@ -102,3 +102,100 @@ async fn repeated_stop_changes_once_and_start_lets_replies_through() {
     let contact = json(&h, &format!("/api/numbers/{VMN}/contacts?state=opted_in")).await;
     assert_eq!(contact["contacts"][0]["msisdn"], person, "{contact}");
 }
+
+/// Keywords and consent settings with confirmations, help and events.
+const WITH_REPLIES: &str = r#"
+[[number.keyword]]
+keyword = "NOW"
+reply = "Your answer now"
+webhook = "crm"
+
+[[number.keyword]]
+keyword = "JOIN"
+subscribe = "double"
+confirm_reply = "Reply YES within 1 hour to confirm"
+confirm_within = "1h"
+webhook = "crm"
+
+[[number.keyword]]
+keyword = "CLUB"
+subscribe = true
+reply = "Welcome to the club"
+webhook = "crm"
+
+[optout]
+stop_reply = "You are unsubscribed from {to}. Reply START to join again."
+start_reply = "Welcome back to {to}. Reply STOP to unsubscribe."
+help_reply = "{to}: reply STOP to unsubscribe."
+webhook = "crm"
+intent_phrases = true
+"#;
+
+fn events(h: &Harness, from: &str) -> Vec<String> {
+    common::sink_bodies(&h.sink)
+        .iter()
+        .filter(|b| b["from"] == from)
+        .map(|b| b["event"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_confirmation_per_change_help_and_events() {
+    let h = Harness::start(SmscConfig::default(), SinkMode::Ok, WITH_REPLIES).await;
+    let person = "919811110003";
+    send_and_wait(&h, person, "STOP").await;
+    send_and_wait(&h, person, "stop").await;
+    send_and_wait(&h, person, "HELP").await;
+    send_and_wait(&h, person, "now").await;
+    // STOP twice: one confirmation; HELP and NOW to an opted-out person: suppressed.
+    assert!(eventually(LONG, || h.daemon().store.queue_depth() == 0).await);
+    let stop_confirmation = "You are unsubscribed from 9876543210. Reply START to join again.";
+    assert_eq!(texts_to(&h, person), vec![stop_confirmation.to_string()]);
+    send_and_wait(&h, person, "START").await;
+    send_and_wait(&h, person, "HELP").await;
+    assert!(eventually(LONG, || texts_to(&h, person).len() == 3).await, "{:?}", texts_to(&h, person));
+    assert_eq!(
+        texts_to(&h, person)[1..],
+        [
+            "Welcome back to 9876543210. Reply STOP to unsubscribe.".to_string(),
+            "9876543210: reply STOP to unsubscribe.".to_string()
+        ]
+    );
+    // The consent webhook got one optout and one optin event, with what changed.
+    assert!(eventually(LONG, || events(&h, person).iter().filter(|e| *e != "message").count() == 2).await, "{:?}", events(&h, person));
+    let bodies = common::sink_bodies(&h.sink);
+    let optout = bodies.iter().find(|b| b["event"] == "optout" && b["from"] == person).expect("optout event");
+    assert_eq!(optout["consent"]["state"], "opted_out");
+    assert_eq!(optout["consent"]["matched"], "STOP");
+    let ledger = json(&h, &format!("/api/numbers/{VMN}/ledger?msisdn={person}")).await;
+    let first = &ledger["entries"][0];
+    assert_eq!((first["to"].as_str(), first["confirmation_sent"].as_bool()), (Some("opted_out"), Some(true)), "{ledger}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn double_opt_in_and_opt_out_in_words() {
+    let h = Harness::start(SmscConfig::default(), SinkMode::Ok, WITH_REPLIES).await;
+    let person = "919811110004";
+    send_and_wait(&h, person, "JOIN").await;
+    assert!(eventually(LONG, || texts_to(&h, person).len() == 1).await);
+    assert_eq!(texts_to(&h, person)[0], "Reply YES within 1 hour to confirm");
+    let pending = json(&h, &format!("/api/numbers/{VMN}/contacts?state=pending")).await;
+    assert_eq!(pending["contacts"][0]["msisdn"], person, "{pending}");
+    send_and_wait(&h, person, "yes").await;
+    let opted_in = json(&h, &format!("/api/numbers/{VMN}/contacts?state=opted_in")).await;
+    assert_eq!(opted_in["contacts"][0]["msisdn"], person, "{opted_in}");
+    // "don't stop" is not an opt-out; "please stop texting me" is.
+    send_and_wait(&h, person, "don't stop the music").await;
+    let still = json(&h, &format!("/api/numbers/{VMN}/contacts?state=opted_in")).await;
+    assert_eq!(still["contacts"][0]["msisdn"], person, "{still}");
+    send_and_wait(&h, person, "Please stop texting me!").await;
+    let ledger = json(&h, &format!("/api/numbers/{VMN}/ledger?msisdn={person}")).await;
+    let last = ledger["entries"].as_array().and_then(|e| e.last()).cloned().unwrap_or_default();
+    assert_eq!((last["to"].as_str(), last["matched"].as_str()), (Some("opted_out"), Some("stop texting me")), "{ledger}");
+    // A subscribe keyword opts in at once.
+    let other = "919811110005";
+    send_and_wait(&h, other, "club").await;
+    let opted_in = json(&h, &format!("/api/numbers/{VMN}/contacts?state=opted_in")).await;
+    let contacts = opted_in["contacts"].as_array().cloned().unwrap_or_default();
+    assert!(contacts.iter().any(|c| c["msisdn"] == other && c["source_keyword"] == "CLUB"), "{opted_in}");
+}

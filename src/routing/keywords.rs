@@ -578,15 +578,46 @@ impl KeywordIndexBuilder {
                 next += 1;
             }
         }
-        let edge_count = self.nodes.iter().map(|n| n.children.len()).sum();
-        let mut edges = EdgeTable::with_capacity(edge_count, seed);
+        let words = StrTable::new(self.words.iter().map(|(w, &id)| (&**w, id)), seed ^ 1);
+        let roots = StrTable::new(
+            self.roots
+                .iter()
+                .map(|(v, &root)| (&**v, ids[root as usize])),
+            seed ^ 2,
+        );
+        let edge = |child: u32, key: u64| EdgeSlot {
+            key,
+            child: ids[child as usize],
+            rule: self.nodes[child as usize].rule.map_or(NONE, |r| r.0),
+        };
+        // Edges from a number's root go in `first`, placed by the hashes of the number and the
+        // word as text (see `walk`); all others in `edges`, placed by their key.
+        let mut word_of = vec![""; self.words.len()];
+        for (w, &id) in &self.words {
+            word_of[id as usize] = w;
+        }
+        let root_edges = self
+            .roots
+            .values()
+            .map(|&r| self.nodes[r as usize].children.len());
+        let mut first = EdgeTable::with_capacity(root_edges.sum(), seed ^ 3);
+        let mut is_root = vec![false; self.nodes.len()];
+        for (vmn, &root) in &self.roots {
+            is_root[root as usize] = true;
+            for &(word, child) in &self.nodes[root as usize].children {
+                let at = first_level_hash(roots.hash(vmn), words.hash(word_of[word as usize]));
+                first.insert_at(at, edge(child, edge_key(ids[root as usize], word)));
+            }
+        }
+        let inner = self.nodes.iter().zip(&is_root).filter(|(_, r)| !**r);
+        let mut edges = EdgeTable::with_capacity(inner.map(|(n, _)| n.children.len()).sum(), seed);
         for (parent, node) in self.nodes.iter().enumerate() {
+            if is_root[parent] {
+                continue;
+            }
             for &(word, child) in &node.children {
-                edges.insert(EdgeSlot {
-                    key: edge_key(ids[parent], word),
-                    child: ids[child as usize],
-                    rule: self.nodes[child as usize].rule.map_or(NONE, |r| r.0),
-                });
+                let key = edge_key(ids[parent], word);
+                edges.insert_at(edges.hash(key), edge(child, key));
             }
         }
         // `vmnd check` asks for prefix pairs per number; they are few, so computing them now
@@ -601,14 +632,10 @@ impl KeywordIndexBuilder {
         prefix_pairs.sort_unstable();
         let max_word_len = self.words.keys().map(|w| w.len()).max().unwrap_or(0);
         KeywordIndex {
-            words: StrTable::new(self.words.iter().map(|(w, &id)| (&**w, id)), seed ^ 1),
+            words,
             max_word_len,
-            roots: StrTable::new(
-                self.roots
-                    .iter()
-                    .map(|(v, &root)| (&**v, ids[root as usize])),
-                seed ^ 2,
-            ),
+            roots,
+            first,
             edges,
             prefix_pairs: prefix_pairs.into_boxed_slice(),
             phrases: self.phrases,
@@ -643,22 +670,27 @@ fn collect_prefix_pairs(
 /// Every number's keyword phrases, for matching a message's first words. Immutable: built once
 /// per config (or keyword change), published as a snapshot, read without locks.
 ///
-/// Layout, for few cache misses at 100,000 phrases (each miss costs more than all the
-/// arithmetic of a lookup): three open-addressing tables, each probed once per step with its
-/// key stored in the slot. A match of a one-word keyword touches three cache lines: the
-/// number's slot, the word's slot and the edge's slot.
+/// Layout, for few cache misses at 100,000 phrases (a miss costs more than all the arithmetic
+/// of a lookup): open-addressing tables with the keys in their slots, each probed once per step.
 /// - `roots`: number -> its root node id.
 /// - `words`: word -> id, one table for all numbers; a message word missing here matches
 ///   nothing anywhere, without touching any trie.
-/// - `edges`: (node id, word id) -> the rule ending there, if any, and the child node id if
-///   longer phrases continue from there. A hashed edge costs the same at a number's root
-///   whether it has ten keywords or ten thousand (a shared short code).
+/// - `first`: the edges from the numbers' roots, (root id, word id) -> the rule ending there, if
+///   any, and the child node id if longer phrases continue. Placed by the hashes of the number
+///   and of the word *as text*, so the slot's address is known before `roots` and `words` have
+///   answered: the three lookups of a message's first word are independent, and their cache
+///   misses overlap instead of following one another. The ids in the slot then confirm it.
+/// - `edges`: the same for the edges below the first word, placed by (node id, word id).
+///
+/// A hashed edge costs the same at a number's root whether it has ten keywords or ten thousand
+/// (a shared short code).
 #[derive(Default)]
 pub struct KeywordIndex {
     words: StrTable,
     /// Longest interned word in bytes: a longer message word cannot match, so it is not hashed.
     max_word_len: usize,
     roots: StrTable,
+    first: EdgeTable,
     edges: EdgeTable,
     /// (root node id, shorter rule, longer rule), sorted, for [`KeywordIndex::prefix_pairs`].
     prefix_pairs: Box<[(u32, RuleId, RuleId)]>,
@@ -671,7 +703,7 @@ impl std::fmt::Debug for KeywordIndex {
             .field("phrases", &self.phrases)
             .field("numbers", &self.roots.len)
             .field("words", &self.words.len)
-            .field("edges", &self.edges.len)
+            .field("edges", &(self.first.len + self.edges.len))
             .finish()
     }
 }
@@ -680,26 +712,45 @@ impl KeywordIndex {
     /// Follows `words` down `vmn`'s trie, calling `found` for every phrase passed, shortest first.
     #[inline]
     fn walk(&self, vmn: &str, words: &[String], mut found: impl FnMut(RuleId, usize)) {
-        let Some(mut node) = self.roots.get(vmn) else {
+        let Some(first_word) = words.first() else {
             return;
         };
-        for (depth, word) in words.iter().enumerate() {
-            if word.len() > self.max_word_len {
+        if first_word.len() > self.max_word_len {
+            return;
+        }
+        let (vmn_hash, word_hash) = (self.roots.hash(vmn), self.words.hash(first_word));
+        let at = first_level_hash(vmn_hash, word_hash);
+        // Start loading the first-level slot now: its address needs only the two hashes, so its
+        // cache miss overlaps with those of the two lookups below rather than following them.
+        self.first.touch(at);
+        let root = self.roots.get_hashed(vmn, vmn_hash);
+        let word = self.words.get_hashed(first_word, word_hash);
+        let (Some(root), Some(word)) = (root, word) else {
+            return;
+        };
+        let Some(mut edge) = self.first.get_at(at, edge_key(root, word)) else {
+            return;
+        };
+        let mut depth = 1;
+        loop {
+            if edge.rule != NONE {
+                found(RuleId(edge.rule), depth);
+            }
+            let Some(word) = words.get(depth) else {
+                return;
+            };
+            if edge.child == NONE || word.len() > self.max_word_len {
                 return;
             }
             let Some(word) = self.words.get(word) else {
                 return;
             };
-            let Some(edge) = self.edges.get(edge_key(node, word)) else {
+            let key = edge_key(edge.child, word);
+            let Some(next) = self.edges.get_at(self.edges.hash(key), key) else {
                 return;
             };
-            if edge.rule != NONE {
-                found(RuleId(edge.rule), depth + 1);
-            }
-            if edge.child == NONE {
-                return;
-            }
-            node = edge.child;
+            edge = next;
+            depth += 1;
         }
     }
 
@@ -755,6 +806,7 @@ impl KeywordIndex {
     pub fn heap_bytes(&self) -> usize {
         self.words.heap_bytes()
             + self.roots.heap_bytes()
+            + self.first.heap_bytes()
             + self.edges.heap_bytes()
             + std::mem::size_of_val(&*self.prefix_pairs)
     }
@@ -792,6 +844,12 @@ fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
         h = folded_mul(h ^ u64::from_le_bytes(w), HASH_K);
     }
     folded_mul(h ^ seed.rotate_left(32), HASH_K ^ 0xA076_1D64_78BD_642F)
+}
+
+/// Where the edge for (number, word) goes in the first-level table, from their text hashes.
+#[inline]
+fn first_level_hash(vmn_hash: u64, word_hash: u64) -> u64 {
+    folded_mul(vmn_hash ^ word_hash.rotate_left(32), HASH_K)
 }
 
 /// Maps a hash onto `0..len` without a division (Lemire's "fastrange"); uses the hash's high
@@ -879,12 +937,22 @@ impl StrTable {
     }
 
     #[inline]
+    fn hash(&self, key: &str) -> u64 {
+        hash_bytes(self.seed, key.as_bytes())
+    }
+
+    #[inline]
     fn get(&self, key: &str) -> Option<u32> {
+        self.get_hashed(key, self.hash(key))
+    }
+
+    /// [`StrTable::get`] with `h == self.hash(key)` already computed.
+    #[inline]
+    fn get_hashed(&self, key: &str, h: u64) -> Option<u32> {
         if self.slots.is_empty() {
             return None;
         }
         let key = key.as_bytes();
-        let h = hash_bytes(self.seed, key);
         let mut i = slot_of(h, self.slots.len());
         loop {
             let slot = &self.slots[i];
@@ -928,7 +996,9 @@ const EMPTY_EDGE: EdgeSlot = EdgeSlot {
     rule: NONE,
 };
 
-/// A read-only open-addressing map from (node, word) to an edge, built once.
+/// A read-only open-addressing map from (node, word) to an edge, built once. Where a key goes is
+/// the caller's choice (`at`), the same at insertion and lookup: [`EdgeTable::hash`] of the key,
+/// or for the first level a hash of the texts behind it.
 #[derive(Default)]
 struct EdgeTable {
     slots: Box<[EdgeSlot]>,
@@ -951,9 +1021,9 @@ impl EdgeTable {
     }
 
     /// Inserts an edge; keys are distinct (a builder node's children have distinct words).
-    fn insert(&mut self, edge: EdgeSlot) {
+    fn insert_at(&mut self, at: u64, edge: EdgeSlot) {
         debug_assert!(self.len + 1 < self.slots.len());
-        let mut i = slot_of(self.hash(edge.key), self.slots.len());
+        let mut i = slot_of(at, self.slots.len());
         while self.slots[i].key != u64::MAX {
             i = if i + 1 == self.slots.len() { 0 } else { i + 1 };
         }
@@ -961,12 +1031,20 @@ impl EdgeTable {
         self.len += 1;
     }
 
+    /// Loads the slot where a probe from `at` starts, and discards it: a prefetch.
     #[inline]
-    fn get(&self, key: u64) -> Option<EdgeSlot> {
+    fn touch(&self, at: u64) {
+        if !self.slots.is_empty() {
+            std::hint::black_box(self.slots[slot_of(at, self.slots.len())].key);
+        }
+    }
+
+    #[inline]
+    fn get_at(&self, at: u64, key: u64) -> Option<EdgeSlot> {
         if self.slots.is_empty() {
             return None;
         }
-        let mut i = slot_of(self.hash(key), self.slots.len());
+        let mut i = slot_of(at, self.slots.len());
         loop {
             let slot = self.slots[i];
             if slot.key == key {
