@@ -6,8 +6,8 @@
 use chrono::{DateTime, Utc};
 
 use crate::clock;
-use crate::config::{self, Actions, Number};
 use crate::config::Subscribe;
+use crate::config::{self, Actions, Number};
 use crate::routing::router::{Decision, ReservedKind, Router, next_opening};
 use crate::store::consent::{ConsentChange, ConsentState};
 use crate::store::polls::{Vote, VoteOutcome};
@@ -297,8 +297,15 @@ fn reserved_word(
     let now_ms = jobs.now_ms;
     match kind {
         ReservedKind::Stop => {
-            let (previous, changed) =
-                change_consent(store, number, vars, ConsentState::OptedOut, phrase, None, None)?;
+            let (previous, changed) = change_consent(
+                store,
+                number,
+                vars,
+                ConsentState::OptedOut,
+                phrase,
+                None,
+                None,
+            )?;
             metrics::counter!("vmnd_optouts_total", "changed" => if changed { "yes" } else { "no" }).increment(1);
             if changed {
                 vars.record.consent = Some(consent_info(previous, ConsentState::OptedOut, phrase));
@@ -307,21 +314,36 @@ fn reserved_word(
                 if let Some(reply) = &number.consent.stop_reply {
                     push_sms(jobs, number, vars, reply, "optout_confirmation", now_ms);
                     if let (Some(store), Some(_)) = (store, &number.carrier) {
-                        store.set_confirmation_sent(&number.vmn, &vars.record.from, &vars.record.id)?;
+                        store.set_confirmation_sent(
+                            &number.vmn,
+                            &vars.record.from,
+                            &vars.record.id,
+                        )?;
                     }
                 }
             }
         }
         ReservedKind::Start => {
-            let (previous, changed) =
-                change_consent(store, number, vars, ConsentState::OptedIn, phrase, None, None)?;
+            let (previous, changed) = change_consent(
+                store,
+                number,
+                vars,
+                ConsentState::OptedIn,
+                phrase,
+                None,
+                None,
+            )?;
             if changed {
                 vars.record.consent = Some(consent_info(previous, ConsentState::OptedIn, phrase));
                 consent_event(jobs, number, "optin");
                 if let Some(reply) = &number.consent.start_reply {
                     push_sms(jobs, number, vars, reply, "optin_confirmation", now_ms);
                     if let (Some(store), Some(_)) = (store, &number.carrier) {
-                        store.set_confirmation_sent(&number.vmn, &vars.record.from, &vars.record.id)?;
+                        store.set_confirmation_sent(
+                            &number.vmn,
+                            &vars.record.from,
+                            &vars.record.id,
+                        )?;
                     }
                 }
             }
@@ -356,7 +378,8 @@ fn subscribe(
                 None,
             )?;
             if changed {
-                vars.record.consent = Some(consent_info(previous, ConsentState::OptedIn, &rule.keyword));
+                vars.record.consent =
+                    Some(consent_info(previous, ConsentState::OptedIn, &rule.keyword));
                 consent_event(jobs, number, "optin");
             }
         }
@@ -379,7 +402,14 @@ fn subscribe(
                     Some(&rule.keyword),
                     Some(until),
                 )?;
-                push_sms(jobs, number, vars, confirm_reply, "optin_request", jobs.now_ms);
+                push_sms(
+                    jobs,
+                    number,
+                    vars,
+                    confirm_reply,
+                    "optin_request",
+                    jobs.now_ms,
+                );
             }
         }
     }
@@ -395,11 +425,25 @@ fn consent_info(previous: ConsentState, state: ConsentState, matched: &str) -> s
 }
 
 /// Queues an SMS to the sender of the message, from the number.
-fn push_sms(jobs: &mut Jobs, number: &Number, vars: &Vars<'_>, template: &str, purpose: &str, due_ms: u64) {
+fn push_sms(
+    jobs: &mut Jobs,
+    number: &Number,
+    vars: &Vars<'_>,
+    template: &str,
+    purpose: &str,
+    due_ms: u64,
+) {
     let Some(carrier) = &number.carrier else {
         return; // validation refuses SMS actions without a carrier
     };
-    let sms = sms_job(jobs, carrier, &number.vmn, &vars.record.from, vars.render(template), purpose);
+    let sms = sms_job(
+        jobs,
+        carrier,
+        &number.vmn,
+        &vars.record.from,
+        vars.render(template),
+        purpose,
+    );
     jobs.push(String::new(), "message", due_ms, Some(sms));
 }
 

@@ -69,7 +69,21 @@ impl Daemon {
         }
         let (journal_ids_tx, journal_ids_rx) = mpsc::unbounded_channel();
         let journal = writer::spawn(store.clone(), journal_ids_tx);
-        let mut others = vec![tokio::spawn(processor.run(journal_ids_rx))];
+        // The processor does blocking sled work in bursts of up to a thousand messages: on its
+        // own thread it cannot hold up the sessions' acknowledgements or the dispatcher.
+        std::thread::Builder::new()
+            .name("vmnd-processor".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(processor.run(journal_ids_rx)),
+                    Err(e) => tracing::error!(error = %e, "cannot start the processor's runtime"),
+                }
+            })
+            .map_err(|e| format!("cannot start the processor thread: {e}"))?;
+        let mut others = Vec::new();
         others.push(tokio::spawn(dispatcher::run(
             store.clone(),
             config.clone(),

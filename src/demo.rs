@@ -200,15 +200,22 @@ pub async fn run(once: bool) -> Result<(), String> {
         );
     }
     // Replies (JOIN, VOTE) leave as submit_sm through the simulated carrier.
-    let replies_sent = smsc.wait_until(Duration::from_secs(20), |s| s.submits_received >= 2).await;
+    let replies_sent = smsc
+        .wait_until(Duration::from_secs(20), |s| s.submits_received >= 2)
+        .await;
     println!();
     for sm in smsc.submitted() {
         let text = crate::smpp::text::decode_text(sm.data_coding, &sm.short_message, false, 0).text;
-        println!("reply  {} -> {}  submit_sm: \"{}\"", sm.source.addr, sm.dest.addr, text);
+        println!(
+            "reply  {} -> {}  submit_sm: \"{}\"",
+            sm.source.addr, sm.dest.addr, text
+        );
     }
     let ok = all_acked && all_posted && replies_sent;
     if !ok {
-        println!("\nnot everything arrived in time: acked={all_acked} posted={all_posted} replies={replies_sent}");
+        println!(
+            "\nnot everything arrived in time: acked={all_acked} posted={all_posted} replies={replies_sent}"
+        );
     }
     if !once {
         println!(

@@ -120,8 +120,13 @@ fn demo_runs_its_script_end_to_end() {
     assert_eq!(stdout.matches("forwarded to crm").count(), 8, "{stdout}");
     assert!(stdout.contains("[gsm7]  \"JOIN summer\""), "{stdout}");
     assert!(
-        stdout.contains("reply  567678 -> 919812345678  submit_sm: \"Thanks 919812345678! You joined summer."),
+        stdout.contains(
+            "reply  567678 -> 919812345678  submit_sm: \"Thanks 919812345678! You joined summer."
+        ),
         "{stdout}"
     );
-    assert!(stdout.contains("Thanks, your vote a is counted"), "{stdout}");
+    assert!(
+        stdout.contains("Thanks, your vote a is counted"),
+        "{stdout}"
+    );
 }

@@ -64,7 +64,11 @@ async fn an_opt_out_cancels_a_scheduled_reply() {
         eventually(LONG, || h.daemon().store.queue_depth() == 0).await,
         "the suppressed job leaves the queue"
     );
-    assert!(texts_to(&h, person).is_empty(), "{:?}", texts_to(&h, person));
+    assert!(
+        texts_to(&h, person).is_empty(),
+        "{:?}",
+        texts_to(&h, person)
+    );
     let outbound = json(&h, "/api/outbound").await;
     let record = &outbound["outbound"][0];
     assert_eq!(record["state"], "suppressed", "{outbound}");
@@ -86,10 +90,7 @@ async fn repeated_stop_changes_once_and_start_lets_replies_through() {
     send_and_wait(&h, person, "STOP!").await;
     let ledger = json(&h, &format!("/api/numbers/{VMN}/ledger?msisdn={person}")).await;
     let entries = ledger["entries"].as_array().expect("entries").clone();
-    let changes: Vec<_> = entries
-        .iter()
-        .filter(|e| e["from"] != e["to"])
-        .collect();
+    let changes: Vec<_> = entries.iter().filter(|e| e["from"] != e["to"]).collect();
     assert_eq!(changes.len(), 1, "one change for two STOPs: {ledger}");
     assert_eq!(changes[0]["to"], "opted_out");
     assert_eq!(changes[0]["matched"], "STOP");
@@ -98,7 +99,11 @@ async fn repeated_stop_changes_once_and_start_lets_replies_through() {
     // START: opted in again, replies flow.
     send_and_wait(&h, person, "start").await;
     send_and_wait(&h, person, "now").await;
-    assert!(eventually(LONG, || texts_to(&h, person).len() == 2).await, "{:?}", texts_to(&h, person));
+    assert!(
+        eventually(LONG, || texts_to(&h, person).len() == 2).await,
+        "{:?}",
+        texts_to(&h, person)
+    );
     let contact = json(&h, &format!("/api/numbers/{VMN}/contacts?state=opted_in")).await;
     assert_eq!(contact["contacts"][0]["msisdn"], person, "{contact}");
 }
@@ -153,7 +158,11 @@ async fn one_confirmation_per_change_help_and_events() {
     assert_eq!(texts_to(&h, person), vec![stop_confirmation.to_string()]);
     send_and_wait(&h, person, "START").await;
     send_and_wait(&h, person, "HELP").await;
-    assert!(eventually(LONG, || texts_to(&h, person).len() == 3).await, "{:?}", texts_to(&h, person));
+    assert!(
+        eventually(LONG, || texts_to(&h, person).len() == 3).await,
+        "{:?}",
+        texts_to(&h, person)
+    );
     assert_eq!(
         texts_to(&h, person)[1..],
         [
@@ -162,14 +171,30 @@ async fn one_confirmation_per_change_help_and_events() {
         ]
     );
     // The consent webhook got one optout and one optin event, with what changed.
-    assert!(eventually(LONG, || events(&h, person).iter().filter(|e| *e != "message").count() == 2).await, "{:?}", events(&h, person));
+    assert!(
+        eventually(LONG, || events(&h, person)
+            .iter()
+            .filter(|e| *e != "message")
+            .count()
+            == 2)
+        .await,
+        "{:?}",
+        events(&h, person)
+    );
     let bodies = common::sink_bodies(&h.sink);
-    let optout = bodies.iter().find(|b| b["event"] == "optout" && b["from"] == person).expect("optout event");
+    let optout = bodies
+        .iter()
+        .find(|b| b["event"] == "optout" && b["from"] == person)
+        .expect("optout event");
     assert_eq!(optout["consent"]["state"], "opted_out");
     assert_eq!(optout["consent"]["matched"], "STOP");
     let ledger = json(&h, &format!("/api/numbers/{VMN}/ledger?msisdn={person}")).await;
     let first = &ledger["entries"][0];
-    assert_eq!((first["to"].as_str(), first["confirmation_sent"].as_bool()), (Some("opted_out"), Some(true)), "{ledger}");
+    assert_eq!(
+        (first["to"].as_str(), first["confirmation_sent"].as_bool()),
+        (Some("opted_out"), Some(true)),
+        "{ledger}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +203,10 @@ async fn double_opt_in_and_opt_out_in_words() {
     let person = "919811110004";
     send_and_wait(&h, person, "JOIN").await;
     assert!(eventually(LONG, || texts_to(&h, person).len() == 1).await);
-    assert_eq!(texts_to(&h, person)[0], "Reply YES within 1 hour to confirm");
+    assert_eq!(
+        texts_to(&h, person)[0],
+        "Reply YES within 1 hour to confirm"
+    );
     let pending = json(&h, &format!("/api/numbers/{VMN}/contacts?state=pending")).await;
     assert_eq!(pending["contacts"][0]["msisdn"], person, "{pending}");
     send_and_wait(&h, person, "yes").await;
@@ -190,12 +218,25 @@ async fn double_opt_in_and_opt_out_in_words() {
     assert_eq!(still["contacts"][0]["msisdn"], person, "{still}");
     send_and_wait(&h, person, "Please stop texting me!").await;
     let ledger = json(&h, &format!("/api/numbers/{VMN}/ledger?msisdn={person}")).await;
-    let last = ledger["entries"].as_array().and_then(|e| e.last()).cloned().unwrap_or_default();
-    assert_eq!((last["to"].as_str(), last["matched"].as_str()), (Some("opted_out"), Some("stop texting me")), "{ledger}");
+    let last = ledger["entries"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (last["to"].as_str(), last["matched"].as_str()),
+        (Some("opted_out"), Some("stop texting me")),
+        "{ledger}"
+    );
     // A subscribe keyword opts in at once.
     let other = "919811110005";
     send_and_wait(&h, other, "club").await;
     let opted_in = json(&h, &format!("/api/numbers/{VMN}/contacts?state=opted_in")).await;
     let contacts = opted_in["contacts"].as_array().cloned().unwrap_or_default();
-    assert!(contacts.iter().any(|c| c["msisdn"] == other && c["source_keyword"] == "CLUB"), "{opted_in}");
+    assert!(
+        contacts
+            .iter()
+            .any(|c| c["msisdn"] == other && c["source_keyword"] == "CLUB"),
+        "{opted_in}"
+    );
 }

@@ -716,7 +716,13 @@ async fn opt_out_before_a_scheduled_reply_holds_across_sigkill() {
     let person = "919812348888";
     smsc.enqueue(mo::gsm(person, "9876543210", "later"));
     smsc.enqueue(mo::gsm(person, "9876543210", "STOP"));
-    wait_for(&mut vmnd, "LATER and STOP processed", || sink.count() == 2, || format!("{:?} {}", smsc.stats(), sink.count())).await;
+    wait_for(
+        &mut vmnd,
+        "LATER and STOP processed",
+        || sink.count() == 2,
+        || format!("{:?} {}", smsc.stats(), sink.count()),
+    )
+    .await;
     vmnd.kill();
     wait_unbound(&smsc).await;
     vmnd.start();
@@ -726,5 +732,9 @@ async fn opt_out_before_a_scheduled_reply_holds_across_sigkill() {
         vmnd.assert_running();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(smsc.stats().submits_received, 0, "the reply to an opted-out person was sent");
+    assert_eq!(
+        smsc.stats().submits_received,
+        0,
+        "the reply to an opted-out person was sent"
+    );
 }

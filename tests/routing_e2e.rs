@@ -193,7 +193,11 @@ async fn several_campaigns_run_on_one_number() {
             .filter(|(_, _, q)| q.starts_with("sms:"))
             .collect::<Vec<_>>()
     };
-    assert!(eventually(LONG, || sms_jobs().len() == 1).await, "{:?}", sms_jobs());
+    assert!(
+        eventually(LONG, || sms_jobs().len() == 1).await,
+        "{:?}",
+        sms_jobs()
+    );
     assert!(
         sms_jobs()[0].0 > vmnd::clock::now_ms() + 3_600_000,
         "due at the next opening, over an hour away"
@@ -535,8 +539,20 @@ fn vmnd_route_explains_no_match_and_expired() {
         "{longest}"
     );
     // On a shared short code, a tenant sees which candidates are another tenant's.
-    let shared = route(&["--to", VMN, "--from", "919812345678", "--tenant", "globex", "join", "club"]);
-    assert!(shared.contains("(tenant acme): other tenant (acme); matched"), "{shared}");
+    let shared = route(&[
+        "--to",
+        VMN,
+        "--from",
+        "919812345678",
+        "--tenant",
+        "globex",
+        "join",
+        "club",
+    ]);
+    assert!(
+        shared.contains("(tenant acme): other tenant (acme); matched"),
+        "{shared}"
+    );
     let unrouted = route(&["--to", "111111", "--from", "919812345678", "hi"]);
     assert!(unrouted.contains("unrouted"), "{unrouted}");
 }

@@ -16,14 +16,14 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::actions;
 use crate::clock;
 use crate::config::{Config, Webhook};
-use crate::actions;
 use crate::outbound::sms_text;
-use crate::store::consent::ConsentState;
 use crate::outbound::webhook::{self, Attempt, WebhookClient};
 use crate::smpp::pdu::{self, Address, ShortMessage, status};
 use crate::smpp::session::SubmitRequest;
+use crate::store::consent::ConsentState;
 use crate::store::outbound::{OutboundRecord, OutboundSegment};
 use crate::store::queue::{DeadLetter, Job, SmsJob};
 use crate::store::{self, MessageRecord, Store};
@@ -504,7 +504,8 @@ impl AttemptTask {
         if !actions::CONSENT_EXEMPT_PURPOSES.contains(&sms.purpose.as_str())
             && self.store.consent_state(&sms.from, &sms.to)? == ConsentState::OptedOut
         {
-            metrics::counter!("vmnd_sms_suppressed_total", "purpose" => sms.purpose.clone()).increment(1);
+            metrics::counter!("vmnd_sms_suppressed_total", "purpose" => sms.purpose.clone())
+                .increment(1);
             tracing::info!(job = job.id, to = %sms.to, from = %sms.from, "SMS suppressed: the recipient opted out");
             record.state = "suppressed".to_string();
             record.error = Some(format!("{} opted out of {}", sms.to, sms.from));

@@ -618,12 +618,15 @@ impl Store {
         let (vmn, msisdn) = (normalize_address(vmn), normalize_address(msisdn));
         let ckey = contact_key(&vmn, &msisdn);
         let t = self.trees();
-        // A transaction, not a plain read-modify-write: a consent change of the same contact
-        // running at the same time must not be overwritten with the state read before it.
-        (t.contacts, t.contact_states).transaction(|(contacts, states)| {
-            let contact = match contacts.get(&ckey)? {
+        // Compare-and-swap, not a transaction: a consent change of the same contact running at
+        // the same time must not be overwritten with the state read before it, and a sled
+        // transaction (one per message here) would put every sled call in the process behind
+        // sled's global transaction lock.
+        loop {
+            let current = t.contacts.get(&ckey)?;
+            let contact = match &current {
                 Some(raw) => {
-                    let mut c: Contact = abort(decode_json(&raw))?;
+                    let mut c: Contact = decode_json(raw)?;
                     if c.first_seen_ms <= at_ms && c.last_seen_ms >= at_ms {
                         return Ok(());
                     }
@@ -631,27 +634,33 @@ impl Store {
                     c.last_seen_ms = c.last_seen_ms.max(at_ms);
                     c
                 }
-                None => {
-                    states.insert(
+                None => Contact {
+                    vmn: vmn.clone(),
+                    msisdn: msisdn.clone(),
+                    state: ConsentState::Unknown,
+                    first_seen_ms: at_ms,
+                    last_seen_ms: at_ms,
+                    source_keyword: None,
+                    attributes: BTreeMap::new(),
+                    pending_until_ms: None,
+                    updated_ms: at_ms,
+                },
+            };
+            let swapped = t.contacts.compare_and_swap(
+                ckey.as_slice(),
+                current.as_ref(),
+                Some(encode_json(&contact)),
+            )?;
+            if swapped.is_ok() {
+                if current.is_none() {
+                    t.contact_states.insert(
                         state_key(&vmn, ConsentState::Unknown, &msisdn),
                         &[] as &[u8],
                     )?;
-                    Contact {
-                        vmn: vmn.clone(),
-                        msisdn: msisdn.clone(),
-                        state: ConsentState::Unknown,
-                        first_seen_ms: at_ms,
-                        last_seen_ms: at_ms,
-                        source_keyword: None,
-                        attributes: BTreeMap::new(),
-                        pending_until_ms: None,
-                        updated_ms: at_ms,
-                    }
                 }
-            };
-            contacts.insert(ckey.as_slice(), encode_json(&contact))?;
-            Ok(())
-        })?;
+                break;
+            }
+        }
         Ok(())
     }
 

@@ -292,14 +292,18 @@ impl Store {
 
     /// Puts journal entries in memory (not yet durable: see [`Store::commit`]) and returns ids.
     pub fn journal(&self, entries: &[JournalEntry]) -> Result<Vec<u64>> {
+        // One sled id per batch, not per entry (each takes sled's id lock): the batch's entries
+        // are `base << 12 | index`, unique and increasing across restarts like the base.
+        debug_assert!(entries.len() <= 1 << 12);
+        let base = self.next_id()? << 12;
+        let mut batch = sled::Batch::default();
         let mut ids = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let id = self.next_id()?;
-            self.inner
-                .inbound
-                .insert(id.to_be_bytes(), entry.encode())?;
+        for (i, entry) in entries.iter().enumerate() {
+            let id = base | i as u64;
+            batch.insert(&id.to_be_bytes(), entry.encode());
             ids.push(id);
         }
+        self.inner.inbound.apply_batch(batch)?;
         Ok(ids)
     }
 
@@ -314,17 +318,18 @@ impl Store {
                 "commit failure injected",
             )));
         }
-        self.inner.db.flush_async().await?;
-        if self.inner.db_file.is_some() {
-            let store = self.clone();
-            tokio::task::spawn_blocking(move || match &store.inner.db_file {
-                Some(f) => f.sync_data(),
-                None => Ok(()),
-            })
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-        }
-        Ok(())
+        // One blocking call for the flush and the fsync: sled's own `flush_async` would hop
+        // through its thread pool (waking all of its threads) before our fsync hops again.
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            store.inner.db.flush()?;
+            if let Some(f) = &store.inner.db_file {
+                f.sync_data()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
     /// Makes every following commit fail (true) or work again (false). See `fail_commits`.

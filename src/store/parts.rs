@@ -179,8 +179,9 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a whole message (or receipt) and its jobs, consuming its journal entry, atomically.
-    /// `receipt_index` maps the carrier's message id to this record.
+    /// Stores a whole message (or receipt) and its jobs, consuming its journal entry (last, so
+    /// a crash in between only means processing it again). `receipt_index` maps the carrier's
+    /// message id to this record.
     pub fn finish_message(
         &self,
         journal_id: u64,
@@ -189,22 +190,10 @@ impl Store {
         receipt_index: Option<&[u8]>,
     ) -> Result<()> {
         let t = self.trees();
-        let message_value = encode_json(message);
-        let job_values: Vec<(u64, Vec<u8>)> = jobs.iter().map(|j| (j.id, encode_json(j))).collect();
-        (t.inbound, t.messages, t.jobs, t.receipts).transaction(
-            |(inbound, messages, jobs_tree, receipts)| {
-                inbound.remove(&journal_id.to_be_bytes())?;
-                messages.insert(&journal_id.to_be_bytes(), message_value.as_slice())?;
-                for (job_id, value) in &job_values {
-                    jobs_tree.insert(&job_id.to_be_bytes(), value.as_slice())?;
-                }
-                if let Some(key) = receipt_index {
-                    receipts.insert(key, &journal_id.to_be_bytes())?;
-                }
-                Ok::<(), ConflictableTransactionError<StoreError>>(())
-            },
-        )?;
-        Ok(())
+        if let Some(key) = receipt_index {
+            t.receipts.insert(key, &journal_id.to_be_bytes())?;
+        }
+        self.finish_messages(&[(journal_id, message.clone(), jobs.to_vec())])
     }
 
     /// Stores many messages and their jobs, consuming their journal entries, in one
@@ -213,24 +202,24 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
+        // Plain writes, the journal entries removed last: a crash in between leaves them in
+        // the journal and they are processed again into the same record and jobs (ids derive
+        // from the journal id). No sled transaction: in sled 0.34 each one flushes its write
+        // buffer twice, and once any has run every sled call takes a global lock.
         let t = self.trees();
-        let encoded: Vec<(u64, Vec<u8>, Vec<(u64, Vec<u8>)>)> = batch
-            .iter()
-            .map(|(id, message, jobs)| {
-                let jobs = jobs.iter().map(|j| (j.id, encode_json(j))).collect();
-                (*id, encode_json(message), jobs)
-            })
-            .collect();
-        (t.inbound, t.messages, t.jobs).transaction(|(inbound, messages, jobs_tree)| {
-            for (id, message, jobs) in &encoded {
-                inbound.remove(&id.to_be_bytes())?;
-                messages.insert(&id.to_be_bytes(), message.as_slice())?;
-                for (job_id, value) in jobs {
-                    jobs_tree.insert(&job_id.to_be_bytes(), value.as_slice())?;
-                }
+        let mut messages = sled::Batch::default();
+        let mut jobs_batch = sled::Batch::default();
+        let mut journal = sled::Batch::default();
+        for (id, message, jobs) in batch {
+            messages.insert(&id.to_be_bytes(), encode_json(message));
+            for job in jobs {
+                jobs_batch.insert(&job.id.to_be_bytes(), encode_json(job));
             }
-            Ok::<(), ConflictableTransactionError<StoreError>>(())
-        })?;
+            journal.remove(&id.to_be_bytes());
+        }
+        t.messages.apply_batch(messages)?;
+        t.jobs.apply_batch(jobs_batch)?;
+        t.inbound.apply_batch(journal)?;
         Ok(())
     }
 
