@@ -379,29 +379,3 @@ fn backoff_bounds() {
     assert_eq!(backoff_ceiling(3, ms(100), ms(500)), ms(400));
     assert_eq!(backoff(7, Duration::ZERO, max), Duration::ZERO);
 }
-
-/// Sends `request` `n` times over one keep-alive connection, each after the previous answer
-/// (a `200` with the sink's 3-byte `ok\n` body) has been read completely.
-async fn raw_keep_alive_posts(addr: std::net::SocketAddr, request: &[u8], n: usize) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
-    for _ in 0..n {
-        stream.write_all(request).await.unwrap();
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let total = end + 4 + 3;
-                if buf.len() >= total {
-                    assert!(buf.starts_with(b"HTTP/1.1 200"));
-                    buf.drain(..total);
-                    break;
-                }
-            }
-            let read = stream.read(&mut chunk).await.unwrap();
-            assert!(read > 0, "sink closed the connection");
-            buf.extend_from_slice(&chunk[..read]);
-        }
-    }
-}
