@@ -296,48 +296,27 @@ fn reserved_word(
 ) -> store::Result<()> {
     let now_ms = jobs.now_ms;
     match kind {
-        ReservedKind::Stop => {
-            let (previous, changed) = change_consent(
-                store,
-                number,
-                vars,
-                ConsentState::OptedOut,
-                phrase,
-                None,
-                None,
-            )?;
-            metrics::counter!("vmnd_optouts_total", "changed" => if changed { "yes" } else { "no" }).increment(1);
+        ReservedKind::Stop | ReservedKind::Start => {
+            let (to, event, reply, purpose) = if kind == ReservedKind::Stop {
+                let reply = &number.consent.stop_reply;
+                (
+                    ConsentState::OptedOut,
+                    "optout",
+                    reply,
+                    "optout_confirmation",
+                )
+            } else {
+                let reply = &number.consent.start_reply;
+                (ConsentState::OptedIn, "optin", reply, "optin_confirmation")
+            };
+            let (previous, changed) = change_consent(store, number, vars, to, phrase, None, None)?;
+            metrics::counter!("vmnd_consent_words_total", "event" => event, "changed" => if changed { "yes" } else { "no" }).increment(1);
             if changed {
-                vars.record.consent = Some(consent_info(previous, ConsentState::OptedOut, phrase));
-                consent_event(jobs, number, "optout");
+                vars.record.consent = Some(consent_info(previous, to, phrase));
+                consent_event(jobs, number, event);
                 // One confirmation per change: a repeated STOP changes nothing and gets none.
-                if let Some(reply) = &number.consent.stop_reply {
-                    push_sms(jobs, number, vars, reply, "optout_confirmation", now_ms);
-                    if let (Some(store), Some(_)) = (store, &number.carrier) {
-                        store.set_confirmation_sent(
-                            &number.vmn,
-                            &vars.record.from,
-                            &vars.record.id,
-                        )?;
-                    }
-                }
-            }
-        }
-        ReservedKind::Start => {
-            let (previous, changed) = change_consent(
-                store,
-                number,
-                vars,
-                ConsentState::OptedIn,
-                phrase,
-                None,
-                None,
-            )?;
-            if changed {
-                vars.record.consent = Some(consent_info(previous, ConsentState::OptedIn, phrase));
-                consent_event(jobs, number, "optin");
-                if let Some(reply) = &number.consent.start_reply {
-                    push_sms(jobs, number, vars, reply, "optin_confirmation", now_ms);
+                if let Some(reply) = reply {
+                    push_sms(jobs, number, vars, reply, purpose, now_ms);
                     if let (Some(store), Some(_)) = (store, &number.carrier) {
                         store.set_confirmation_sent(
                             &number.vmn,
