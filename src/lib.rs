@@ -14,13 +14,19 @@
 //! | [`smpp::supervisor`] | one per carrier: reconnects with backoff and jitter, publishes bind state |
 //! | [`store`] | sled behind one module: group commit, inbound journal, messages, parts, receipts |
 //! | [`store::queue`] | the durable job queue: due-time ordered, retries, dead letters |
+//! | [`store::outbound`] | SMS vmnd sent and their state; receipts correlated by carrier message id |
+//! | [`store::polls`] | poll votes, one per sender per poll |
+//! | [`store::consent`] | consent state (a compact hot tree), contacts and the consent ledger |
+//! | [`store::keywords`] | keywords added at run time through the admin API |
 //! | [`actions`] | a routing decision turned into jobs: webhook events, replies, forwards, poll votes |
 //! | [`processor`] | after the ack: receipts, reassembly, text decoding, the message record, jobs |
 //! | [`routing::keywords`] | keyword normalisation and the word-level trie index matched on the hot path |
+//! | [`routing::router`] | which rule of a number a message matches (reserved words first), and why others did not |
 //! | [`consent::intent`] | opt-out written in words ("please stop texting me"), recognised conservatively |
-//! | [`outbound::webhook`] | signed HTTP POSTs from the queue with backoff until `retry_for` |
-//! | [`admin`] | hyper server: `/healthz`, `/metrics`, `/api/messages`, `/` |
-//! | [`outbound::dispatcher`] | runs queued jobs per endpoint with concurrency limits and backoff |
+//! | [`outbound::dispatcher`] | runs queued jobs per endpoint (webhook or carrier) with limits and backoff; consent enforced at send time |
+//! | [`outbound::webhook`] | signed HTTP POSTs with a keep-alive pool |
+//! | [`outbound::sms_text`] | outbound text: GSM 03.38 or UCS2, segmentation with concatenation UDH |
+//! | [`admin`] | hyper server: health, metrics, messages, keywords, polls, outbound, contacts, ledger, route, `/` |
 //! | [`daemon`] | wires everything together for `vmnd run` and `vmnd demo` |
 //! | [`demo`] | `vmnd demo`: daemon, simulated carrier, HTTP sink, scripted messages |
 //! | [`sim`] | a carrier SMSC simulator used by tests, benches and the demo |
