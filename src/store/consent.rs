@@ -114,7 +114,7 @@ pub struct LedgerEntry {
     pub from: ConsentState,
     /// Equal to `from` when the message changed nothing (a repeated STOP).
     pub to: ConsentState,
-    /// The raw text of the message (or "import: <file line>").
+    /// The raw text of the message (or `"import: <file line>"`).
     pub text: String,
     /// The word or phrase that matched ("STOP", "please stop texting me", "JOIN").
     pub matched: String,

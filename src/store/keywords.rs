@@ -3,7 +3,7 @@
 //! that makes one invalid skips it with a warning rather than refusing to start) and merged into
 //! the routing snapshot with the config's own keywords.
 //!
-//! `keywords`: "<vmn>\0<keyword upper-cased, blanks folded>" -> the keyword table as JSON (the
+//! `keywords`: `"<vmn>\0<keyword upper-cased, blanks folded>"` -> the keyword table as JSON (the
 //! keys of `[[number.keyword]]`, `keyword` included).
 
 use super::{Result, Store, StoreError};

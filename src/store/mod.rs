@@ -8,7 +8,7 @@
 //! - `messages`: id (u64 BE) -> [`MessageRecord`] (JSON). The id is the journal id of the
 //!   message (of its first part, for a concatenated one), so reprocessing is idempotent.
 //! - `parts`:    reassembly state, see [`parts`].
-//! - `receipts`: "<carrier>\0<carrier message id>" -> message id (u64 BE) of the receipt record.
+//! - `receipts`: `"<carrier>\0<carrier message id>"` -> message id (u64 BE) of the receipt record.
 //! - `jobs`, `dead`: see [`queue`].
 //! - `outbound`, `outbound_ids`: SMS sent and their receipts, see [`outbound`].
 //! - `votes`: poll votes, see [`polls`].

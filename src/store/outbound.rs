@@ -3,7 +3,7 @@
 //! as delivery receipts come back.
 //!
 //! `outbound`:     job id (u64 BE) -> [`OutboundRecord`] (JSON)
-//! `outbound_ids`: "<carrier>\0<carrier message id>" -> job id (u64 BE), for receipts
+//! `outbound_ids`: `"<carrier>\0<carrier message id>"` -> job id (u64 BE), for receipts
 
 use serde::{Deserialize, Serialize};
 

@@ -2,7 +2,7 @@
 //! last vote counts) and reprocessing a message after a crash cannot count a vote twice.
 //! Tallies are counted from the votes when asked for.
 //!
-//! `votes`: "<vmn>\0<poll keyword>\0<sender>" -> [`Vote`] (JSON)
+//! `votes`: `"<vmn>\0<poll keyword>\0<sender>"` -> [`Vote`] (JSON)
 
 use std::collections::BTreeMap;
 
