@@ -30,6 +30,9 @@ pub struct Daemon {
     pub carriers: Arc<Vec<(String, Arc<CarrierState>)>>,
     shutdown: watch::Sender<bool>,
     supervisors: Vec<JoinHandle<()>>,
+    /// Ends once every session's journal handle is gone (the writer stops, then its channel to
+    /// the processor closes); joined at shutdown so the store is really closed afterwards.
+    processor: std::thread::JoinHandle<()>,
     others: Vec<JoinHandle<()>>,
 }
 
@@ -71,7 +74,7 @@ impl Daemon {
         let journal = writer::spawn(store.clone(), journal_ids_tx);
         // The processor does blocking sled work in bursts of up to a thousand messages: on its
         // own thread it cannot hold up the sessions' acknowledgements or the dispatcher.
-        std::thread::Builder::new()
+        let processor_thread = std::thread::Builder::new()
             .name("vmnd-processor".into())
             .spawn(move || {
                 match tokio::runtime::Builder::new_current_thread()
@@ -146,6 +149,7 @@ impl Daemon {
             carriers,
             shutdown,
             supervisors,
+            processor: processor_thread,
             others,
         })
     }
@@ -156,7 +160,16 @@ impl Daemon {
         for s in self.supervisors {
             let _ = s.await;
         }
-        // The writer and processor end when their channels close; give in-flight work a moment.
+        // With the sessions gone the writer stops, and then the processor: wait for it, so
+        // what was acknowledged is processed and the store is closed when this returns.
+        let processor = self.processor;
+        let joined = tokio::task::spawn_blocking(move || processor.join());
+        if tokio::time::timeout(std::time::Duration::from_secs(30), joined)
+            .await
+            .is_err()
+        {
+            tracing::error!("the processor did not stop within 30 s");
+        }
         if let Err(e) = self.store.commit().await {
             tracing::error!(error = %e, "final flush failed");
         }

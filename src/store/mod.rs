@@ -243,14 +243,31 @@ impl Store {
     /// `fsync`: also fsync sled's file after each flush (sled issue #1452).
     pub fn open(dir: &Path, cache_mb: u64, fsync: bool) -> Result<Store> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
-            // We flush explicitly on every group commit; the background flush only bounds the
-            // work left for the next one.
-            .flush_every_ms(Some(1000))
-            .mode(sled::Mode::HighThroughput)
-            .open()?;
+        // A process that just exited (or, in tests, a daemon just shut down in this process)
+        // may hold sled's file lock for a moment longer while its background flusher winds
+        // down: wait up to five seconds for it rather than fail the start.
+        let started = std::time::Instant::now();
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+                // We flush explicitly on every group commit; the background flush only bounds
+                // the work left for the next one.
+                .flush_every_ms(Some(1000))
+                .mode(sled::Mode::HighThroughput)
+                .open();
+            match opened {
+                // sled wraps the lock's EWOULDBLOCK in an error of its own wording.
+                Err(sled::Error::Io(e))
+                    if (e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock"))
+                        && started.elapsed() < std::time::Duration::from_secs(5) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         let db_file = if fsync {
             Some(File::open(dir.join("db"))?)
         } else {
