@@ -13,22 +13,27 @@
 //! Method:
 //! - Fill: contacts go in through `Store::apply_consents` (the same transaction as the daemon's:
 //!   hot `consent` value, contact JSON, state index, ledger entry and its indexes), 1,000 changes
-//!   per transaction. Of every 20 contacts: 12 opted in by "JOIN summer" (with keyword and
-//!   attributes), 6 opted out by STOP, 1 pending a double opt-in, 1 only seen (`touch_contact`:
-//!   a contact with no consent value). MSISDNs are `91` + 10 digits, a bijection of the contact
-//!   index (multiplication by an odd constant modulo 10^10), so insertion order is random in key
-//!   order, as real opt-outs are. Seeded: every run builds the same data.
-//! - Lookups: for each sled cache size (`caches=`, MiB; the daemon's default `cache_mb` is 32)
-//!   the store is reopened (an empty sled cache, the OS page cache as the fill left it) and
-//!   100,000 random `consent_state` calls are timed one by one with `Instant::now()` (the two
-//!   calls' own cost, ~20-40 ns, is subtracted): half hits (a random filled contact, any state),
-//!   half misses (numbers never seen). Passes: `cold` (first 100,000 after the reopen), `warm`
-//!   (the same kind of pass again), and `import` (a warm pass while another thread applies
-//!   opt-outs in batches of 32, as `POST .../contacts/import` does). Each pass is repeated
-//!   `runs=` times (default 3; quick 1) on fresh reopens and the median of each figure is shown.
-//! - Memory: VmRSS and VmHWM from /proc/self/status; the peak is reset (`clear_refs` 5) before
-//!   each reopen, so VmHWM there is that phase's own peak. The bench keeps nothing of the
-//!   contacts in memory besides the store.
+//!   per transaction, sled cache 1 GiB (only to fill faster). Of every 20 contacts: 12 opted in
+//!   by "JOIN summer" (with keyword and attributes), 6 opted out by STOP, 1 pending a double
+//!   opt-in, 1 only seen (`touch_contact`: a contact with no consent value). MSISDNs are `91` + 10
+//!   digits, a bijection of the contact index (multiplication by an odd constant modulo 10^10),
+//!   so insertion order is random in key order, as real opt-outs are. Every run builds the same
+//!   data. The directory defaults to a temporary one under `VMND_BENCH_DIR` (or the system's);
+//!   with `dir=` it is kept, marked as filled, and reused by later runs.
+//! - Lookups: for each sled cache size (`caches=`, MiB; the daemon's default `cache_mb` is 32),
+//!   `runs=` times (default 3, quick 1), a fresh process (so RSS is the store's, not the fill's
+//!   leftovers) opens the store (an empty sled cache; the OS page cache as earlier runs left it)
+//!   and times 100,000 random `consent_state` calls one by one with `Instant::now()` (the timer's
+//!   own cost, ~20-40 ns, subtracted): half hits (a random filled contact, any state), half misses
+//!   (numbers never seen). Passes: `cold` (the first 100,000 after opening), `warm` (another
+//!   100,000), `import` (lookups while another thread opts out 20,000 new contacts of another
+//!   number in transactions of 32, as `POST .../contacts/import` does, until it is done).
+//!   Then the same process builds the in-memory opt-out index (`Store::build_opt_out_index`,
+//!   timed, with the RSS it adds) and measures `Store::is_opted_out` the same way, warm and
+//!   during an import. Figures are medians over the runs.
+//! - Memory: VmRSS after each pass and VmHWM at the end, from /proc/self/status of that process.
+//! - Preempted: the measuring thread's `nonvoluntary_ctxt_switches` during the pass; on a busy
+//!   machine the tail latencies are then partly the scheduler's.
 //! - Disk: bytes allocated under the store's directory after the fill is flushed.
 
 use std::path::{Path, PathBuf};
@@ -70,6 +75,9 @@ struct Args {
     dir: Option<PathBuf>,
     caches: Vec<u64>,
     runs: usize,
+    /// Internal: this is the child process that measures one cache size.
+    measure: bool,
+    seed: u64,
 }
 
 fn args() -> Args {
@@ -78,12 +86,16 @@ fn args() -> Args {
         dir: None,
         caches: vec![32, 256, 1024],
         runs: 3,
+        measure: false,
+        seed: 42,
     };
     let mut runs = None;
     for arg in std::env::args().skip(1) {
         if arg == "quick" {
             a.contacts = 1_000_000;
             runs = runs.or(Some(1));
+        } else if arg == "measure" {
+            a.measure = true;
         } else if let Some(d) = arg.strip_prefix("dir=") {
             a.dir = Some(PathBuf::from(d));
         } else if let Some(c) = arg.strip_prefix("caches=") {
@@ -92,13 +104,14 @@ fn args() -> Args {
             runs = r.parse().ok();
         } else if let Some(n) = arg.strip_prefix("contacts=") {
             a.contacts = n.parse().unwrap_or(a.contacts);
+        } else if let Some(n) = arg.strip_prefix("seed=") {
+            a.seed = n.parse().unwrap_or(a.seed);
         }
     }
     a.runs = runs.unwrap_or(3).max(1);
     a
 }
 
-/// `VmRSS` and `VmHWM` in MiB.
 fn memory() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let field = |name: &str| {
@@ -142,11 +155,6 @@ fn machine() -> (String, String) {
         .filter(|l| l.starts_with("processor"))
         .count();
     (load, format!("{model}, {cpus} CPUs"))
-}
-
-/// Resets VmHWM to the current RSS (Linux `clear_refs` 5), so a phase's peak is its own.
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Bytes allocated on disk under `dir` (what `du` counts).
@@ -240,6 +248,7 @@ fn fill(dir: &Path, contacts: u64) -> Duration {
 }
 
 /// Latencies of one pass, in nanoseconds: all, hits, misses.
+#[derive(Default)]
 struct Pass {
     all: Vec<u64>,
     hits: Vec<u64>,
@@ -258,12 +267,16 @@ fn timer_cost() -> u64 {
     samples[samples.len() / 2]
 }
 
-fn lookups(store: &Store, contacts: u64, rng: &mut fastrand::Rng, overhead: u64) -> Pass {
-    let mut pass = Pass {
-        all: Vec::with_capacity(LOOKUPS),
-        hits: Vec::with_capacity(LOOKUPS / 2),
-        misses: Vec::with_capacity(LOOKUPS / 2),
-    };
+/// Up to `LOOKUPS` timed `consent_state` calls; stops early once `until` turns true.
+fn lookups(
+    store: &Store,
+    contacts: u64,
+    rng: &mut fastrand::Rng,
+    overhead: u64,
+    until: Option<&AtomicBool>,
+    opt_out_check: bool,
+) -> Pass {
+    let mut pass = Pass::default();
     // Addresses prepared outside the timed region: the daemon has its SMS job's `to` in hand.
     let picks: Vec<(bool, u64, String)> = (0..LOOKUPS)
         .map(|_| {
@@ -277,16 +290,28 @@ fn lookups(store: &Store, contacts: u64, rng: &mut fastrand::Rng, overhead: u64)
         })
         .collect();
     for (hit, i, who) in &picks {
-        let t = Instant::now();
-        let state = store.consent_state(VMN, who);
-        let ns = (t.elapsed().as_nanos() as u64).saturating_sub(overhead);
-        let state = state.expect("lookup");
+        if until.is_some_and(|u| u.load(Ordering::Relaxed)) {
+            break;
+        }
         let want = if *hit {
             state_of(*i).unwrap_or(ConsentState::Unknown)
         } else {
             ConsentState::Unknown
         };
-        assert_eq!(state, want, "contact {i}");
+        let ns = if opt_out_check {
+            let t = Instant::now();
+            let opted_out = store.is_opted_out(VMN, who);
+            let ns = (t.elapsed().as_nanos() as u64).saturating_sub(overhead);
+            let want = want == ConsentState::OptedOut;
+            assert_eq!(opted_out.expect("check"), want, "contact {i}");
+            ns
+        } else {
+            let t = Instant::now();
+            let state = store.consent_state(VMN, who);
+            let ns = (t.elapsed().as_nanos() as u64).saturating_sub(overhead);
+            assert_eq!(state.expect("lookup"), want, "contact {i}");
+            ns
+        };
         pass.all.push(ns);
         if *hit {
             pass.hits.push(ns);
@@ -307,23 +332,40 @@ fn percentiles(samples: &mut [u64]) -> [f64; 4] {
     [at(0.5), at(0.99), at(0.999), at(1.0)]
 }
 
-fn median(values: &mut [f64]) -> f64 {
+fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Opt-outs of new contacts in import-sized transactions until `stop`.
-fn importer(store: Store, contacts: u64, stop: Arc<AtomicBool>) -> u64 {
-    let mut n = 0u64;
-    let mut i = 2 * contacts + 1_000_000_000;
-    while !stop.load(Ordering::Relaxed) {
+/// The passes of one measuring process, in order: `consent_state` after opening (cold), again
+/// (warm), during an import; then the opt-out index is built and `is_opted_out` measured the
+/// same way.
+const PASSES: [&str; 5] = [
+    "consent_state cold",
+    "consent_state warm",
+    "consent_state import",
+    "is_opted_out",
+    "is_opted_out import",
+];
+
+/// Contacts opted out by each import pass.
+const IMPORT_ROWS: u64 = 20_000;
+/// The import goes to another number, so the measured number's data stays the same across runs.
+const IMPORT_VMN: &str = "9876543210";
+
+/// Opts out `IMPORT_ROWS` contacts of `IMPORT_VMN` in import-sized transactions, then sets
+/// `done`. Returns rows per second.
+fn importer(store: Store, first: u64, done: Arc<AtomicBool>) -> f64 {
+    let start = Instant::now();
+    let mut i = first;
+    while i < first + IMPORT_ROWS {
         let rows: Vec<(String, String)> = (i..i + IMPORT_BATCH)
             .map(|j| (msisdn(j), format!("import: {}", msisdn(j))))
             .collect();
         let changes: Vec<ConsentChange> = rows
             .iter()
             .map(|(who, text)| ConsentChange {
-                vmn: VMN,
+                vmn: IMPORT_VMN,
                 msisdn: who,
                 to: ConsentState::OptedOut,
                 at_ms: T0,
@@ -337,21 +379,96 @@ fn importer(store: Store, contacts: u64, stop: Arc<AtomicBool>) -> u64 {
             })
             .collect();
         store.apply_consents(&changes).expect("import");
-        n += IMPORT_BATCH;
         i += IMPORT_BATCH;
     }
-    n
+    done.store(true, Ordering::Relaxed);
+    IMPORT_ROWS as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The child process: opens the store with `cache` MiB, runs the passes, prints one
+/// `RESULT <json>` line per pass.
+fn measure(dir: &Path, contacts: u64, cache: u64, seed: u64) {
+    let overhead = timer_cost();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let open_start = Instant::now();
+    let store = open(dir, cache);
+    let open_ms = open_start.elapsed().as_secs_f64() * 1000.0;
+    let mut index = serde_json::Value::Null;
+    for name in PASSES {
+        let opt_out_check = name.starts_with("is_opted_out");
+        if opt_out_check && index.is_null() {
+            let rss_before = memory().0;
+            let start = Instant::now();
+            let len = store.build_opt_out_index().expect("index");
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            let grew = memory().0 - rss_before;
+            eprintln!(
+                "  cache {cache:>5} MiB: opt-out index of {len} contacts built in {ms:.0} ms, RSS +{grew:.0} MiB"
+            );
+            index = serde_json::json!({ "len": len, "ms": ms, "rss_mib": grew });
+        }
+        let preempted_before = preemptions();
+        let (mut pass, import_rate) = if name.ends_with("import") {
+            let done = Arc::new(AtomicBool::new(false));
+            let first = 3 * TEN_DIGITS / 10 + rng.u64(0..1_000_000_000);
+            let writer = {
+                let (store, done) = (store.clone(), done.clone());
+                std::thread::spawn(move || importer(store, first, done))
+            };
+            let pass = lookups(
+                &store,
+                contacts,
+                &mut rng,
+                overhead,
+                Some(&done),
+                opt_out_check,
+            );
+            (pass, writer.join().unwrap_or(f64::NAN))
+        } else {
+            (
+                lookups(&store, contacts, &mut rng, overhead, None, opt_out_check),
+                f64::NAN,
+            )
+        };
+        let preempted = preemptions() - preempted_before;
+        let n = pass.all.len();
+        let all = percentiles(&mut pass.all);
+        let hits = percentiles(&mut pass.hits);
+        let misses = percentiles(&mut pass.misses);
+        let (rss, hwm) = memory();
+        let load = machine().0;
+        eprintln!(
+            "  cache {cache:>5} MiB {name:<20}: p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.0} us over {n} lookups; RSS {rss:.0} MiB, peak {hwm:.0} MiB; opened in {open_ms:.0} ms; preempted {preempted}; load {load}",
+            all[0], all[1], all[2], all[3]
+        );
+        let line = serde_json::json!({
+            "pass": name, "all": all, "hits": hits, "misses": misses, "rss": rss, "hwm": hwm,
+            "preempted": preempted, "lookups": n, "import_rate": import_rate, "open_ms": open_ms,
+            "index": index,
+        });
+        println!("RESULT {line}");
+    }
 }
 
 fn main() {
     let a = args();
+    if a.measure {
+        let dir = a.dir.as_deref().expect("measure needs dir=");
+        for &cache in &a.caches {
+            measure(dir, a.contacts, cache, a.seed);
+        }
+        return;
+    }
     let temp;
     let dir = match &a.dir {
         Some(d) => d.clone(),
         None => {
             temp = tempfile::Builder::new()
                 .prefix("vmnd-consent-bench")
-                .tempdir_in(std::env::var_os("VMND_BENCH_DIR").unwrap_or_else(|| "/tmp".into()))
+                .tempdir_in(
+                    std::env::var_os("VMND_BENCH_DIR")
+                        .map_or_else(std::env::temp_dir, PathBuf::from),
+                )
                 .expect("tempdir");
             temp.path().to_path_buf()
         }
@@ -362,6 +479,7 @@ fn main() {
         a.contacts,
         dir.display()
     );
+    let load_start = machine().0;
     let fill_time = if marker.exists() {
         eprintln!("  reusing the filled store ({} exists)", marker.display());
         None
@@ -382,72 +500,38 @@ fn main() {
     let disk = disk_bytes(&dir);
     let (rss_after_fill, hwm_fill) = memory();
 
-    let load_start = machine().0;
-    let overhead = timer_cost();
-    let mut rng = fastrand::Rng::with_seed(42);
-    let mut results: Vec<(u64, Vec<PassFigures>)> = Vec::new();
+    let exe = std::env::current_exe().expect("own path");
+    // (cache, pass) -> one JSON object per run
+    let mut results: Vec<(u64, &str, Vec<serde_json::Value>)> = Vec::new();
     for &cache in &a.caches {
-        let mut by_pass: Vec<PassFigures> = ["cold", "warm", "import"]
-            .into_iter()
-            .map(PassFigures::new)
-            .collect();
-        for run in 0..a.runs {
-            reset_peak();
-            let open_start = Instant::now();
-            let store = open(&dir, cache);
-            let open_ms = open_start.elapsed().as_secs_f64() * 1000.0;
-            for figures in by_pass.iter_mut() {
-                let name = figures.name;
-                let preempted_before = preemptions();
-                let mut pass = if name == "import" {
-                    let stop = Arc::new(AtomicBool::new(false));
-                    let writer = {
-                        let (store, stop) = (store.clone(), stop.clone());
-                        std::thread::spawn(move || importer(store, a.contacts, stop))
-                    };
-                    // Let it get going.
-                    std::thread::sleep(Duration::from_millis(200));
-                    let started = Instant::now();
-                    let pass = lookups(&store, a.contacts, &mut rng, overhead);
-                    stop.store(true, Ordering::Relaxed);
-                    let written = writer.join().unwrap_or(0);
-                    eprintln!(
-                        "    (importer wrote {written} opt-outs, {:.0}/s during the pass)",
-                        written as f64 / started.elapsed().as_secs_f64().max(0.2)
-                    );
-                    pass
-                } else {
-                    lookups(&store, a.contacts, &mut rng, overhead)
-                };
-                let preempted = (preemptions() - preempted_before) as f64;
-                let all = percentiles(&mut pass.all);
-                let hits = percentiles(&mut pass.hits);
-                let misses = percentiles(&mut pass.misses);
-                let (rss, hwm) = memory();
-                eprintln!(
-                    "  cache {cache:>5} MiB run {run} {name:<6}: p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.0} us (hits p50/p99 {:.2}/{:.2}, misses {:.2}/{:.2}); RSS {rss:.0} MiB, peak {hwm:.0} MiB; open {open_ms:.0} ms; preempted {preempted}; load {}",
-                    machine().0,
-                    all[0],
-                    all[1],
-                    all[2],
-                    all[3],
-                    hits[0],
-                    hits[1],
-                    misses[0],
-                    misses[1],
-                );
-                figures.runs.push(RunFigures {
-                    all,
-                    hits,
-                    misses,
-                    rss,
-                    hwm,
-                    preempted,
-                });
-            }
-            drop(store);
+        for pass in PASSES {
+            results.push((cache, pass, Vec::new()));
         }
-        results.push((cache, by_pass));
+        for run in 0..a.runs {
+            let out = std::process::Command::new(&exe)
+                .arg("measure")
+                .arg(format!("dir={}", dir.display()))
+                .arg(format!("contacts={}", a.contacts))
+                .arg(format!("caches={cache}"))
+                .arg(format!("seed={}", 42 + run))
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .expect("measuring process");
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let Some(json) = line.strip_prefix("RESULT ") else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+                    continue;
+                };
+                if let Some(slot) = results
+                    .iter_mut()
+                    .find(|(c, p, _)| *c == cache && v["pass"] == *p)
+                {
+                    slot.2.push(v);
+                }
+            }
+        }
     }
 
     let (load_end, cpu) = machine();
@@ -468,60 +552,58 @@ fn main() {
         disk as f64 / a.contacts as f64
     );
     println!(
-        "`consent_state` latency in microseconds, median of {} runs (100,000 lookups each, half hits, half misses):\n",
+        "Latency of one call in microseconds, median of {} runs (fresh process each):\n",
         a.runs
     );
     println!(
-        "| cache_mb | pass | p50 | p99 | p99.9 | max | hits p50 / p99 | misses p50 / p99 | VmRSS MiB | VmHWM MiB | preempted |"
+        "| cache_mb | pass | lookups | p50 | p99 | p99.9 | max | hits p50 / p99 | misses p50 / p99 | VmRSS MiB | VmHWM MiB | preempted | import rows/s |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (cache, passes) in &results {
-        for p in passes {
-            let m = |f: &dyn Fn(&RunFigures) -> f64| {
-                let mut xs: Vec<f64> = p.runs.iter().map(f).collect();
-                median(&mut xs)
-            };
-            println!(
-                "| {cache} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} | {:.0} | {:.0} |",
-                p.name,
-                m(&|r| r.all[0]),
-                m(&|r| r.all[1]),
-                m(&|r| r.all[2]),
-                m(&|r| r.all[3]),
-                m(&|r| r.hits[0]),
-                m(&|r| r.hits[1]),
-                m(&|r| r.misses[0]),
-                m(&|r| r.misses[1]),
-                m(&|r| r.rss),
-                m(&|r| r.hwm),
-                m(&|r| r.preempted),
-            );
-        }
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (cache, pass, runs) in &results {
+        let m = |f: &dyn Fn(&serde_json::Value) -> Option<f64>| {
+            median(runs.iter().filter_map(f).collect())
+        };
+        let q = |key: &'static str, i: usize| m(&move |v| v[key][i].as_f64());
+        let f = |key: &'static str| m(&move |v| v[key].as_f64());
+        let rate = f("import_rate");
+        println!(
+            "| {cache} | {pass} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} | {:.0} | {:.0} | {:.0} | {} |",
+            f("lookups"),
+            q("all", 0),
+            q("all", 1),
+            q("all", 2),
+            q("all", 3),
+            q("hits", 0),
+            q("hits", 1),
+            q("misses", 0),
+            q("misses", 1),
+            f("rss"),
+            f("hwm"),
+            f("preempted"),
+            if rate.is_nan() {
+                "".to_string()
+            } else {
+                format!("{rate:.0}")
+            },
+        );
     }
-}
-
-/// One pass's figures in one run: percentiles (p50, p99, p99.9, max) in microseconds, MiB.
-struct RunFigures {
-    all: [f64; 4],
-    hits: [f64; 4],
-    misses: [f64; 4],
-    rss: f64,
-    hwm: f64,
-    /// Times the measuring thread was preempted during the pass.
-    preempted: f64,
-}
-
-/// One pass (`cold`, `warm`, `import`) over every run at one cache size.
-struct PassFigures {
-    name: &'static str,
-    runs: Vec<RunFigures>,
-}
-
-impl PassFigures {
-    fn new(name: &'static str) -> PassFigures {
-        PassFigures {
-            name,
-            runs: Vec::new(),
+    println!();
+    for (cache, pass, runs) in &results {
+        if *pass != "is_opted_out" {
+            continue;
         }
+        let f = |key: &'static str| {
+            median(
+                runs.iter()
+                    .filter_map(|v| v["index"][key].as_f64())
+                    .collect(),
+            )
+        };
+        println!(
+            "Opt-out index (cache_mb {cache}): {:.0} contacts, built in {:.0} ms, RSS +{:.0} MiB.",
+            f("len"),
+            f("ms"),
+            f("rss_mib")
+        );
     }
 }

@@ -44,6 +44,26 @@ impl Daemon {
         let store = Store::open(&d.data_dir, d.cache_mb, d.fsync)
             .map_err(|e| format!("cannot open the store in {}: {e}", d.data_dir.display()))?;
         let metrics = admin::metrics_handle();
+        // The outbound opt-out check answers from sled until this in-memory index is built; a
+        // scan of ten million contacts takes seconds, so it runs beside startup, not before it.
+        let index_store = store.clone();
+        std::thread::Builder::new()
+            .name("vmnd-optout-index".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                match index_store.build_opt_out_index() {
+                    Ok(len) => tracing::info!(
+                        contacts = len,
+                        ms = started.elapsed().as_millis() as u64,
+                        "opt-out index built"
+                    ),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "cannot build the opt-out index; the check keeps asking the store"
+                    ),
+                }
+            })
+            .map_err(|e| format!("cannot start the opt-out index thread: {e}"))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let (scheduler, scheduled) = Scheduler::channel();

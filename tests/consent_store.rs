@@ -421,6 +421,107 @@ fn everything_survives_a_reopen() {
     );
 }
 
+#[test]
+fn the_opt_out_check_agrees_with_the_store_before_during_and_after_its_index_is_built() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let now = vmnd::clock::now_ms();
+    let (out, in_, lapsed, asking) = (
+        "919800000001",
+        "919800000002",
+        "919800000003",
+        "919800000004",
+    );
+    store
+        .apply_consent(&sms(out, ConsentState::OptedOut, now, "STOP", "1"))
+        .expect("stop");
+    store
+        .apply_consent(&sms(in_, ConsentState::OptedIn, now, "START", "2"))
+        .expect("start");
+    // Opted out, then asked to join again: opted out once the ask lapses, not before.
+    for (who, until) in [(lapsed, now - 1), (asking, now + 3_600_000)] {
+        let id = format!("s{who}");
+        store
+            .apply_consent(&sms(who, ConsentState::OptedOut, now - 10_000, "STOP", &id))
+            .expect("stop");
+        let id = format!("j{who}");
+        let ask = ConsentChange {
+            pending_until_ms: Some(until),
+            ..sms(who, ConsentState::Pending, now - 5_000, "JOIN", &id)
+        };
+        store.apply_consent(&ask).expect("ask");
+    }
+    let expect = |store: &Store| {
+        for (who, want) in [
+            (out, true),
+            (in_, false),
+            (lapsed, true),
+            (asking, false),
+            ("919800000009", false),
+        ] {
+            assert_eq!(store.is_opted_out(VMN, who).expect("check"), want, "{who}");
+            assert!(
+                !store.is_opted_out("9876543210", who).expect("check"),
+                "{who}"
+            );
+        }
+        assert!(store.is_opted_out(VMN, "+91 98000-00001").expect("check"));
+    };
+    expect(&store);
+    assert_eq!(
+        store.build_opt_out_index().expect("build"),
+        3,
+        "out, lapsed and asking"
+    );
+    expect(&store);
+    // Changes after the build reach the index.
+    store
+        .apply_consent(&sms(out, ConsentState::OptedIn, now, "START", "3"))
+        .expect("start");
+    store
+        .apply_consent(&sms(in_, ConsentState::OptedOut, now, "STOP", "4"))
+        .expect("stop");
+    assert!(!store.is_opted_out(VMN, out).expect("check"));
+    assert!(store.is_opted_out(VMN, in_).expect("check"));
+}
+
+#[test]
+fn changes_made_while_the_index_builds_are_not_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let n = 4000u64;
+    let numbers: Vec<String> = (0..n).map(|i| format!("9198{i:08}")).collect();
+    let ids: Vec<String> = (0..n).map(|i| format!("a{i}")).collect();
+    let changes: Vec<ConsentChange> = numbers
+        .iter()
+        .zip(&ids)
+        .map(|(who, id)| sms(who, ConsentState::OptedOut, T0, "STOP", id))
+        .collect();
+    store.apply_consents(&changes).expect("fill");
+    // Every other contact opts back in while the index is being built.
+    let writer = {
+        let store = store.clone();
+        let numbers = numbers.clone();
+        std::thread::spawn(move || {
+            for (i, who) in numbers.iter().enumerate().step_by(2) {
+                let id = format!("b{i}");
+                store
+                    .apply_consent(&sms(who, ConsentState::OptedIn, T0 + 1, "START", &id))
+                    .expect("start");
+            }
+        })
+    };
+    store.build_opt_out_index().expect("build");
+    writer.join().expect("writer");
+    for (i, who) in numbers.iter().enumerate() {
+        assert_eq!(
+            store.is_opted_out(VMN, who).expect("check"),
+            i % 2 == 1,
+            "{who}"
+        );
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Through the admin API of a running daemon
 // ------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ use crate::outbound::sms_text;
 use crate::outbound::webhook::{self, Attempt, WebhookClient};
 use crate::smpp::pdu::{self, Address, ShortMessage, status};
 use crate::smpp::session::SubmitRequest;
-use crate::store::consent::ConsentState;
 use crate::store::outbound::{OutboundRecord, OutboundSegment};
 use crate::store::queue::{DeadLetter, Job, SmsJob};
 use crate::store::{self, MessageRecord, Store};
@@ -502,7 +501,7 @@ impl AttemptTask {
         // one confirmation. Checked at send time, so replies queued or scheduled before the
         // opt-out are cancelled too.
         if !actions::CONSENT_EXEMPT_PURPOSES.contains(&sms.purpose.as_str())
-            && self.store.consent_state(&sms.from, &sms.to)? == ConsentState::OptedOut
+            && self.store.is_opted_out(&sms.from, &sms.to)?
         {
             metrics::counter!("vmnd_sms_suppressed_total", "purpose" => sms.purpose.clone())
                 .increment(1);

@@ -19,6 +19,13 @@
 //!
 //! A change writes all of these in one sled transaction: a crash leaves either the whole change or
 //! none of it, so the hot tree never disagrees with the evidence.
+//!
+//! In memory, only the opt-out index ([`Store::build_opt_out_index`], [`Store::is_opted_out`]):
+//! a hash set of the `consent` keys of opted-out contacts, 8 bytes each plus the table's slack,
+//! rebuilt from the `consent` tree at startup. It exists because a sled get at ten million
+//! contacts costs 5-10 µs at the median and tens of µs at p99 on the machines measured (see
+//! BENCHMARKS.md), and waits behind every sled transaction in the process; the check every
+//! outbound SMS makes must not.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -342,6 +349,176 @@ impl Hot {
     }
 }
 
+/// What the opt-out index knows of one contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Not opted out (absent from the index).
+    Clear,
+    OptedOut,
+    /// Pending a double opt-in that falls back to opted out at its deadline: asked of sled.
+    Lapsing,
+}
+
+impl Mark {
+    fn of(hot: Hot) -> Mark {
+        match (hot.stored, hot.pending) {
+            (ConsentState::OptedOut, _) => Mark::OptedOut,
+            (_, Some((_, ConsentState::OptedOut))) => Mark::Lapsing,
+            _ => Mark::Clear,
+        }
+    }
+}
+
+/// 64-bit hash of a `consent` key. Two contacts sharing one (odds about n / 2^64 per lookup,
+/// n the opted-out contacts) would make the second look opted out: the safe direction.
+fn key_hash(key: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    // SipHash with fixed keys: stable within the process, which is all the index needs.
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(key);
+    h.finish()
+}
+
+/// The keys are already hashes: use them as they are.
+#[derive(Default, Clone, Copy)]
+struct IdentityHasher(u64);
+
+impl std::hash::Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type HashSet64 = std::collections::HashSet<u64, std::hash::BuildHasherDefault<IdentityHasher>>;
+
+/// The two sets of the index: 8 bytes (plus the table's slack) per opted-out contact, nothing
+/// for anyone else, so ten million contacts stay in sled and only the answer the outbound path
+/// needs is in memory.
+#[derive(Default)]
+struct IndexSets {
+    opted_out: HashSet64,
+    lapsing: HashSet64,
+}
+
+impl IndexSets {
+    fn set(&mut self, hash: u64, mark: Mark) {
+        match mark {
+            Mark::Clear => {
+                self.opted_out.remove(&hash);
+                self.lapsing.remove(&hash);
+            }
+            Mark::OptedOut => {
+                self.lapsing.remove(&hash);
+                self.opted_out.insert(hash);
+            }
+            Mark::Lapsing => {
+                self.opted_out.remove(&hash);
+                self.lapsing.insert(hash);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct IndexState {
+    ready: bool,
+    building: bool,
+    sets: IndexSets,
+    /// Changes committed while a build scans, applied over its result (they are final values,
+    /// so one the scan already saw is applied twice to the same effect).
+    during_build: Vec<(u64, Mark)>,
+}
+
+/// The in-memory opt-out index behind [`Store::is_opted_out`]; empty and unused until
+/// [`Store::build_opt_out_index`] runs.
+#[derive(Default)]
+pub(crate) struct OptOutIndex {
+    state: std::sync::RwLock<IndexState>,
+    /// Held by a writer from its transaction until its marks are recorded: two changes of one
+    /// contact committed in one order must reach the index in that order, not the other.
+    writers: std::sync::Mutex<()>,
+}
+
+impl OptOutIndex {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, IndexState> {
+        // A panic elsewhere while holding the lock leaves sets that are still each valid.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, IndexState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `Some(opted out)` when the index can answer alone.
+    fn lookup(&self, hash: u64) -> Option<bool> {
+        let state = self.read();
+        if !state.ready || state.sets.lapsing.contains(&hash) {
+            return None;
+        }
+        Some(state.sets.opted_out.contains(&hash))
+    }
+
+    /// Called after each committed change.
+    fn record(&self, marks: impl Iterator<Item = (u64, Mark)>) {
+        let mut marks = marks.peekable();
+        if marks.peek().is_none() {
+            return;
+        }
+        let mut state = self.write();
+        if state.building {
+            state.during_build.extend(marks);
+        } else if state.ready {
+            for (hash, mark) in marks {
+                state.sets.set(hash, mark);
+            }
+        }
+    }
+
+    fn begin_build(&self) -> bool {
+        let mut state = self.write();
+        if state.ready || state.building {
+            return false;
+        }
+        state.building = true;
+        true
+    }
+
+    fn abandon_build(&self) {
+        let mut state = self.write();
+        state.building = false;
+        state.during_build = Vec::new();
+    }
+
+    fn finish_build(&self, mut built: IndexSets) -> usize {
+        let mut state = self.write();
+        for (hash, mark) in std::mem::take(&mut state.during_build) {
+            built.set(hash, mark);
+        }
+        state.sets = built;
+        state.building = false;
+        state.ready = true;
+        state.sets.opted_out.len() + state.sets.lapsing.len()
+    }
+
+    /// Serialises consent writers (see `writers`).
+    fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        let state = self.read();
+        state.sets.opted_out.len() + state.sets.lapsing.len()
+    }
+}
+
 /// The trees one change touches, inside a transaction.
 struct Tx<'a> {
     consent: &'a TransactionalTree,
@@ -364,14 +541,18 @@ fn apply_in(
     vmn: &str,
     msisdn: &str,
     ledger_id: u64,
-) -> TxResult<(ConsentState, bool)> {
+) -> TxResult<Applied> {
     // The same message again (reprocessed after a crash): answer as the first time, add nothing.
     if let Some(message_id) = change.message_id {
         if let Some(raw) = tx.ledger_index.get(message_key(vmn, msisdn, message_id))? {
             let id = abort(key_u64(&raw))?;
             if let Some(raw) = tx.ledger.get(id.to_be_bytes())? {
                 let entry: LedgerEntry = abort(decode_json(&raw))?;
-                return Ok((entry.from, entry.from != entry.to));
+                return Ok(Applied {
+                    previous: entry.from,
+                    changed: entry.from != entry.to,
+                    hot: None,
+                });
             }
         }
     }
@@ -442,9 +623,9 @@ fn apply_in(
     };
     if let Some(new_hot) = new_hot {
         if new_hot.stored == ConsentState::Unknown {
-            tx.consent.remove(hkey)?;
+            tx.consent.remove(hkey.as_slice())?;
         } else {
-            tx.consent.insert(hkey, new_hot.encode())?;
+            tx.consent.insert(hkey.as_slice(), new_hot.encode())?;
         }
     }
     if indexed != Some(contact.state) {
@@ -480,7 +661,19 @@ fn apply_in(
         tx.ledger_index
             .insert(message_key(vmn, msisdn, message_id), &id)?;
     }
-    Ok((previous, changed))
+    Ok(Applied {
+        previous,
+        changed,
+        hot: new_hot.map(|h| (hkey, h)),
+    })
+}
+
+/// What [`apply_in`] did: the caller's answer, and the `consent` value it wrote (for the
+/// opt-out index, updated once the transaction has committed).
+struct Applied {
+    previous: ConsentState,
+    changed: bool,
+    hot: Option<(Vec<u8>, Hot)>,
 }
 
 /// Keys of `tree` that start with `prefix` and sort after `prefix ++ after` (all of them when
@@ -563,6 +756,7 @@ impl Store {
             })
             .collect::<Result<_>>()?;
         let t = self.trees();
+        let _writer = self.inner.opt_out_index.writer();
         let outcome = (
             t.consent,
             t.contacts,
@@ -584,7 +778,73 @@ impl Store {
                     .map(|(change, (vmn, msisdn, id))| apply_in(&tx, change, vmn, msisdn, *id))
                     .collect::<TxResult<Vec<_>>>()
             })?;
-        Ok(outcome)
+        self.inner.opt_out_index.record(
+            outcome
+                .iter()
+                .filter_map(|a| a.hot.as_ref())
+                .map(|(key, hot)| (key_hash(key), Mark::of(*hot))),
+        );
+        Ok(outcome
+            .into_iter()
+            .map(|a| (a.previous, a.changed))
+            .collect())
+    }
+
+    /// The enforcement check of the outbound path: is this person opted out of this number
+    /// now? Answered from the in-memory opt-out index once [`Store::build_opt_out_index`] has
+    /// run (a hash lookup, no sled call), from the `consent` tree before that, and from the tree
+    /// for the few contacts whose pending double opt-in falls back to opted out. An error means
+    /// "cannot tell": do not send.
+    pub fn is_opted_out(&self, vmn: &str, msisdn: &str) -> Result<bool> {
+        let mut key = [0u8; 2 * MAX_PACKED_BYTES];
+        let owned;
+        let key = match pack_digits(vmn, &mut key)
+            .and_then(|n| Some(n + pack_digits(msisdn, &mut key[n..])?))
+        {
+            Some(len) => &key[..len],
+            None => {
+                owned = hot_key(vmn, msisdn);
+                owned.as_slice()
+            }
+        };
+        if let Some(answer) = self.inner.opt_out_index.lookup(key_hash(key)) {
+            return Ok(answer);
+        }
+        let raw = self.trees().consent.get(key)?;
+        let hot = Hot::decode(raw.as_deref())?;
+        Ok(match hot.pending {
+            Some(_) => hot.effective(crate::clock::now_ms()),
+            None => hot.stored,
+        } == ConsentState::OptedOut)
+    }
+
+    /// Builds the in-memory opt-out index [`Store::is_opted_out`] answers from: one scan of the
+    /// `consent` tree (seconds at ten million contacts: run it on a blocking thread at
+    /// startup). Changes made during the scan are applied once it ends. Returns how many
+    /// contacts it holds. Calling it again once built does nothing.
+    pub fn build_opt_out_index(&self) -> Result<usize> {
+        let index = &self.inner.opt_out_index;
+        if !index.begin_build() {
+            return Ok(index.len());
+        }
+        let mut built = IndexSets::default();
+        for kv in self.trees().consent.iter() {
+            let (key, value) = match kv {
+                Ok(kv) => kv,
+                Err(e) => {
+                    index.abandon_build();
+                    return Err(e.into());
+                }
+            };
+            match Hot::decode(Some(&value)) {
+                Ok(hot) => built.set(key_hash(&key), Mark::of(hot)),
+                Err(e) => {
+                    index.abandon_build();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(index.finish_build(built))
     }
 
     /// Marks the ledger entry of `message_id` as having had its confirmation sent (called when
@@ -729,48 +989,49 @@ impl Store {
             }
             return Ok(out);
         };
-        // Contacts filed under `state`, and pending ones whose ask lapsed back to it: two
-        // sorted runs of at most `limit` each, merged.
-        let prefix = state_prefix(&vmn, state);
-        let mut msisdns: Vec<Vec<u8>> = Vec::new();
-        for key in keys_after(t.contact_states, &prefix, after) {
-            if msisdns.len() >= limit {
-                break;
-            }
-            let key = key?;
-            let msisdn = &key[prefix.len()..];
-            if state == ConsentState::Pending {
-                let msisdn = String::from_utf8_lossy(msisdn);
-                if self.consent_state_at(&vmn, &msisdn, now_ms)? != ConsentState::Pending {
-                    continue;
-                }
-            }
-            msisdns.push(msisdn.to_vec());
-        }
+        // Contacts filed under `state`, and (for any other state) pending ones whose ask lapsed
+        // back to it: two sorted runs of the state index, merged as they are read. Each
+        // candidate is checked against its record, so an index entry left behind by a race
+        // (a first touch and a first change of one contact at once) is skipped, not listed.
+        let own = state_prefix(&vmn, state);
+        let pending = state_prefix(&vmn, ConsentState::Pending);
+        let mut runs = vec![keys_after(t.contact_states, &own, after).peekable()];
+        let mut prefixes = vec![own.len()];
         if state != ConsentState::Pending {
-            let pending = state_prefix(&vmn, ConsentState::Pending);
-            let mut lapsed = 0;
-            for key in keys_after(t.contact_states, &pending, after) {
-                if lapsed >= limit {
-                    break;
-                }
-                let key = key?;
-                let msisdn = &key[pending.len()..];
-                let text = String::from_utf8_lossy(msisdn);
-                if self.consent_state_at(&vmn, &text, now_ms)? == state {
-                    msisdns.push(msisdn.to_vec());
-                    lapsed += 1;
+            runs.push(keys_after(t.contact_states, &pending, after).peekable());
+            prefixes.push(pending.len());
+        }
+        let mut out = Vec::new();
+        while out.len() < limit {
+            // The run whose next msisdn sorts first.
+            let mut best: Option<(usize, Vec<u8>)> = None;
+            for (i, run) in runs.iter_mut().enumerate() {
+                let msisdn = match run.peek() {
+                    None => continue,
+                    Some(Err(_)) => {
+                        return Err(run
+                            .next()
+                            .and_then(|r| r.err())
+                            .unwrap_or_else(|| StoreError::Corrupt("index scan".into())));
+                    }
+                    Some(Ok(key)) => key.get(prefixes[i]..).unwrap_or_default().to_vec(),
+                };
+                if best.as_ref().is_none_or(|(_, b)| msisdn < *b) {
+                    best = Some((i, msisdn));
                 }
             }
-            msisdns.sort();
-            msisdns.truncate(limit);
-        }
-        let mut out = Vec::with_capacity(msisdns.len());
-        for msisdn in msisdns {
+            let Some((i, msisdn)) = best else {
+                break;
+            };
+            runs[i].next();
             let mut key = address_key(&vmn);
             key.extend_from_slice(&msisdn);
-            if let Some(raw) = t.contacts.get(key)? {
-                out.push(self.settle(decode_json(&raw)?, now_ms)?);
+            let Some(raw) = t.contacts.get(key)? else {
+                continue;
+            };
+            let contact = self.settle(decode_json(&raw)?, now_ms)?;
+            if contact.state == state {
+                out.push(contact);
             }
         }
         Ok(out)

@@ -236,6 +236,8 @@ struct Inner {
     /// When set, every commit fails: lets tests (and a drill on a staging box) prove that a
     /// failing store answers ESME_RX_T_APPN instead of acknowledging.
     fail_commits: std::sync::atomic::AtomicBool,
+    /// Who is opted out, in memory for the outbound check: see [`consent`].
+    opt_out_index: consent::OptOutIndex,
 }
 
 impl Store {
@@ -294,6 +296,7 @@ impl Store {
                 db_file,
                 dir: dir.to_path_buf(),
                 fail_commits: std::sync::atomic::AtomicBool::new(false),
+                opt_out_index: Default::default(),
             }),
         })
     }
