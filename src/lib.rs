@@ -49,3 +49,10 @@ pub mod routing;
 pub mod sim;
 pub mod smpp;
 pub mod store;
+
+/// mimalloc for every binary that links vmnd (the daemon, the tests, the benches). sled copies
+/// a node on each write and frees the old one; under glibc's allocator that churn was 40% of
+/// the CPU of a consent fill and fragmented RSS to gigabytes at millions of contacts (see
+/// BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
