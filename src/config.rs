@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, NaiveTime};
 use serde::Deserialize;
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::DeserializeOwned;
 use serde_spanned::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
@@ -39,7 +39,59 @@ pub struct Config {
     pub carriers: Vec<Carrier>,
     pub webhooks: Vec<Webhook>,
     pub numbers: Vec<Number>,
+    /// `[smtp]`: e-mail forwards and replies by e-mail; `None` when the section is absent (then
+    /// no rule may have `email`).
+    pub smtp: Option<Smtp>,
 }
+
+/// `tls = "none" | "starttls" | "tls"` of `[smtp]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain SMTP: only sensible to a relay on the same host or network.
+    None,
+    /// Plain connection upgraded with STARTTLS, which is required (never falls back to plain).
+    StartTls,
+    /// TLS from the first byte (SMTPS, usually port 465).
+    Tls,
+}
+
+/// `[smtp]`: where e-mail forwards are sent, and where replies to them come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Smtp {
+    /// The relay: an IP address or a host name.
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    /// `username` with `password` / `password_env`: SMTP AUTH; `None` sends without auth.
+    pub credentials: Option<(String, String)>,
+    /// `from`: the envelope sender and `From:` of every forward (an address, optionally with a
+    /// display name: `"vmnd <vmnd@example.net>"`).
+    pub from: String,
+    /// `reply_domain`: the `Reply-To` of a forward is `reply+<token>@reply_domain`; the
+    /// operator's MTA hands mail for this domain to `lmtp_listen`.
+    pub reply_domain: String,
+    /// `lmtp_listen`: a loopback socket address (LMTP has no authentication of its own).
+    pub lmtp_listen: SocketAddr,
+    /// Per-connection timeout to the relay (`timeout`, default "30s").
+    pub timeout: Duration,
+    /// Retry a forward this long, then dead-letter it (`retry_for`, default "24h").
+    pub retry_for: Duration,
+    /// How long a reply token stays valid after its forward was sent (`reply_token_ttl`,
+    /// default "30d").
+    pub reply_token_ttl: Duration,
+    /// `subject` template, default [`DEFAULT_EMAIL_SUBJECT`].
+    pub subject: String,
+    /// `body` template, default [`DEFAULT_EMAIL_BODY`].
+    pub body: String,
+    /// Forwards in flight at once (`concurrency`, default 4).
+    pub concurrency: usize,
+}
+
+/// The default `[smtp] subject`.
+pub const DEFAULT_EMAIL_SUBJECT: &str = "SMS from {from} to {to}";
+
+/// The default `[smtp] body`.
+pub const DEFAULT_EMAIL_BODY: &str = "{text}\n\n--\nSMS from {from} to {to} (keyword: {keyword}, inbox: {inbox}), received {date}.\nReply to this e-mail to answer by SMS.\n";
 
 /// `[daemon]`
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +237,9 @@ pub struct Actions {
     pub forward_to: Vec<String>,
     /// `forward_template`, default "{from}: {text}".
     pub forward_template: String,
+    /// `email = ["leads@acme.example", ...]`: each message is forwarded by e-mail to these
+    /// addresses (one e-mail, all of them as recipients); replies from them come back as SMS.
+    pub email: Vec<String>,
 }
 
 /// A daily window in a time zone. `start > end` wraps midnight ("22:00-06:00 Europe/Paris").
@@ -663,6 +718,27 @@ struct RawWebhook {
     concurrency: Option<Spanned<i64>>,
 }
 
+/// `[smtp]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: Spanned<String>,
+    port: Spanned<i64>,
+    tls: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    from: Spanned<String>,
+    reply_domain: Spanned<String>,
+    lmtp_listen: Spanned<String>,
+    timeout: Option<Spanned<String>>,
+    retry_for: Option<Spanned<String>>,
+    reply_token_ttl: Option<Spanned<String>>,
+    subject: Option<Spanned<String>>,
+    body: Option<Spanned<String>>,
+    concurrency: Option<Spanned<i64>>,
+}
+
 /// One `[[number]]` as written (its `[[number.keyword]]` rules are taken out before this and
 /// read one by one, see [`RawNumberEntry`]).
 #[derive(Deserialize)]
@@ -737,8 +813,7 @@ struct RawDefault {
     reply_window: Option<Spanned<String>>,
     forward_to: Option<Spanned<Vec<Spanned<String>>>>,
     forward_template: Option<Spanned<String>>,
-    // Any shape: it is refused by name (not implemented yet), not for its type.
-    email: Option<Spanned<IgnoredAny>>,
+    email: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// One `[[number.keyword]]` as written.
@@ -758,7 +833,7 @@ struct RawKeyword {
     reply_window: Option<Spanned<String>>,
     forward_to: Option<Spanned<Vec<Spanned<String>>>>,
     forward_template: Option<Spanned<String>>,
-    email: Option<Spanned<IgnoredAny>>,
+    email: Option<Spanned<Vec<Spanned<String>>>>,
     kind: Option<Spanned<String>>,
     options: Option<Spanned<Vec<Spanned<String>>>>,
     vote: Option<Spanned<String>>,
@@ -776,7 +851,7 @@ struct RawActions<'a> {
     reply_window: Option<&'a Spanned<String>>,
     forward_to: Option<&'a Spanned<Vec<Spanned<String>>>>,
     forward_template: Option<&'a Spanned<String>>,
-    email: Option<&'a Spanned<IgnoredAny>>,
+    email: Option<&'a Spanned<Vec<Spanned<String>>>>,
 }
 
 impl RawDefault {
@@ -930,6 +1005,11 @@ struct RawConfig {
     numbers: Vec<RawNumberEntry>,
     /// `[optout]`; `Some(None)` when it was there but could not be read (already reported).
     optout: Option<Option<RawOptout>>,
+    /// `[smtp]`; `Some(None)` when it was there but could not be read (already reported).
+    smtp: Option<Option<RawSmtp>>,
+    /// Whether `email` actions have somewhere to go: `[smtp]` is written (even if it has a
+    /// mistake of its own, so that `email` is not reported a second time).
+    smtp_defined: bool,
     carrier_names: Names,
     webhook_names: Names,
 }
@@ -943,20 +1023,8 @@ struct RawNumberEntry {
     keywords: Vec<RawKeyword>,
 }
 
-/// Sections that later work brings; until then they are refused by name, with a reason,
-/// rather than as an unknown key (the operator copied them from the design, not mistyped them).
-fn not_implemented(section: &str) -> Option<String> {
-    const NOT_YET: &str = "is not implemented in this version of vmnd";
-    Some(match section {
-        "smtp" => {
-            format!("[smtp] (e-mail forwards and replies by e-mail) {NOT_YET}; remove the section")
-        }
-        _ => return None,
-    })
-}
-
-/// Splits the document into its sections and deserializes each; reports wrong shapes, unknown
-/// sections and sections not implemented yet.
+/// Splits the document into its sections and deserializes each; reports wrong shapes and
+/// unknown sections.
 fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
     let mut raw = RawConfig {
         daemon: None,
@@ -964,6 +1032,8 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
         webhooks: Vec::new(),
         numbers: Vec::new(),
         optout: None,
+        smtp: None,
+        smtp_defined: false,
         carrier_names: Names::new("carrier"),
         webhook_names: Names::new("webhook"),
     };
@@ -1003,6 +1073,12 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
                         .and_then(|v| shape::<RawOptout>(v, "[optout]", p)),
                 );
             }
+            "smtp" => {
+                raw.smtp_defined = true;
+                raw.smtp = Some(
+                    expect_table(value, "smtp", p).and_then(|v| shape::<RawSmtp>(v, "[smtp]", p)),
+                );
+            }
             "number" => {
                 for mut element in expect_array_of_tables(value, "number", p) {
                     let keywords = take_keywords(&mut element, p);
@@ -1011,9 +1087,7 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
                 }
             }
             other => {
-                if let Some(message) = not_implemented(other) {
-                    p.error(&key_span, message);
-                } else if DAEMON_KEYS.contains(&other) {
+                if DAEMON_KEYS.contains(&other) {
                     p.error(
                         &key_span,
                         format!("`{other}` belongs in [daemon]; put it below the [daemon] header"),
@@ -1022,7 +1096,7 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
                     p.error(
                         &key_span,
                         format!(
-                            "unknown section `{other}`; expected [daemon], [[carrier]], [[webhook]], [[number]] or [optout]"
+                            "unknown section `{other}`; expected [daemon], [[carrier]], [[webhook]], [[number]], [optout] or [smtp]"
                         ),
                     );
                 }
@@ -1172,12 +1246,19 @@ fn validate_config(
         .map(|(_, w)| validate_webhook(w, env, p))
         .collect();
     let numbers = validate_numbers(&raw, p);
+    let smtp = match &raw.smtp {
+        None => Some(None),
+        Some(Some(s)) => validate_smtp(s, env, p).map(Some),
+        // Present but malformed: already reported.
+        Some(None) => None,
+    };
 
     Some(Config {
         daemon: daemon?,
         carriers: carriers.into_iter().collect::<Option<_>>()?,
         webhooks: webhooks.into_iter().collect::<Option<_>>()?,
         numbers: numbers.into_iter().collect::<Option<_>>()?,
+        smtp: smtp?,
     })
 }
 
@@ -1768,6 +1849,203 @@ fn validate_webhook(
     })
 }
 
+/// An e-mail address as configured (`email = [...]`): a bare `user@domain`, checked by lettre's
+/// parser (the one that sends it), returned trimmed.
+pub fn normalize_email_address(text: &str) -> Result<String, String> {
+    let trimmed = text.trim();
+    if trimmed.contains(['<', '>']) {
+        return Err(format!(
+            "{text:?}: write the bare address (user@domain), without a display name or <>"
+        ));
+    }
+    match trimmed.parse::<lettre::Address>() {
+        Ok(address) => Ok(address.to_string()),
+        Err(e) => Err(format!("{text:?} is not an e-mail address ({e})")),
+    }
+}
+
+/// A DNS domain for `reply_domain`: letters, digits and '-' in dot-separated labels of 1 to 63
+/// characters, at most 253 in all.
+fn check_domain(domain: &str) -> Result<(), String> {
+    let ok = !domain.is_empty()
+        && domain.len() <= 253
+        && domain.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{domain:?} is not a domain name such as \"reply.example.net\""
+        ))
+    }
+}
+
+/// Checks `[smtp]` and resolves its defaults and password.
+fn validate_smtp(
+    raw: &RawSmtp,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems<'_>,
+) -> Option<Smtp> {
+    let host = validate_host(&raw.host, p);
+    let port = validate_integer(Some(&raw.port), "port", 0, 1..=65535, p);
+    let tls = match &raw.tls {
+        None => Some(SmtpTls::None),
+        Some(t) => match t.get_ref().as_str() {
+            "none" => Some(SmtpTls::None),
+            "starttls" => Some(SmtpTls::StartTls),
+            "tls" => Some(SmtpTls::Tls),
+            other => {
+                p.error(
+                    &t.span(),
+                    format!("`tls` must be \"none\", \"starttls\" or \"tls\", got {other:?}"),
+                );
+                None
+            }
+        },
+    };
+    let password = validate_secret(
+        raw.password.as_ref(),
+        raw.password_env.as_ref(),
+        "password",
+        env,
+        p,
+    );
+    let credentials = match (&raw.username, password) {
+        (None, Some(None)) => Some(None),
+        (Some(user), Some(None)) => {
+            p.error(
+                &user.span(),
+                "`username` needs `password` or `password_env` (SMTP AUTH sends both)",
+            );
+            None
+        }
+        (None, Some(Some(secret))) => {
+            p.error(
+                &secret.at,
+                format!(
+                    "{} is given without `username`: add `username` or remove it",
+                    secret.origin("password")
+                ),
+            );
+            None
+        }
+        (Some(user), Some(Some(secret))) => {
+            if user.get_ref().trim().is_empty() {
+                p.error(&user.span(), "`username` must not be empty");
+                None
+            } else {
+                Some(Some((user.get_ref().clone(), secret.value)))
+            }
+        }
+        (_, None) => None,
+    };
+    let from = match raw.from.get_ref().parse::<lettre::message::Mailbox>() {
+        Ok(mailbox) => Some(mailbox.to_string()),
+        Err(e) => {
+            p.error(
+                &raw.from.span(),
+                format!(
+                    "`from` {:?} is not an e-mail address such as \"vmnd@example.net\" or \"vmnd <vmnd@example.net>\" ({e})",
+                    raw.from.get_ref()
+                ),
+            );
+            None
+        }
+    };
+    let reply_domain = {
+        let domain = raw.reply_domain.get_ref().trim().to_ascii_lowercase();
+        match check_domain(&domain) {
+            Ok(()) => Some(domain),
+            Err(message) => {
+                p.error(
+                    &raw.reply_domain.span(),
+                    format!("`reply_domain`: {message}"),
+                );
+                None
+            }
+        }
+    };
+    let lmtp_listen = match raw.lmtp_listen.get_ref().parse::<SocketAddr>() {
+        Ok(addr) if addr.ip().is_loopback() => Some(addr),
+        Ok(addr) => {
+            p.error(
+                &raw.lmtp_listen.span(),
+                format!(
+                    "`lmtp_listen` {addr} is not a loopback address: LMTP has no authentication, so the operator's MTA must hand mail over on this host (e.g. \"127.0.0.1:2424\")"
+                ),
+            );
+            None
+        }
+        Err(_) => {
+            p.error(
+                &raw.lmtp_listen.span(),
+                format!(
+                    "`lmtp_listen` {:?} is not a socket address such as \"127.0.0.1:2424\"",
+                    raw.lmtp_listen.get_ref()
+                ),
+            );
+            None
+        }
+    };
+    let timeout = validate_duration(
+        raw.timeout.as_ref(),
+        "timeout",
+        Duration::from_secs(30),
+        false,
+        p,
+    );
+    let retry_for = validate_duration(
+        raw.retry_for.as_ref(),
+        "retry_for",
+        Duration::from_secs(86_400),
+        // Zero is meaningful: one attempt, then the dead-letter list.
+        true,
+        p,
+    );
+    let reply_token_ttl = validate_duration(
+        raw.reply_token_ttl.as_ref(),
+        "reply_token_ttl",
+        Duration::from_secs(30 * 86_400),
+        false,
+        p,
+    );
+    let mut templates_ok = true;
+    let mut template = |value: &Option<Spanned<String>>, key: &str, default: &str| match value {
+        None => default.to_string(),
+        Some(t) => {
+            templates_ok &= check_template_value(t, key, TEMPLATE_PLACEHOLDERS, p);
+            t.get_ref().clone()
+        }
+    };
+    let subject = template(&raw.subject, "subject", DEFAULT_EMAIL_SUBJECT);
+    let body = template(&raw.body, "body", DEFAULT_EMAIL_BODY);
+    let concurrency = validate_integer(raw.concurrency.as_ref(), "concurrency", 4, 1..=256, p);
+    if !templates_ok {
+        return None;
+    }
+    Some(Smtp {
+        host: host?,
+        port: u16::try_from(port?).ok()?,
+        tls: tls?,
+        credentials: credentials?,
+        from: from?,
+        reply_domain: reply_domain?,
+        lmtp_listen: lmtp_listen?,
+        timeout: timeout?,
+        retry_for: retry_for?,
+        reply_token_ttl: reply_token_ttl?,
+        subject,
+        body,
+        concurrency: usize::try_from(concurrency?).ok()?,
+    })
+}
+
 /// Checks every `[[number]]`: the VMN, uniqueness after normalisation, the carrier and webhooks
 /// it names, its `default` actions and its keyword rules.
 fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>> {
@@ -1831,7 +2109,6 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
         };
         let default_acts = number.default.as_ref().is_some_and(|d| {
             let d = d.get_ref();
-            // `email` is refused above: counting it here spares a second, misleading message.
             d.webhook.is_some() || d.reply.is_some() || d.forward_to.is_some() || d.email.is_some()
         });
         if !default_acts {
@@ -2370,15 +2647,45 @@ fn validate_actions(
         }
     };
 
-    if let Some(email) = a.email {
-        p.error(
-            &email.span(),
-            format!(
-                "`{}`: e-mail forwarding is not implemented in this version (it arrives with the forwarding work); remove it",
-                key("email")
-            ),
-        );
-        ok = false;
+    let mut email: Vec<String> = Vec::new();
+    if let Some(list) = a.email {
+        if !raw.smtp_defined {
+            p.error(
+                &list.span(),
+                format!(
+                    "`{}` forwards by e-mail, but there is no [smtp] section: add one (host, port, from, reply_domain, lmtp_listen) or remove `{}`",
+                    key("email"),
+                    key("email")
+                ),
+            );
+            ok = false;
+        }
+        if list.get_ref().is_empty() {
+            p.error(
+                &list.span(),
+                format!(
+                    "`{}` is empty: list the addresses to forward to, or remove it",
+                    key("email")
+                ),
+            );
+            ok = false;
+        }
+        for address in list.get_ref() {
+            match normalize_email_address(address.get_ref()) {
+                Ok(a) if email.iter().any(|e| e.eq_ignore_ascii_case(&a)) => {
+                    p.error(
+                        &address.span(),
+                        format!("`{}` lists {a} twice", key("email")),
+                    );
+                    ok = false;
+                }
+                Ok(a) => email.push(a),
+                Err(message) => {
+                    p.error(&address.span(), format!("`{}`: {message}", key("email")));
+                    ok = false;
+                }
+            }
+        }
     }
 
     ok.then_some(Actions {
@@ -2388,6 +2695,7 @@ fn validate_actions(
         reply_window,
         forward_to,
         forward_template,
+        email,
     })
 }
 
@@ -3176,6 +3484,8 @@ pub fn check_keyword_table(
         webhooks: Vec::new(),
         numbers: Vec::new(),
         optout: None,
+        smtp: None,
+        smtp_defined: config.smtp.is_some(),
         carrier_names: Names::new("carrier"),
         webhook_names: Names {
             kind: "webhook",
@@ -4100,7 +4410,7 @@ invalid_reply = "One of {options}"
             ("kind = \"poll\"", "a poll needs `options`"),
             (
                 "email = [\"a@b.example\"]",
-                "e-mail forwarding is not implemented in this version (it arrives with the forwarding work)",
+                "`email` forwards by e-mail, but there is no [smtp] section",
             ),
             (
                 "starts = \"2026-01-02T00:00:00Z\"\nexpires = \"2026-01-01T00:00:00Z\"",
@@ -4746,5 +5056,206 @@ confirm_reply = "Reply YES"
         )
         .expect_err("not double");
         assert!(!refused.conflict);
+    }
+}
+
+#[cfg(test)]
+mod smtp_tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn errors_of(source: &str) -> Vec<String> {
+        match parse(source, "t.toml", &no_env) {
+            Ok((_, warnings)) => panic!("expected errors, got a config (warnings {warnings:?})"),
+            Err(diagnostics) => diagnostics.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    fn errors_with(extra: &str) -> Vec<String> {
+        errors_of(&format!("{VALID}{extra}"))
+    }
+
+    fn parse_with(extra: &str) -> (Config, Vec<Diagnostic>) {
+        let source = format!("{VALID}{extra}");
+        parse(&source, "t.toml", &no_env).unwrap_or_else(|e| {
+            panic!(
+                "refused: {:#?}",
+                e.iter().map(|d| d.to_string()).collect::<Vec<_>>()
+            )
+        })
+    }
+
+    const VALID: &str = r#"
+[daemon]
+data_dir = "./var"
+
+[[carrier]]
+name = "sim"
+host = "127.0.0.1"
+port = 2775
+system_id = "vmnd"
+password = "secret"
+
+[[webhook]]
+name = "crm"
+url = "http://127.0.0.1:8080/sms"
+
+[[number]]
+vmn = "567 678"
+carrier = "sim"
+default = { webhook = "crm" }
+"#;
+
+    /// A complete `[smtp]`, appended after the numbers of `VALID`.
+    const SMTP: &str = r#"
+[smtp]
+host = "127.0.0.1"
+port = 2525
+from = "vmnd <vmnd@example.net>"
+reply_domain = "Reply.Example.NET"
+lmtp_listen = "127.0.0.1:2424"
+"#;
+
+    #[test]
+    fn smtp_resolves_with_its_defaults_and_email_actions_are_checked() {
+        let (config, warnings) = parse_with(&format!(
+            "{SMTP}\n[[number.keyword]]\nkeyword = \"JOIN\"\nemail = [\" leads@acme.example \", \"desk@acme.example\"]\n"
+        ));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let smtp = config.smtp.as_ref().expect("smtp");
+        assert_eq!(smtp.port, 2525);
+        assert_eq!(smtp.tls, SmtpTls::None);
+        assert_eq!(smtp.credentials, None);
+        assert_eq!(smtp.reply_domain, "reply.example.net");
+        assert_eq!(smtp.retry_for, Duration::from_secs(86_400));
+        assert_eq!(smtp.reply_token_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(smtp.subject, DEFAULT_EMAIL_SUBJECT);
+        assert_eq!(smtp.concurrency, 4);
+        let join = &config.numbers[0].keywords[0];
+        assert_eq!(
+            join.actions.email,
+            ["leads@acme.example", "desk@acme.example"]
+        );
+    }
+
+    #[test]
+    fn smtp_mistakes_are_reported_each_at_its_key() {
+        let env = |k: &str| (k == "SMTP_PW").then(|| "pw".to_string());
+        for (change, says) in [
+            (
+                "tls = \"ssl\"",
+                "`tls` must be \"none\", \"starttls\" or \"tls\", got \"ssl\"",
+            ),
+            (
+                "username = \"u\"",
+                "`username` needs `password` or `password_env`",
+            ),
+            ("password = \"p\"", "`password` is given without `username`"),
+            (
+                "username = \"u\"\npassword = \"p\"\npassword_env = \"SMTP_PW\"",
+                "give either `password` or `password_env`, not both",
+            ),
+            (
+                "subject = \"{sender}\"",
+                "`subject`: unknown placeholder {sender}",
+            ),
+            ("body = \"\"", "`body` is empty"),
+            ("retry_for = \"soon\"", "`retry_for`"),
+            (
+                "reply_token_ttl = \"0s\"",
+                "`reply_token_ttl` must be longer than zero",
+            ),
+            ("concurrency = 0", "`concurrency` must be between 1 and 256"),
+        ] {
+            let source = format!("{VALID}{SMTP}{change}\n");
+            let errors: Vec<String> = match parse(&source, "t.toml", &env) {
+                Ok(_) => panic!("{change}: accepted"),
+                Err(d) => d.iter().map(|d| d.to_string()).collect(),
+            };
+            assert_eq!(errors.len(), 1, "{change}: {errors:?}");
+            assert!(errors[0].contains(says), "{change}: {errors:?}");
+        }
+        for (from, to, says) in [
+            (
+                "lmtp_listen = \"127.0.0.1:2424\"",
+                "lmtp_listen = \"0.0.0.0:2424\"",
+                "is not a loopback address",
+            ),
+            (
+                "lmtp_listen = \"127.0.0.1:2424\"",
+                "lmtp_listen = \"localhost\"",
+                "is not a socket address",
+            ),
+            (
+                "reply_domain = \"Reply.Example.NET\"",
+                "reply_domain = \"reply..example\"",
+                "is not a domain name",
+            ),
+            (
+                "from = \"vmnd <vmnd@example.net>\"",
+                "from = \"nobody\"",
+                "`from` \"nobody\" is not an e-mail address",
+            ),
+            (
+                "port = 2525",
+                "port = 0",
+                "`port` must be between 1 and 65535",
+            ),
+        ] {
+            let errors = errors_of(&format!("{VALID}{}", SMTP.replace(from, to)));
+            assert_eq!(errors.len(), 1, "{to}: {errors:?}");
+            assert!(errors[0].contains(says), "{to}: {errors:?}");
+        }
+        // Keys the section requires.
+        let errors = errors_of(&format!(
+            "{VALID}\n[smtp]\nhost = \"127.0.0.1\"\nport = 25\n"
+        ));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("missing key `from` in [smtp]"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn email_addresses_are_checked_and_need_smtp() {
+        for (list, says) in [
+            ("[]", "`email` is empty"),
+            (
+                "[\"not-an-address\"]",
+                "\"not-an-address\" is not an e-mail address",
+            ),
+            ("[\"Desk <desk@acme.example>\"]", "write the bare address"),
+            (
+                "[\"a@acme.example\", \"A@acme.example\"]",
+                "lists A@acme.example twice",
+            ),
+        ] {
+            let errors = errors_with(&format!(
+                "{SMTP}\n[[number.keyword]]\nkeyword = \"K\"\nemail = {list}\n"
+            ));
+            assert_eq!(errors.len(), 1, "{list}: {errors:?}");
+            assert!(errors[0].contains(says), "{list}: {errors:?}");
+        }
+        // Without [smtp], on a keyword and on a default, each at its key.
+        let source = VALID.replace(
+            "default = { webhook = \"crm\" }",
+            "default = { webhook = \"crm\", email = [\"desk@acme.example\"] }",
+        );
+        let errors = errors_of(&format!(
+            "{source}\n[[number.keyword]]\nkeyword = \"K\"\nemail = [\"a@b.example\"]\n"
+        ));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("`default.email` forwards by e-mail, but there is no [smtp]"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].contains("`email` forwards by e-mail, but there is no [smtp]"),
+            "{errors:?}"
+        );
     }
 }

@@ -19,6 +19,7 @@ fn fixture_env(name: &str) -> Option<String> {
         "VMND_AIRTEL_PASSWORD" => "airtel1",
         "VMND_JIO_PASSWORD" => "jio1",
         "VMND_CRM_SECRET" => "whsec-test",
+        "VMND_SMTP_PASSWORD" => "smtp-password",
         _ => return None,
     };
     Some(value.to_string())
