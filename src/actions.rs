@@ -1,6 +1,6 @@
 //! Turns a routing decision into the jobs that carry it out: webhook events, replies (templated,
-//! delayed by `reply_after`, held for `reply_window`), forwards to phones, expiry replies and
-//! poll answers. Poll votes are recorded here too. Job ids derive from the message id and the
+//! delayed by `reply_after`, held for `reply_window`), forwards to phones and e-mail addresses,
+//! expiry replies and poll answers. Poll votes are recorded here too. Job ids derive from the message id and the
 //! action's position, so reprocessing a message after a crash rewrites the same jobs.
 
 use chrono::{DateTime, Utc};
@@ -11,7 +11,7 @@ use crate::config::{self, Actions, Number};
 use crate::routing::router::{Decision, ReservedKind, Router, next_opening};
 use crate::store::consent::{ConsentChange, ConsentState};
 use crate::store::polls::{Vote, VoteOutcome};
-use crate::store::queue::{Job, SmsJob};
+use crate::store::queue::{EmailJob, Job, SmsJob};
 use crate::store::{self, MessageRecord, Store};
 
 /// Jobs of one message, numbered in order.
@@ -36,7 +36,22 @@ impl Jobs {
             last_error: None,
             last_status: None,
             sms,
+            email: None,
         });
+    }
+
+    /// An e-mail forward of the message to `to` (see `outbound::email`).
+    fn push_email(&mut self, record: &MessageRecord, to: &[String], event: &str) {
+        let now_ms = self.now_ms;
+        self.push(String::new(), event, now_ms, None);
+        if let Some(job) = self.jobs.last_mut() {
+            job.email = Some(EmailJob {
+                to: to.to_vec(),
+                vmn: record.to.clone(),
+                msisdn: record.from.clone(),
+                token: None,
+            });
+        }
     }
 }
 
@@ -230,7 +245,8 @@ pub fn plan(
     }
     // Where the record went, for operators: the webhooks its jobs post to.
     for job in &jobs.jobs {
-        if job.sms.is_none() && !vars.record.webhooks.contains(&job.webhook) {
+        if job.sms.is_none() && job.email.is_none() && !vars.record.webhooks.contains(&job.webhook)
+        {
             vars.record.webhooks.push(job.webhook.clone());
         }
     }
@@ -438,6 +454,9 @@ fn run_actions(
     if let Some(w) = &actions.webhook {
         jobs.push(w.clone(), event, now_ms, None);
     }
+    if !actions.email.is_empty() {
+        jobs.push_email(&*vars.record, &actions.email, event);
+    }
     let Some(carrier) = &number.carrier else {
         // Validation refuses SMS actions without a carrier; nothing to send.
         return;
@@ -582,9 +601,10 @@ pub fn explain(
     };
     let actions = jobs
         .iter()
-        .map(|job| match &job.sms {
-            None => format!("POST {} event to webhook {:?}", job.event, job.webhook),
-            Some(sms) => {
+        .map(|job| match (&job.sms, &job.email) {
+            (None, Some(email)) => format!("E-mail to {}", email.to.join(", ")),
+            (None, None) => format!("POST {} event to webhook {:?}", job.event, job.webhook),
+            (Some(sms), _) => {
                 let when = if job.due_ms <= at_ms.max(job.created_ms) {
                     "now".to_string()
                 } else {

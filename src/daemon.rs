@@ -1,5 +1,6 @@
 //! Wires the parts together for `vmnd run` and `vmnd demo`: store, group-commit writer,
-//! processor, job dispatcher, one supervisor per carrier, and the admin server. `start` returns
+//! processor, job dispatcher, one supervisor per carrier, the admin server and, with `[smtp]`,
+//! the LMTP listener for replies by e-mail. `start` returns
 //! a handle the caller stops with `shutdown`, so tests and the demo drive the same code as
 //! systemd does.
 
@@ -12,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, AdminState};
 use crate::config::{self, Config, KeywordRule};
+use crate::inbound_mail::{self, MailContext};
 use crate::outbound::dispatcher::{self, Scheduler};
 use crate::outbound::webhook::WebhookClient;
 use crate::processor::Processor;
@@ -27,6 +29,8 @@ pub struct Daemon {
     pub config: Arc<Config>,
     /// Where the admin server really listens (useful when configured with port 0).
     pub admin_addr: SocketAddr,
+    /// Where the LMTP listener for e-mail replies really listens, when `[smtp]` is configured.
+    pub lmtp_addr: Option<SocketAddr>,
     pub carriers: Arc<Vec<(String, Arc<CarrierState>)>>,
     shutdown: watch::Sender<bool>,
     supervisors: Vec<JoinHandle<()>>,
@@ -67,6 +71,7 @@ impl Daemon {
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let (scheduler, scheduled) = Scheduler::channel();
+        let mail_scheduler = scheduler.clone();
         let runtime = runtime_keywords(&store, &config)?;
         let router = Arc::new(ArcSwap::from_pointee(Router::with_runtime(
             &config, &runtime,
@@ -120,6 +125,32 @@ impl Daemon {
             .await
             .map_err(|e| format!("cannot listen on {} (admin_listen): {e}", d.admin_listen))?;
         let admin_addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let lmtp_addr = match &config.smtp {
+            Some(smtp) => {
+                let listener = inbound_mail::bind(smtp.lmtp_listen).await.map_err(|e| {
+                    format!("cannot listen on {} (lmtp_listen): {e}", smtp.lmtp_listen)
+                })?;
+                let addr = listener.local_addr().map_err(|e| e.to_string())?;
+                // Tokens past their lifetime only take room; a reply to one is refused either way.
+                match store.prune_reply_tokens(crate::clock::now_ms()) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "expired e-mail reply tokens removed"),
+                    Err(e) => tracing::warn!(error = %e, "cannot prune e-mail reply tokens"),
+                }
+                let ctx = Arc::new(MailContext {
+                    store: store.clone(),
+                    config: config.clone(),
+                    scheduler: mail_scheduler,
+                });
+                others.push(tokio::spawn(inbound_mail::serve(
+                    listener,
+                    ctx,
+                    shutdown_rx.clone(),
+                )));
+                Some(addr)
+            }
+            None => None,
+        };
 
         let carriers: Arc<Vec<(String, Arc<CarrierState>)>> = Arc::new(
             config
@@ -166,6 +197,7 @@ impl Daemon {
             store,
             config,
             admin_addr,
+            lmtp_addr,
             carriers,
             shutdown,
             supervisors,

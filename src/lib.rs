@@ -25,6 +25,10 @@
 //! | [`consent::intent`] | opt-out written in words ("please stop texting me"), recognised conservatively |
 //! | [`outbound::dispatcher`] | runs queued jobs per endpoint (webhook or carrier) with limits and backoff; consent enforced at send time |
 //! | [`outbound::webhook`] | signed HTTP POSTs with a keep-alive pool |
+//! | [`outbound::email`] | e-mail forwards over SMTP (lettre, rustls): reply token, stable Message-ID, threading |
+//! | [`inbound_mail`] | LMTP listener: replies by e-mail to a forward's `Reply-To` go back as SMS |
+//! | [`inbound_mail::reply`] | a reply's own text: plain over HTML, quoted history and signatures cut |
+//! | [`store::mail`] | reply tokens and the record of every e-mail that came back |
 //! | [`outbound::sms_text`] | outbound text: GSM 03.38 or UCS2, segmentation with concatenation UDH |
 //! | [`admin`] | hyper server: health, metrics, messages, keywords, polls, outbound, contacts, ledger, route, `/` |
 //! | [`daemon`] | wires everything together for `vmnd run` and `vmnd demo` |
@@ -43,6 +47,7 @@ pub mod consent;
 pub mod daemon;
 pub mod demo;
 pub mod http_sink;
+pub mod inbound_mail;
 pub mod outbound;
 pub mod processor;
 pub mod routing;

@@ -5,6 +5,7 @@
 //! `/healthz` (load balancers probe that one).
 
 mod contacts;
+mod mail;
 mod page;
 
 use std::collections::HashMap;
@@ -129,6 +130,7 @@ fn describe() {
         "vmnd_messages_unrouted_total",
         "messages to numbers vmnd does not serve"
     );
+    mail::describe();
 }
 
 /// Serves until `shutdown` turns true. Connection errors are logged and never stop the server.
@@ -234,6 +236,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
             page::render(state),
         ),
         "/api/outbound" => list_outbound(state, &query),
+        "/api/mail/replies" => mail::list_replies(state, &query),
         p if p.starts_with("/api/messages/") => one_message(state, &p["/api/messages/".len()..]),
         p if p.starts_with("/api/numbers/") => {
             number_api(state, &p["/api/numbers/".len()..], &query)

@@ -19,12 +19,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::actions;
 use crate::clock;
 use crate::config::{Config, Webhook};
+use crate::outbound::email::{self, Mailer};
 use crate::outbound::sms_text;
 use crate::outbound::webhook::{self, Attempt, WebhookClient};
 use crate::smpp::pdu::{self, Address, ShortMessage, status};
 use crate::smpp::session::SubmitRequest;
 use crate::store::outbound::{OutboundRecord, OutboundSegment};
-use crate::store::queue::{DeadLetter, Job, SmsJob};
+use crate::store::queue::{DeadLetter, EMAIL_QUEUE, Job, SmsJob};
 use crate::store::{self, MessageRecord, Store};
 
 /// How long an SMS is retried (throttled, queue full, not bound) before it is dead-lettered.
@@ -129,6 +130,8 @@ enum Target {
         sender: mpsc::Sender<SubmitRequest>,
         response_timeout: Duration,
     },
+    /// E-mail forwards through `[smtp]` (see `outbound::email`).
+    Email { mailer: Arc<Mailer> },
 }
 
 struct Endpoint {
@@ -185,6 +188,21 @@ pub async fn run(
             Arc::from(format!("sms:{}", c.name).as_str()),
             Endpoint::new(target, c.window.max(1) as usize, SMS_RETRY_FOR),
         );
+    }
+    if let Some(smtp) = &config.smtp {
+        match Mailer::new(smtp) {
+            Ok(mailer) => {
+                let target = Target::Email {
+                    mailer: Arc::new(mailer),
+                };
+                endpoints.insert(
+                    Arc::from(EMAIL_QUEUE),
+                    Endpoint::new(target, smtp.concurrency, smtp.retry_for),
+                );
+            }
+            // Without the queue its jobs become dead letters with this reason nearby in the log.
+            Err(e) => tracing::error!(error = %e, "cannot set up e-mail forwarding"),
+        }
     }
     // Startup: everything in the jobs tree is pending (claims live only in memory).
     match store.job_schedule() {
@@ -370,6 +388,14 @@ impl AttemptTask {
                 self.send_sms(&mut job, carrier, sender, *response_timeout)
                     .await?
             }
+            Target::Email { mailer } => match mailer.attempt(&self.store, &mut job).await? {
+                email::Sent::Done => Outcome::Done,
+                email::Sent::Retry(error) => Outcome::Retry {
+                    error,
+                    status: None,
+                },
+                email::Sent::GiveUp(error) => Outcome::GiveUp { error },
+            },
         };
         let name = self.name.to_string();
         match outcome {

@@ -15,9 +15,12 @@
 //! - `keywords`: keywords added at run time through the admin API, see [`keywords`].
 //! - `consent`, `contacts`, `contact_states`, `ledger`, `ledger_index`: opt-in/opt-out state,
 //!   contacts and the consent ledger, see [`consent`].
+//! - `mail_tokens`, `mail_replies`: reply tokens of e-mail forwards and every e-mail that came
+//!   back over LMTP, see [`mail`].
 
 pub mod consent;
 pub mod keywords;
+pub mod mail;
 pub mod outbound;
 pub mod parts;
 pub mod polls;
@@ -230,6 +233,8 @@ struct Inner {
     contact_states: sled::Tree,
     ledger: sled::Tree,
     ledger_index: sled::Tree,
+    mail_tokens: sled::Tree,
+    mail_replies: sled::Tree,
     /// sled's main file, opened by us so a commit can fsync it (sled uses sync_file_range).
     db_file: Option<File>,
     dir: PathBuf,
@@ -292,6 +297,8 @@ impl Store {
                 contact_states: db.open_tree("contact_states")?,
                 ledger: db.open_tree("ledger")?,
                 ledger_index: db.open_tree("ledger_index")?,
+                mail_tokens: db.open_tree("mail_tokens")?,
+                mail_replies: db.open_tree("mail_replies")?,
                 db,
                 db_file,
                 dir: dir.to_path_buf(),
@@ -450,6 +457,8 @@ impl Store {
             contact_states: &self.inner.contact_states,
             ledger: &self.inner.ledger,
             ledger_index: &self.inner.ledger_index,
+            mail_tokens: &self.inner.mail_tokens,
+            mail_replies: &self.inner.mail_replies,
         }
     }
 }
@@ -471,6 +480,8 @@ pub(crate) struct Trees<'a> {
     pub contact_states: &'a sled::Tree,
     pub ledger: &'a sled::Tree,
     pub ledger_index: &'a sled::Tree,
+    pub mail_tokens: &'a sled::Tree,
+    pub mail_replies: &'a sled::Tree,
 }
 
 pub fn receipt_key(carrier: &str, carrier_message_id: &str) -> Vec<u8> {

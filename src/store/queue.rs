@@ -32,6 +32,27 @@ pub struct Job {
     /// Present for an SMS to send (then `webhook` is empty): the outbound SMS engine runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sms: Option<SmsJob>,
+    /// Present for an e-mail forward (then `webhook` is empty): `outbound::email` sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailJob>,
+}
+
+/// An e-mail forward of a message. Subject and body are rendered from the message record when
+/// it is sent, with `[smtp]`'s templates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailJob {
+    /// The rule's `email` addresses: the recipients, and the only senders whose replies are
+    /// taken back.
+    pub to: Vec<String>,
+    /// The number the SMS was sent to, and the person who sent it: the reply goes back from
+    /// the one to the other.
+    pub vmn: String,
+    pub msisdn: String,
+    /// The reply token of `Reply-To: reply+<token>@<reply_domain>`: drawn at random at the
+    /// first attempt (so planning stays deterministic) and kept here and in the store's
+    /// `mail_tokens` before that attempt sends anything; every retry reuses it.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// An SMS vmnd sends: a reply, an expiry reply, a poll answer or a forward.
@@ -55,16 +76,21 @@ pub struct SmsJob {
     pub sent: Vec<(u8, String)>,
 }
 
+/// The dispatcher queue of e-mail forwards. With a ':' like `sms:<carrier>`, so that a webhook
+/// simply called "email" keeps a queue of its own.
+pub const EMAIL_QUEUE: &str = "email:smtp";
+
 impl Job {
     pub fn id_for(message_id: u64, action_index: u8) -> u64 {
         (message_id << 8) | u64::from(action_index)
     }
 
-    /// Which dispatcher queue runs it: the webhook's name, or `sms:<carrier>`.
+    /// Which dispatcher queue runs it: the webhook's name, `sms:<carrier>` or `email`.
     pub fn queue_key(&self) -> String {
-        match &self.sms {
-            Some(sms) => format!("sms:{}", sms.carrier),
-            None => self.webhook.clone(),
+        match (&self.sms, &self.email) {
+            (Some(sms), _) => format!("sms:{}", sms.carrier),
+            (None, Some(_)) => EMAIL_QUEUE.to_string(),
+            (None, None) => self.webhook.clone(),
         }
     }
 }

@@ -1,0 +1,62 @@
+//! `GET /api/mail/replies`: every e-mail that came back over LMTP, accepted (with the SMS job
+//! it became) or rejected (with the code and reason given to the MTA), newest first, paged with
+//! `before=<id>` and `limit`; and the descriptions of the `vmnd_email_*` metrics.
+
+use std::collections::HashMap;
+
+use hyper::StatusCode;
+use serde_json::json;
+
+use super::{AdminState, MAX_PAGE, Reply, error, json_reply};
+use crate::store;
+
+pub(super) fn list_replies(state: &AdminState, q: &HashMap<String, String>) -> Reply {
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("limit: expected 1..={MAX_PAGE}"),
+            );
+        }
+    };
+    let before = match q.get("before") {
+        None => None,
+        Some(text) => match store::parse_id(text) {
+            Some(id) => Some(id),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("before: not a reply id: {text:?}"),
+                );
+            }
+        },
+    };
+    match state.store.mail_replies(before, limit) {
+        Ok(replies) => {
+            let next = (replies.len() == limit)
+                .then(|| replies.last().map(|r| r.id.clone()))
+                .flatten();
+            json_reply(StatusCode::OK, &json!({ "replies": replies, "next": next }))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// Describes the e-mail metrics for `/metrics`.
+pub(super) fn describe() {
+    use metrics::{describe_counter, describe_histogram};
+    describe_counter!(
+        "vmnd_email_attempts_total",
+        "e-mail forward attempts per outcome (sent, failed: retried, refused: dead-lettered)"
+    );
+    describe_histogram!(
+        "vmnd_email_latency_seconds",
+        "one e-mail forward attempt, connection included"
+    );
+    describe_counter!(
+        "vmnd_email_replies_total",
+        "e-mails handed over by LMTP, per outcome (accepted, rejected, deferred) and reason"
+    );
+}

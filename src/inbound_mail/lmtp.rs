@@ -1,0 +1,309 @@
+//! One LMTP connection (RFC 2033): `LHLO`, `MAIL FROM`, `RCPT TO`, `DATA` answered with one
+//! reply per accepted recipient, `RSET`, `NOOP`, `QUIT`. Commands are parsed by smtp-proto
+//! (the parser of a well-known Rust mail server); lines are read here with a length limit, the
+//! message with a size limit and dot-unstuffing. Bad input gets a reply code, never a panic,
+//! and an idle connection is closed.
+
+use std::time::Duration;
+
+use smtp_proto::Request;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
+
+use super::{MailContext, Recipient, Reply, reply};
+
+/// The longest command line taken (RFC 5321 says 512; some clients add long parameters).
+pub const MAX_COMMAND_LINE: usize = 4096;
+
+/// The longest line inside a message (RFC 5322 says 998 plus CRLF; generous for broken MUAs).
+pub const MAX_DATA_LINE: usize = 64 * 1024;
+
+/// The largest message taken, dot-unstuffed; announced as `SIZE` in the LHLO answer.
+pub const MAX_MESSAGE_SIZE: usize = 10 * 1024 * 1024;
+
+/// Recipients per transaction.
+const MAX_RECIPIENTS: usize = 100;
+
+/// A connection with nothing said for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What reading one line gave.
+enum Line {
+    /// The line, with its line ending.
+    Full,
+    /// Longer than the limit: what came was dropped up to and including its line ending.
+    TooLong,
+    Eof,
+}
+
+/// Reads one line into `buf` (cleared first), at most `max` bytes.
+async fn read_line<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if buf.is_empty() && !too_long {
+                Line::Eof
+            } else if too_long {
+                Line::TooLong
+            } else {
+                // A last line without its ending: taken as it is.
+                Line::Full
+            });
+        }
+        let (chunk, done) = match memchr_lf(available) {
+            Some(i) => (&available[..=i], true),
+            None => (available, false),
+        };
+        let used = chunk.len();
+        if !too_long {
+            if buf.len() + chunk.len() > max {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        reader.consume(used);
+        if done {
+            return Ok(if too_long { Line::TooLong } else { Line::Full });
+        }
+    }
+}
+
+fn memchr_lf(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == b'\n')
+}
+
+/// Tells a connection over the limit to come back later.
+pub async fn refuse<S: AsyncWrite + Unpin>(mut stream: S) {
+    let _ = stream
+        .write_all(b"421 4.3.2 too many connections, try again later\r\n")
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+/// The transaction in progress.
+#[derive(Default)]
+struct Transaction {
+    /// `MAIL FROM` given (the reverse path; empty for `<>`).
+    from: Option<String>,
+    recipients: Vec<Recipient>,
+}
+
+/// Serves one connection until `QUIT`, end of stream, the idle timeout or shutdown.
+pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    ctx: &MailContext,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let (read, mut write) = tokio::io::split(stream);
+    let mut reader = BufReader::new(read);
+    let name = ctx
+        .config
+        .smtp
+        .as_ref()
+        .map_or("vmnd", |s| s.reply_domain.as_str())
+        .to_string();
+    write
+        .write_all(format!("220 {name} LMTP vmnd ready\r\n").as_bytes())
+        .await?;
+    let mut greeted = false;
+    let mut tx = Transaction::default();
+    let mut line = Vec::with_capacity(256);
+    loop {
+        let read = tokio::select! {
+            r = tokio::time::timeout(IDLE_TIMEOUT, read_line(&mut reader, &mut line, MAX_COMMAND_LINE)) => r,
+            _ = shutdown.changed() => {
+                write.write_all(b"421 4.3.0 shutting down\r\n").await?;
+                return Ok(());
+            }
+        };
+        let read = match read {
+            Ok(r) => r?,
+            Err(_) => {
+                write
+                    .write_all(b"421 4.4.2 idle too long, closing\r\n")
+                    .await?;
+                return Ok(());
+            }
+        };
+        let answer = match read {
+            Line::Eof => return Ok(()),
+            Line::TooLong => Reply::new(500, "5.5.2", "line too long"),
+            Line::Full => {
+                // smtp-proto wants the line ending; a bare last line gets one.
+                if !line.ends_with(b"\n") {
+                    line.extend_from_slice(b"\r\n");
+                }
+                match Request::parse(&mut line.iter()) {
+                    Err(e) => parse_error(&e),
+                    Ok(Request::Lhlo { host }) => {
+                        greeted = true;
+                        tx = Transaction::default();
+                        let _ = host;
+                        write
+                            .write_all(
+                                format!(
+                                    "250-{name}\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250 SIZE {MAX_MESSAGE_SIZE}\r\n"
+                                )
+                                .as_bytes(),
+                            )
+                            .await?;
+                        continue;
+                    }
+                    Ok(Request::Ehlo { .. } | Request::Helo { .. }) => {
+                        Reply::new(500, "5.5.1", "this is LMTP: say LHLO")
+                    }
+                    Ok(Request::Mail { from }) => {
+                        if !greeted {
+                            Reply::new(503, "5.5.1", "say LHLO first")
+                        } else if tx.from.is_some() {
+                            Reply::new(503, "5.5.1", "nested MAIL command")
+                        } else if from.size > MAX_MESSAGE_SIZE {
+                            Reply::new(552, "5.3.4", "message too big")
+                        } else {
+                            tx.from = Some(from.address.to_string());
+                            Reply::new(250, "2.1.0", "sender ok")
+                        }
+                    }
+                    Ok(Request::Rcpt { to }) => match &tx.from {
+                        None => Reply::new(503, "5.5.1", "need MAIL before RCPT"),
+                        Some(_) if tx.recipients.len() >= MAX_RECIPIENTS => {
+                            Reply::new(452, "4.5.3", "too many recipients")
+                        }
+                        Some(from) => match ctx.check_recipient(from, &to.address) {
+                            Ok(recipient) => {
+                                tx.recipients.push(recipient);
+                                Reply::new(250, "2.1.5", "recipient ok")
+                            }
+                            Err(reply) => reply,
+                        },
+                    },
+                    Ok(Request::Data) => {
+                        if tx.from.is_none() {
+                            Reply::new(503, "5.5.1", "need MAIL before DATA")
+                        } else if tx.recipients.is_empty() {
+                            Reply::new(503, "5.5.1", "no valid recipients")
+                        } else {
+                            write
+                                .write_all(b"354 start mail input; end with <CRLF>.<CRLF>\r\n")
+                                .await?;
+                            let transaction = std::mem::take(&mut tx);
+                            if !data(&mut reader, &mut write, ctx, transaction).await? {
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                    }
+                    Ok(Request::Rset) => {
+                        tx = Transaction::default();
+                        Reply::new(250, "2.0.0", "reset")
+                    }
+                    Ok(Request::Noop { .. }) => Reply::new(250, "2.0.0", "ok"),
+                    Ok(Request::Quit) => {
+                        write.write_all(b"221 2.0.0 bye\r\n").await?;
+                        return Ok(());
+                    }
+                    Ok(Request::Vrfy { .. }) => {
+                        Reply::new(252, "2.5.0", "cannot verify, but will try delivery")
+                    }
+                    Ok(other) => Reply::new(
+                        502,
+                        "5.5.1",
+                        format!("{} is not implemented here", other.name()),
+                    ),
+                }
+            }
+        };
+        write.write_all(answer.line().as_bytes()).await?;
+    }
+}
+
+/// The reply to a line smtp-proto could not parse.
+fn parse_error(e: &smtp_proto::Error) -> Reply {
+    use smtp_proto::Error;
+    match e {
+        Error::UnknownCommand => Reply::new(500, "5.5.2", "unknown command"),
+        Error::InvalidSenderAddress => Reply::new(501, "5.1.7", "bad sender address"),
+        Error::InvalidRecipientAddress => Reply::new(501, "5.1.3", "bad recipient address"),
+        Error::SyntaxError { syntax } => Reply::new(501, "5.5.4", format!("syntax: {syntax}")),
+        Error::InvalidParameter { param } => {
+            Reply::new(501, "5.5.4", format!("invalid parameter {param}"))
+        }
+        Error::UnsupportedParameter { param } => {
+            Reply::new(555, "5.5.4", format!("unsupported parameter {param}"))
+        }
+        _ => Reply::new(500, "5.5.2", "command not understood"),
+    }
+}
+
+/// Reads the message after `354` and answers once per recipient. False when the connection
+/// ended in the middle of the message (then nothing is delivered).
+async fn data<R, W>(
+    reader: &mut R,
+    write: &mut W,
+    ctx: &MailContext,
+    tx: Transaction,
+) -> std::io::Result<bool>
+where
+    R: AsyncBufReadExt + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut message: Vec<u8> = Vec::new();
+    let mut too_big = false;
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        let read = tokio::time::timeout(IDLE_TIMEOUT, read_line(reader, &mut line, MAX_DATA_LINE))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "idle in DATA"))??;
+        match read {
+            Line::Eof => return Ok(false),
+            Line::TooLong => too_big = true,
+            Line::Full => {
+                let content = line
+                    .strip_suffix(b"\r\n")
+                    .or_else(|| line.strip_suffix(b"\n"))
+                    .unwrap_or(&line);
+                if content == b"." {
+                    break;
+                }
+                // Dot-unstuffing (RFC 5321 4.5.2).
+                let unstuffed = content.strip_prefix(b".").unwrap_or(content);
+                if message.len() + unstuffed.len() + 2 > MAX_MESSAGE_SIZE {
+                    too_big = true;
+                }
+                if !too_big {
+                    message.extend_from_slice(unstuffed);
+                    message.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+    }
+    let from = tx.from.unwrap_or_default();
+    if too_big {
+        let reply = Reply::new(
+            552,
+            "5.3.4",
+            format!(
+                "message too big or a line too long (limits {MAX_MESSAGE_SIZE} bytes, {MAX_DATA_LINE} per line)"
+            ),
+        );
+        for recipient in &tx.recipients {
+            ctx.reject_message(&from, recipient, &reply, "too_big");
+            write.write_all(reply.line().as_bytes()).await?;
+        }
+        return Ok(true);
+    }
+    let parsed = reply::parse(&message);
+    for recipient in &tx.recipients {
+        let answer = ctx.deliver(&from, recipient, parsed.as_ref()).await;
+        write.write_all(answer.line().as_bytes()).await?;
+    }
+    Ok(true)
+}

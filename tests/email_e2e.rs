@@ -1,0 +1,548 @@
+//! E-mail forwards and replies by e-mail, end to end: the simulated carrier delivers over SMPP,
+//! a real SMTP server nobody here wrote (Python's aiosmtpd, `tests/smtp_sink.py`) receives the
+//! forwards, and an LMTP client nobody here wrote (Python's `smtplib.LMTP`,
+//! `tests/lmtp_send.py`) hands replies to vmnd's listener. Proves that:
+//! - the forward reaches the right recipients with the subject template, a `Reply-To` token
+//!   and threading headers; a second message from the same person threads to the first, a
+//!   message from someone else starts another thread;
+//! - a reply comes back as a `submit_sm` from the number to the person, with quoted history and
+//!   signature stripped; an unknown token, a wrong domain, a foreign sender, an empty reply and
+//!   an expired token are rejected with the right codes; everything is listed by the admin API
+//!   and counted in `/metrics`;
+//! - a person who opted out gets no reply by SMS (suppressed at send time);
+//! - an SMTP server that is down is retried and the forward arrives once it is up; a 5xx is a
+//!   dead letter at once;
+//! - malformed LMTP input is answered with codes and never takes the listener down.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+use common::{Harness, eventually};
+use vmnd::http_sink::SinkMode;
+use vmnd::sim::{SmscConfig, mo};
+use vmnd::smpp::text::decode_text;
+
+const STEP: Duration = Duration::from_secs(30);
+const VMN: &str = "9876543210";
+const DOMAIN: &str = "reply.acme.example";
+
+/// A running `tests/smtp_sink.py`; killed when dropped.
+struct SmtpSink {
+    port: u16,
+    received: Arc<Mutex<Vec<Value>>>,
+    _child: Child,
+}
+
+impl SmtpSink {
+    /// Starts the sink on `port` (0: any free port). `refuse`: answer every message 550.
+    async fn start(port: u16, refuse: bool) -> SmtpSink {
+        let mut command = Command::new("python3");
+        command
+            .arg("tests/smtp_sink.py")
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if refuse {
+            command.arg("--refuse");
+        }
+        let mut child = command
+            .spawn()
+            .expect("python3 runs tests/smtp_sink.py (aiosmtpd: see .ci/run)");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(STEP, lines.next_line())
+            .await
+            .expect("the sink starts in time")
+            .expect("read")
+            .expect("the sink prints its port (is aiosmtpd installed?)");
+        let port = serde_json::from_str::<Value>(&first).expect("json")["port"]
+            .as_u64()
+            .expect("port") as u16;
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    sink.lock().expect("lock").push(v);
+                }
+            }
+        });
+        SmtpSink {
+            port,
+            received,
+            _child: child,
+        }
+    }
+
+    fn messages(&self) -> Vec<Value> {
+        self.received.lock().expect("lock").clone()
+    }
+}
+
+/// The config additions: `[smtp]` towards `smtp_port` and keywords that e-mail.
+fn extra(smtp_port: u16, more_smtp: &str) -> String {
+    format!(
+        r#"
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+from = "Acme SMS <sms@acme.example>"
+reply_domain = "{DOMAIN}"
+lmtp_listen = "127.0.0.1:0"
+subject = "[{{inbox}}] SMS from {{from}}"
+{more_smtp}
+
+[[number.keyword]]
+keyword = "JOIN"
+inbox = "summer"
+email = ["desk@acme.example", "leads@acme.example"]
+webhook = "crm"
+"#
+    )
+}
+
+/// A header's value in a raw message (first occurrence, unfolded).
+fn header(data: &str, name: &str) -> Option<String> {
+    let message = mail_parser::MessageParser::default().parse(data.as_bytes())?;
+    message
+        .header_raw(name)
+        .map(|v| v.trim().replace("\r\n", "").replace('\n', ""))
+}
+
+/// The token of a forward's `Reply-To: reply+<token>@DOMAIN`.
+fn token_of(message: &Value) -> String {
+    let reply_to = header(message["data"].as_str().expect("data"), "Reply-To").expect("Reply-To");
+    let start = reply_to.find("reply+").expect("reply+") + "reply+".len();
+    let end = reply_to.find('@').expect("@");
+    reply_to[start..end].to_string()
+}
+
+async fn send_sms(h: &Harness, from: &str, text: &str) {
+    let n = h.smsc.stats().enqueued + 1;
+    h.smsc.enqueue(mo::gsm(from, VMN, text));
+    assert!(h.smsc.wait_until(STEP, |s| s.acked_ok == n).await);
+}
+
+fn texts_to(h: &Harness, to: &str) -> Vec<(String, String)> {
+    h.smsc
+        .submitted()
+        .iter()
+        .filter(|sm| sm.dest.addr == to)
+        .map(|sm| {
+            (
+                sm.source.addr.clone(),
+                decode_text(sm.data_coding, &sm.short_message, false, 0).text,
+            )
+        })
+        .collect()
+}
+
+/// Delivers `message` over LMTP with Python's smtplib; returns its JSON report.
+async fn lmtp_send(h: &Harness, mail_from: &str, rcpts: &[&str], message: &str) -> Value {
+    let addr = h.daemon().lmtp_addr.expect("lmtp listening");
+    let mut child = Command::new("python3")
+        .arg("tests/lmtp_send.py")
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .arg(mail_from)
+        .args(rcpts)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(message.as_bytes()).await.expect("write");
+    drop(stdin);
+    let out = tokio::time::timeout(STEP, child.wait_with_output())
+        .await
+        .expect("lmtp client finishes")
+        .expect("output");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn reply_mail(from: &str, body: &str) -> String {
+    format!(
+        "From: Desk <{from}>\r\nTo: reply@{DOMAIN}\r\nSubject: Re: [summer] SMS\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}"
+    )
+}
+
+async fn json(h: &Harness, path: &str) -> Value {
+    let (status, body) = h.admin_get(path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_thread_per_person_and_replies_come_back_as_sms() {
+    let sink = SmtpSink::start(0, false).await;
+    let h = Harness::start(SmscConfig::default(), SinkMode::Ok, &extra(sink.port, "")).await;
+    let person = "919811112222";
+    send_sms(&h, person, "JOIN summer please").await;
+    assert!(
+        eventually(STEP, || sink.messages().len() == 1).await,
+        "forward arrives"
+    );
+    let first = &sink.messages()[0];
+    let mut rcpts: Vec<&str> = first["rcpt_tos"]
+        .as_array()
+        .expect("rcpts")
+        .iter()
+        .map(|v| v.as_str().expect("str"))
+        .collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["desk@acme.example", "leads@acme.example"]);
+    assert_eq!(first["mail_from"], "sms@acme.example");
+    let data = first["data"].as_str().expect("data");
+    assert_eq!(
+        header(data, "Subject").as_deref(),
+        Some(format!("[summer] SMS from {person}").as_str())
+    );
+    assert!(data.contains("JOIN summer please"), "{data}");
+    let token = token_of(first);
+    assert_eq!(token.len(), 26, "{token}");
+    let root = header(data, "In-Reply-To").expect("In-Reply-To");
+    assert_eq!(header(data, "References").as_deref(), Some(root.as_str()));
+    let first_id = header(data, "Message-ID").expect("Message-ID");
+    assert!(first_id.ends_with(&format!("@{DOMAIN}>")), "{first_id}");
+
+    // The same person again: the same thread, a new message and token.
+    send_sms(&h, person, "JOIN again").await;
+    // Someone else: another thread.
+    send_sms(&h, "919811113333", "JOIN me too").await;
+    assert!(eventually(STEP, || sink.messages().len() == 3).await);
+    let messages = sink.messages();
+    let by_text = |t: &str| {
+        messages
+            .iter()
+            .find(|m| m["data"].as_str().is_some_and(|d| d.contains(t)))
+            .expect("message")
+            .clone()
+    };
+    let again = by_text("JOIN again");
+    let again_data = again["data"].as_str().expect("data");
+    assert_eq!(header(again_data, "In-Reply-To"), Some(root.clone()));
+    assert_ne!(header(again_data, "Message-ID"), Some(first_id.clone()));
+    assert_ne!(token_of(&again), token);
+    let other = by_text("JOIN me too");
+    assert_ne!(
+        header(other["data"].as_str().expect("data"), "In-Reply-To"),
+        Some(root)
+    );
+
+    // A reply by e-mail: quoted history and signature stripped, texted from the number.
+    let rcpt = format!("reply+{token}@{DOMAIN}");
+    let body = "Thanks, see you at 5!\r\n\r\n-- \r\nDesk, Acme\r\n\r\nOn Mon, 1 Dec 2026 at 10:00, Acme SMS <sms@acme.example> wrote:\r\n> JOIN summer please\r\n";
+    let report = lmtp_send(
+        &h,
+        "desk@acme.example",
+        &[&rcpt],
+        &reply_mail("desk@acme.example", body),
+    )
+    .await;
+    assert_eq!(report["lhlo"], 250, "{report}");
+    assert_eq!(report["rcpt"][0][0], 250, "{report}");
+    assert_eq!(report["data"][0], 250, "{report}");
+    assert!(
+        eventually(STEP, || !texts_to(&h, person).is_empty()).await,
+        "the reply leaves as SMS"
+    );
+    assert_eq!(
+        texts_to(&h, person),
+        [(VMN.to_string(), "Thanks, see you at 5!".to_string())]
+    );
+
+    // Unknown token, wrong domain: refused at RCPT (with no accepted recipient, no DATA).
+    let unknown = format!("reply+{}@{DOMAIN}", "a".repeat(26));
+    let report = lmtp_send(
+        &h,
+        "desk@acme.example",
+        &[&unknown],
+        &reply_mail("desk@acme.example", "Hi"),
+    )
+    .await;
+    assert_eq!(report["rcpt"][0][0], 550, "{report}");
+    assert!(
+        report["rcpt"][0][1]
+            .as_str()
+            .expect("text")
+            .starts_with("5.1.1"),
+        "{report}"
+    );
+    assert_eq!(report["data"], Value::Null);
+    let report = lmtp_send(
+        &h,
+        "desk@acme.example",
+        &[&format!("reply+{token}@other.example")],
+        "x",
+    )
+    .await;
+    assert_eq!(report["rcpt"][0][0], 550, "{report}");
+    // A sender the forward did not go to: refused after DATA with 5.7.1.
+    let report = lmtp_send(
+        &h,
+        "desk@acme.example",
+        &[&rcpt],
+        &reply_mail("mallory@evil.example", "Send me money"),
+    )
+    .await;
+    assert_eq!(report["rcpt"][0][0], 250, "{report}");
+    assert_eq!(report["data"][0], 550, "{report}");
+    assert!(
+        report["data"][1]
+            .as_str()
+            .expect("text")
+            .starts_with("5.7.1"),
+        "{report}"
+    );
+    // Nothing but quotes: refused, clearly.
+    let report = lmtp_send(
+        &h,
+        "desk@acme.example",
+        &[&rcpt],
+        &reply_mail("desk@acme.example", "> JOIN summer please\r\n"),
+    )
+    .await;
+    assert_eq!(report["data"][0], 550, "{report}");
+    assert!(
+        report["data"][1]
+            .as_str()
+            .expect("text")
+            .contains("no text of its own"),
+        "{report}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(texts_to(&h, person).len(), 1, "no SMS for refused replies");
+
+    // Everything is listed, newest first, and counted.
+    let replies = json(&h, "/api/mail/replies").await;
+    let list = replies["replies"].as_array().expect("replies");
+    assert_eq!(list.len(), 5, "{replies}");
+    let accepted: Vec<&Value> = list.iter().filter(|r| r["outcome"] == "accepted").collect();
+    assert_eq!(accepted.len(), 1, "{replies}");
+    assert_eq!(accepted[0]["msisdn"], person);
+    assert_eq!(accepted[0]["text"], "Thanks, see you at 5!");
+    assert!(accepted[0]["job_id"].is_string());
+    assert!(
+        list.iter().any(|r| r["code"] == 550
+            && r["reason"]
+                .as_str()
+                .is_some_and(|t| t.contains("may not answer"))),
+        "{replies}"
+    );
+    let page = json(&h, "/api/mail/replies?limit=2").await;
+    assert_eq!(page["replies"].as_array().expect("page").len(), 2);
+    let next = page["next"].as_str().expect("next");
+    let rest = json(&h, &format!("/api/mail/replies?before={next}")).await;
+    assert_eq!(rest["replies"].as_array().expect("rest").len(), 3);
+    let (status, _) = h.admin_get("/api/mail/replies?before=zzz").await;
+    assert_eq!(status, 400);
+    let (_, metrics) = h.admin_get("/metrics").await;
+    assert!(metrics.contains("vmnd_email_replies_total"), "{metrics}");
+    assert!(metrics.contains("vmnd_email_attempts_total"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opted_out_person_gets_no_email_reply() {
+    let sink = SmtpSink::start(0, false).await;
+    let h = Harness::start(SmscConfig::default(), SinkMode::Ok, &extra(sink.port, "")).await;
+    let person = "919811114444";
+    send_sms(&h, person, "JOIN").await;
+    assert!(eventually(STEP, || sink.messages().len() == 1).await);
+    let token = token_of(&sink.messages()[0]);
+    send_sms(&h, person, "STOP").await;
+    // The opt-out is processed (its event reached the webhook) before the reply comes.
+    assert!(eventually(STEP, || h.sink.count() >= 2).await);
+    let rcpt = format!("reply+{token}@{DOMAIN}");
+    let report = lmtp_send(
+        &h,
+        "desk@acme.example",
+        &[&rcpt],
+        &reply_mail("desk@acme.example", "Still there?"),
+    )
+    .await;
+    assert_eq!(report["data"][0], 250, "{report}");
+    assert!(eventually(STEP, || h.daemon().store.queue_depth() == 0).await);
+    let outbound = json(&h, "/api/outbound").await;
+    let record = outbound["outbound"]
+        .as_array()
+        .expect("outbound")
+        .iter()
+        .find(|r| r["purpose"] == "email_reply")
+        .cloned()
+        .expect("the reply's record");
+    assert_eq!(record["state"], "suppressed", "{outbound}");
+    assert!(
+        texts_to(&h, person).is_empty(),
+        "{:?}",
+        texts_to(&h, person)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_smtp_server_is_retried_and_a_refusal_is_a_dead_letter() {
+    // A free port with nothing listening: the relay is down.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut h = Harness::start(SmscConfig::default(), SinkMode::Ok, &extra(port, "")).await;
+    send_sms(&h, "919811115555", "JOIN while down").await;
+    // At least two attempts fail (the first at once, the next about a second later).
+    assert!(
+        eventually(STEP, || {
+            let store = &h.daemon().store;
+            store
+                .job_schedule()
+                .ok()
+                .into_iter()
+                .flatten()
+                .any(|(_, id, _)| {
+                    store
+                        .job(id)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|j| j.attempts >= 2 && j.last_error.is_some())
+                })
+        })
+        .await,
+        "retried while the relay is down"
+    );
+    let sink = SmtpSink::start(port, false).await;
+    assert!(
+        eventually(Duration::from_secs(60), || sink.messages().len() == 1).await,
+        "delivered once the relay is up"
+    );
+    assert!(
+        sink.messages()[0]["data"]
+            .as_str()
+            .expect("data")
+            .contains("JOIN while down")
+    );
+    assert!(eventually(STEP, || h.daemon().store.queue_depth() == 0).await);
+    assert_eq!(h.daemon().store.dead_letter_count(), 0);
+    drop(sink);
+
+    // A relay that refuses for good: a dead letter after one attempt.
+    h.stop_daemon().await;
+    let refusing = SmtpSink::start(0, true).await;
+    h.start_daemon(&extra(refusing.port, "")).await;
+    send_sms(&h, "919811115555", "JOIN refused").await;
+    assert!(eventually(STEP, || h.daemon().store.dead_letter_count() == 1).await);
+    let letters = json(&h, "/api/deadletters").await;
+    let letter = &letters["deadletters"][0];
+    assert_eq!(letter["job"]["attempts"], 1, "{letters}");
+    assert!(
+        letter["reason"].as_str().expect("reason").contains("550"),
+        "{letters}"
+    );
+}
+
+/// Talks raw LMTP: sends `input`, closes the sending side, reads until the server closes.
+async fn raw_lmtp(addr: std::net::SocketAddr, input: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(input).await.expect("write");
+    let _ = stream.shutdown().await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_lmtp_is_answered_and_never_stops_the_listener() {
+    let sink = SmtpSink::start(0, false).await;
+    let h = Harness::start(
+        SmscConfig::default(),
+        SinkMode::Ok,
+        &extra(sink.port, "reply_token_ttl = \"5s\""),
+    )
+    .await;
+    let addr = h.daemon().lmtp_addr.expect("lmtp");
+    let person = "919811116666";
+    send_sms(&h, person, "JOIN").await;
+    assert!(eventually(STEP, || sink.messages().len() == 1).await);
+    let token = token_of(&sink.messages()[0]);
+    let rcpt = format!("reply+{token}@{DOMAIN}");
+
+    // Commands out of order, unknown ones, SMTP greetings, garbage and an overlong line.
+    let long = "A".repeat(10_000);
+    let out = raw_lmtp(
+        addr,
+        format!(
+            "MAIL FROM:<desk@acme.example>\r\nEHLO x\r\nLHLO x\r\nRCPT TO:<{rcpt}>\r\nDATA\r\nMAIL FROM:<desk@acme.example>\r\nMAIL FROM:<desk@acme.example>\r\nRCPT TO:<broken\r\nFROB\r\n\x00\x01\x02\x7f\u{fffd}\r\n{long}\r\nSTARTTLS\r\nDATA\r\nRSET\r\nNOOP\r\nQUIT\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let codes: Vec<&str> = out.lines().map(|l| &l[..3.min(l.len())]).collect();
+    assert_eq!(
+        codes,
+        [
+            "220", "503", "500", "250", "250", "250", "250", "250", "503", "503", "250", "503",
+            "501", "500", "500", "500", "502", "503", "250", "250", "221"
+        ],
+        "{out}"
+    );
+
+    // Two recipients, one DATA: one reply each, in order; dot-unstuffing.
+    let out = raw_lmtp(
+        addr,
+        format!(
+            "LHLO x\r\nMAIL FROM:<desk@acme.example>\r\nRCPT TO:<{rcpt}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\nFrom: desk@acme.example\r\n\r\n..dots first\r\n.\r\nQUIT\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let replies: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("250 2.1.5 reply queued"))
+        .collect();
+    assert_eq!(replies.len(), 2, "{out}");
+    assert!(eventually(STEP, || texts_to(&h, person).len() == 2).await);
+    assert_eq!(texts_to(&h, person)[0].1, ".dots first");
+
+    // A line too long inside DATA: refused per recipient, the connection goes on.
+    let out = raw_lmtp(
+        addr,
+        format!(
+            "LHLO x\r\nMAIL FROM:<desk@acme.example>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\nFrom: desk@acme.example\r\n\r\n{}\r\n.\r\nNOOP\r\nQUIT\r\n",
+            "x".repeat(70_000)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(out.contains("552 5.3.4"), "{out}");
+    assert!(out.contains("250 2.0.0 ok"), "{out}");
+    // A connection dropped in the middle of DATA delivers nothing.
+    let _ = raw_lmtp(
+        addr,
+        format!("LHLO x\r\nMAIL FROM:<desk@acme.example>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\nFrom: desk@acme.example\r\n\r\nhalf").as_bytes(),
+    )
+    .await;
+
+    // Once the token has expired, RCPT is refused and says so.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let out = raw_lmtp(
+        addr,
+        format!("LHLO x\r\nMAIL FROM:<desk@acme.example>\r\nRCPT TO:<{rcpt}>\r\nQUIT\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(out.contains("550 5.1.1"), "{out}");
+    assert!(out.contains("expired"), "{out}");
+
+    // The listener still serves, and nothing else was texted.
+    let out = raw_lmtp(addr, b"LHLO x\r\nQUIT\r\n").await;
+    assert!(out.contains("250 SIZE"), "{out}");
+    assert_eq!(texts_to(&h, person).len(), 2);
+}
