@@ -91,7 +91,7 @@ pub struct Smtp {
 pub const DEFAULT_EMAIL_SUBJECT: &str = "SMS from {from} to {to}";
 
 /// The default `[smtp] body`.
-pub const DEFAULT_EMAIL_BODY: &str = "{text}\n\n--\nSMS from {from} to {to} (keyword: {keyword}, inbox: {inbox}), received {date}.\nReply to this e-mail to answer by SMS.\n";
+pub const DEFAULT_EMAIL_BODY: &str = "{text}\n\n--\nSMS from {from} to {to}, received {date}.\nReply to this e-mail to answer by SMS.\n";
 
 /// `[daemon]`
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -143,10 +143,9 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 match Request::parse(&mut line.iter()) {
                     Err(e) => parse_error(&e),
-                    Ok(Request::Lhlo { host }) => {
+                    Ok(Request::Lhlo { .. }) => {
                         greeted = true;
                         tx = Transaction::default();
-                        let _ = host;
                         write
                             .write_all(
                                 format!(

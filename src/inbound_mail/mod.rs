@@ -64,6 +64,13 @@ impl Reply {
     }
 }
 
+/// A recipient refused at `RCPT TO`: the reply, a label for the metric, the token if any.
+struct Refusal {
+    reply: Reply,
+    label: &'static str,
+    token: Option<String>,
+}
+
 /// A recipient accepted at `RCPT TO`.
 #[derive(Debug, Clone)]
 pub struct Recipient {
@@ -132,26 +139,31 @@ impl MailContext {
     /// Decides on `RCPT TO:<rcpt>`: a known, unexpired token at the reply domain.
     /// Rejections are recorded and counted here.
     pub fn check_recipient(&self, envelope_from: &str, rcpt: &str) -> Result<Recipient, Reply> {
-        let outcome = self.recipient(rcpt);
-        if let Err((reply, label, token)) = &outcome {
-            self.record_rejection(envelope_from, rcpt, token.clone(), None, reply, label);
-        }
-        outcome.map_err(|(reply, _, _)| reply)
+        self.recipient(rcpt).map_err(|refusal| {
+            self.record_rejection(
+                envelope_from,
+                rcpt,
+                refusal.token,
+                None,
+                &refusal.reply,
+                refusal.label,
+            );
+            refusal.reply
+        })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn recipient(&self, rcpt: &str) -> Result<Recipient, (Reply, &'static str, Option<String>)> {
+    fn recipient(&self, rcpt: &str) -> Result<Recipient, Refusal> {
         let Some(smtp) = &self.config.smtp else {
-            return Err((
-                Reply::new(550, "5.1.1", "e-mail replies are not configured"),
-                "unknown_token",
-                None,
-            ));
+            return Err(Refusal {
+                reply: Reply::new(550, "5.1.1", "e-mail replies are not configured"),
+                label: "unknown_token",
+                token: None,
+            });
         };
         let (local, domain) = rcpt.rsplit_once('@').unwrap_or((rcpt, ""));
         if !domain.eq_ignore_ascii_case(&smtp.reply_domain) {
-            return Err((
-                Reply::new(
+            return Err(Refusal {
+                reply: Reply::new(
                     550,
                     "5.1.2",
                     format!(
@@ -159,44 +171,44 @@ impl MailContext {
                         smtp.reply_domain
                     ),
                 ),
-                "wrong_domain",
-                None,
-            ));
+                label: "wrong_domain",
+                token: None,
+            });
         }
         let local = local.to_ascii_lowercase();
         let token = local.strip_prefix("reply+").unwrap_or("");
         if !is_reply_token(token) {
-            return Err((
-                Reply::new(
+            return Err(Refusal {
+                reply: Reply::new(
                     550,
                     "5.1.1",
                     format!("<{rcpt}>: no such reply address (expected reply+<token>)"),
                 ),
-                "unknown_token",
-                None,
-            ));
+                label: "unknown_token",
+                token: None,
+            });
         }
         let record = match self.store.reply_token(token) {
             Ok(Some(record)) => record,
             Ok(None) => {
-                return Err((
-                    Reply::new(550, "5.1.1", format!("<{rcpt}>: unknown reply address")),
-                    "unknown_token",
-                    Some(token.to_string()),
-                ));
+                return Err(Refusal {
+                    reply: Reply::new(550, "5.1.1", format!("<{rcpt}>: unknown reply address")),
+                    label: "unknown_token",
+                    token: Some(token.to_string()),
+                });
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot read reply tokens");
-                return Err((
-                    Reply::new(451, "4.3.0", "temporary failure of the message store"),
-                    "store_error",
-                    Some(token.to_string()),
-                ));
+                return Err(Refusal {
+                    reply: Reply::new(451, "4.3.0", "temporary failure of the message store"),
+                    label: "store_error",
+                    token: Some(token.to_string()),
+                });
             }
         };
         if record.expires_ms <= clock::now_ms() {
-            return Err((
-                Reply::new(
+            return Err(Refusal {
+                reply: Reply::new(
                     550,
                     "5.1.1",
                     format!(
@@ -204,9 +216,9 @@ impl MailContext {
                         clock::rfc3339_ms(record.expires_ms)
                     ),
                 ),
-                "expired_token",
-                Some(token.to_string()),
-            ));
+                label: "expired_token",
+                token: Some(token.to_string()),
+            });
         }
         Ok(Recipient {
             rcpt: rcpt.to_string(),
