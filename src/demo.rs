@@ -3,7 +3,10 @@
 //! any operator's file) and a data dir under a temp folder. A scripted set of messages covers
 //! plain GSM text, the GSM extension table, Unicode with an emoji, a three-part message
 //! delivered out of order, a message_payload TLV, a message to a number we do not serve, a
-//! delivery receipt, and two keywords (a campaign and a poll) answered by SMS. Each message's fate is printed; the admin page stays up until Ctrl-C.
+//! delivery receipt, and two keywords (a campaign and a poll) answered by SMS. The campaign is
+//! also forwarded by e-mail to an SMTP sink, and a reply to that e-mail, handed to the LMTP
+//! listener as the operator's MTA would, goes back to the person by SMS. Each message's fate is
+//! printed; the admin page stays up until Ctrl-C.
 
 use std::time::Duration;
 
@@ -12,6 +15,7 @@ use crate::daemon::Daemon;
 use crate::http_sink::{HttpSink, SinkMode};
 use crate::sim::{Smsc, SmscConfig, mo};
 use crate::smpp::receipt::Receipt;
+use crate::smtp_sink::SmtpSink;
 use crate::store::MessageFilter;
 
 /// The demo's config; `{...}` are filled in at start. Operators can copy it.
@@ -37,6 +41,14 @@ url = "{webhook_url}"
 secret = "whsec-demo"
 retry_for = "1h"
 
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+from = "vmnd demo <sms@demo.example>"
+reply_domain = "reply.demo.example"
+lmtp_listen = "127.0.0.1:0"
+subject = "[{inbox}] SMS from {from}"
+
 [[number]]
 vmn = "567678"
 carrier = "sim"
@@ -49,6 +61,7 @@ aliases = ["SUBSCRIBE"]
 inbox = "summer"
 reply = "Thanks {from}! You joined {inbox}. Details: https://acme.example/s"
 webhook = "crm"
+email = ["leads@acme.example"]
 
 [[number.keyword]]
 keyword = "VOTE"
@@ -72,6 +85,9 @@ pub async fn run(once: bool) -> Result<(), String> {
     let sink = HttpSink::start(SinkMode::Ok)
         .await
         .map_err(|e| format!("cannot start the HTTP sink: {e}"))?;
+    let smtp = SmtpSink::start()
+        .await
+        .map_err(|e| format!("cannot start the SMTP sink: {e}"))?;
     let smsc = Smsc::start(SmscConfig::default())
         .await
         .map_err(|e| format!("cannot start the simulated carrier: {e}"))?;
@@ -87,7 +103,8 @@ pub async fn run(once: bool) -> Result<(), String> {
         .replace("{data_dir}", &dir.path().join("var").display().to_string())
         .replace("{admin_listen}", admin_listen)
         .replace("{carrier_port}", &smsc.addr().port().to_string())
-        .replace("{webhook_url}", &sink.url("/sms"));
+        .replace("{webhook_url}", &sink.url("/sms"))
+        .replace("{smtp_port}", &smtp.addr().port().to_string());
     let (config, _warnings) = config::parse(&text, "<demo>", &|_| None).map_err(|problems| {
         problems
             .iter()
@@ -99,6 +116,10 @@ pub async fn run(once: bool) -> Result<(), String> {
     println!("vmnd demo");
     println!("  carrier simulator  {}", smsc.addr());
     println!("  webhook sink       {}", sink.url("/sms"));
+    println!("  SMTP sink          {}", smtp.addr());
+    if let Some(lmtp) = daemon.lmtp_addr {
+        println!("  LMTP (replies)     {lmtp}");
+    }
     println!("  admin page         http://{}/", daemon.admin_addr);
     println!("  data dir           {}", dir.path().display());
     println!();
@@ -211,10 +232,11 @@ pub async fn run(once: bool) -> Result<(), String> {
             sm.source.addr, sm.dest.addr, text
         );
     }
-    let ok = all_acked && all_posted && replies_sent;
+    let emailed = email_round_trip(&daemon, &smtp, &smsc).await;
+    let ok = all_acked && all_posted && replies_sent && emailed;
     if !ok {
         println!(
-            "\nnot everything arrived in time: acked={all_acked} posted={all_posted} replies={replies_sent}"
+            "\nnot everything arrived in time: acked={all_acked} posted={all_posted} replies={replies_sent} e-mail={emailed}"
         );
     }
     if !once {
@@ -227,9 +249,114 @@ pub async fn run(once: bool) -> Result<(), String> {
     daemon.shutdown().await;
     smsc.shutdown();
     sink.shutdown();
+    smtp.shutdown();
     if ok {
         Ok(())
     } else {
         Err("the demo's messages did not all flow".into())
     }
+}
+
+/// The JOIN forward as the SMTP sink got it, then a reply to it handed over LMTP (as the
+/// operator's MTA would) and the SMS it becomes. True when all of it happened.
+async fn email_round_trip(daemon: &Daemon, smtp: &SmtpSink, smsc: &Smsc) -> bool {
+    if !smtp.wait_for(1, Duration::from_secs(20)).await {
+        return false;
+    }
+    let mail = &smtp.received()[0];
+    let header = |name: &str| mail.header(name).unwrap_or_default();
+    println!();
+    println!(
+        "e-mail to {}  Subject: {:?}\n      Reply-To: {}\n      Message-ID: {}  In-Reply-To: {}",
+        mail.rcpt_to.join(", "),
+        header("Subject"),
+        header("Reply-To"),
+        header("Message-ID"),
+        header("In-Reply-To")
+    );
+    let reply_to = header("Reply-To");
+    let Some(rcpt) = reply_to
+        .split(['<', '>', ' '])
+        .find(|part| part.starts_with("reply+"))
+    else {
+        return false;
+    };
+    let Some(lmtp) = daemon.lmtp_addr else {
+        return false;
+    };
+    let text = "See you at the summer launch!";
+    let message = format!(
+        "From: leads@acme.example\r\nSubject: Re: {}\r\n\r\n{text}\r\n\r\nOn Sat, Acme SMS wrote:\r\n> JOIN summer\r\n",
+        header("Subject")
+    );
+    let transcript = match lmtp_deliver(lmtp, "leads@acme.example", rcpt, &message).await {
+        Ok(t) => t,
+        Err(e) => {
+            println!("LMTP delivery failed: {e}");
+            return false;
+        }
+    };
+    println!(
+        "reply by e-mail from leads@acme.example to {rcpt} over LMTP: {}",
+        transcript.trim_end()
+    );
+    let before = smsc.stats().submits_received;
+    let sent = smsc
+        .wait_until(Duration::from_secs(20), |s| s.submits_received > before)
+        .await;
+    if let Some(sm) = smsc.submitted().iter().rev().find(|sm| {
+        crate::smpp::text::decode_text(sm.data_coding, &sm.short_message, false, 0).text == text
+    }) {
+        println!(
+            "reply  {} -> {}  submit_sm: \"{text}\" (the e-mail's own text, quote stripped)",
+            sm.source.addr, sm.dest.addr
+        );
+        return sent;
+    }
+    false
+}
+
+/// A minimal LMTP client for the demo: one message to one recipient; returns the final reply.
+async fn lmtp_deliver(
+    addr: std::net::SocketAddr,
+    from: &str,
+    rcpt: &str,
+    message: &str,
+) -> std::io::Result<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let mut last = String::new();
+    // Each step's reply ends with a line whose code is followed by a space.
+    async fn expect<R: tokio::io::AsyncBufRead + Unpin>(
+        lines: &mut tokio::io::Lines<R>,
+    ) -> std::io::Result<String> {
+        loop {
+            let Some(line) = lines.next_line().await? else {
+                return Err(std::io::Error::other("connection closed"));
+            };
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(line);
+            }
+        }
+    }
+    expect(&mut lines).await?;
+    let body = message.replace("\r\n.", "\r\n..");
+    for command in [
+        "LHLO demo.example\r\n".to_string(),
+        format!("MAIL FROM:<{from}>\r\n"),
+        format!("RCPT TO:<{rcpt}>\r\n"),
+        "DATA\r\n".to_string(),
+        format!("{body}.\r\n"),
+        "QUIT\r\n".to_string(),
+    ] {
+        write.write_all(command.as_bytes()).await?;
+        let reply = expect(&mut lines).await?;
+        if command.starts_with("QUIT") {
+            break;
+        }
+        last = reply;
+    }
+    Ok(last)
 }

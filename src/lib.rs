@@ -35,6 +35,7 @@
 //! | [`demo`] | `vmnd demo`: daemon, simulated carrier, HTTP sink, scripted messages |
 //! | [`sim`] | a carrier SMSC simulator used by tests, benches and the demo |
 //! | [`http_sink`] | a recording HTTP server standing in for a tenant's endpoint (tests, demo, benches) |
+//! | [`smtp_sink`] | a recording SMTP server standing in for the operator's mail relay in the demo |
 //! | [`cli`] | the subcommands behind `main.rs` |
 //! | [`clock`] | durations in config syntax and timestamps in the contract's format |
 
@@ -53,6 +54,7 @@ pub mod processor;
 pub mod routing;
 pub mod sim;
 pub mod smpp;
+pub mod smtp_sink;
 pub mod store;
 
 /// mimalloc for every binary that links vmnd (the daemon, the tests, the benches). sled copies

@@ -28,7 +28,7 @@ const MAX_RECIPIENTS: usize = 100;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What reading one line gave.
-enum Line {
+pub(crate) enum Line {
     /// The line, with its line ending.
     Full,
     /// Longer than the limit: what came was dropped up to and including its line ending.
@@ -37,7 +37,7 @@ enum Line {
 }
 
 /// Reads one line into `buf` (cleared first), at most `max` bytes.
-async fn read_line<R: AsyncBufReadExt + Unpin>(
+pub(crate) async fn read_line<R: AsyncBufReadExt + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
