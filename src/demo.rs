@@ -300,20 +300,23 @@ async fn email_round_trip(daemon: &Daemon, smtp: &SmtpSink, smsc: &Smsc) -> bool
         "reply by e-mail from leads@acme.example to {rcpt} over LMTP: {}",
         transcript.trim_end()
     );
-    let before = smsc.stats().submits_received;
-    let sent = smsc
-        .wait_until(Duration::from_secs(20), |s| s.submits_received > before)
-        .await;
-    if let Some(sm) = smsc.submitted().iter().rev().find(|sm| {
+    let is_reply = |sm: &crate::smpp::pdu::ShortMessage| {
         crate::smpp::text::decode_text(sm.data_coding, &sm.short_message, false, 0).text == text
-    }) {
-        println!(
-            "reply  {} -> {}  submit_sm: \"{text}\" (the e-mail's own text, quote stripped)",
-            sm.source.addr, sm.dest.addr
-        );
-        return sent;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(sm) = smsc.submitted().iter().find(|sm| is_reply(sm)) {
+            println!(
+                "reply  {} -> {}  submit_sm: \"{text}\" (the e-mail's own text, quote stripped)",
+                sm.source.addr, sm.dest.addr
+            );
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    false
 }
 
 /// A minimal LMTP client for the demo: one message to one recipient; returns the final reply.

@@ -129,4 +129,17 @@ fn demo_runs_its_script_end_to_end() {
         stdout.contains("Thanks, your vote a is counted"),
         "{stdout}"
     );
+    // The JOIN forward reached the SMTP sink, and the reply by e-mail came back as SMS.
+    assert!(
+        stdout
+            .contains("e-mail to leads@acme.example  Subject: \"[summer] SMS from 919812345678\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("250 2.1.5 reply queued as SMS"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "reply  567678 -> 919812345678  submit_sm: \"See you at the summer launch!\""
+        ),
+        "{stdout}"
+    );
 }
