@@ -62,6 +62,9 @@ pub struct Smtp {
     pub host: String,
     pub port: u16,
     pub tls: SmtpTls,
+    /// `ca_file`: PEM certificates trusted for the relay besides the public roots (a relay
+    /// with a certificate from a private CA), read when the config is loaded.
+    pub ca_pem: Option<Vec<u8>>,
     /// `username` with `password` / `password_env`: SMTP AUTH; `None` sends without auth.
     pub credentials: Option<(String, String)>,
     /// `from`: the envelope sender and `From:` of every forward (an address, optionally with a
@@ -725,6 +728,7 @@ struct RawSmtp {
     host: Spanned<String>,
     port: Spanned<i64>,
     tls: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
     username: Option<Spanned<String>>,
     password: Option<Spanned<String>>,
     password_env: Option<Spanned<String>>,
@@ -1886,6 +1890,21 @@ fn check_domain(domain: &str) -> Result<(), String> {
     }
 }
 
+/// Reads `[smtp] ca_file`: one or more PEM certificates, as lettre will load them.
+fn read_ca_file(path: &str) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
+    let certificates = pem
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .filter(|w| *w == b"-----BEGIN CERTIFICATE-----")
+        .count();
+    if certificates == 0 {
+        return Err(format!("{path:?} holds no PEM certificate"));
+    }
+    lettre::transport::smtp::client::Certificate::from_pem(&pem)
+        .map_err(|e| format!("{path:?}: {e}"))?;
+    Ok(pem)
+}
+
 /// Checks `[smtp]` and resolves its defaults and password.
 fn validate_smtp(
     raw: &RawSmtp,
@@ -1905,6 +1924,24 @@ fn validate_smtp(
                     &t.span(),
                     format!("`tls` must be \"none\", \"starttls\" or \"tls\", got {other:?}"),
                 );
+                None
+            }
+        },
+    };
+    let ca_pem = match &raw.ca_file {
+        None => Some(None),
+        Some(path) => match read_ca_file(path.get_ref()) {
+            Ok(pem) => {
+                if tls == Some(SmtpTls::None) {
+                    p.warning(
+                        &path.span(),
+                        "`ca_file` is only used with tls = \"starttls\" or \"tls\"",
+                    );
+                }
+                Some(Some(pem))
+            }
+            Err(message) => {
+                p.error(&path.span(), format!("`ca_file`: {message}"));
                 None
             }
         },
@@ -2033,6 +2070,7 @@ fn validate_smtp(
         host: host?,
         port: u16::try_from(port?).ok()?,
         tls: tls?,
+        ca_pem: ca_pem?,
         credentials: credentials?,
         from: from?,
         reply_domain: reply_domain?,
@@ -5208,6 +5246,18 @@ lmtp_listen = "127.0.0.1:2424"
             let errors = errors_of(&format!("{VALID}{}", SMTP.replace(from, to)));
             assert_eq!(errors.len(), 1, "{to}: {errors:?}");
             assert!(errors[0].contains(says), "{to}: {errors:?}");
+        }
+        // `ca_file` must hold PEM certificates.
+        for (value, says) in [
+            (
+                "\"/nonexistent/ca.pem\"",
+                "`ca_file`: cannot read \"/nonexistent/ca.pem\"",
+            ),
+            ("\"Cargo.toml\"", "holds no PEM certificate"),
+        ] {
+            let errors = errors_of(&format!("{VALID}{SMTP}tls = \"tls\"\nca_file = {value}\n"));
+            assert_eq!(errors.len(), 1, "{value}: {errors:?}");
+            assert!(errors[0].contains(says), "{value}: {errors:?}");
         }
         // Keys the section requires.
         let errors = errors_of(&format!(

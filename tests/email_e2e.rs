@@ -43,10 +43,16 @@ struct SmtpSink {
 impl SmtpSink {
     /// Starts the sink on `port` (0: any free port). `refuse`: answer every message 550.
     async fn start(port: u16, refuse: bool) -> SmtpSink {
+        SmtpSink::start_with(port, refuse, &[]).await
+    }
+
+    /// As [`SmtpSink::start`], with more arguments for `tests/smtp_sink.py` (TLS options).
+    async fn start_with(port: u16, refuse: bool, more: &[&str]) -> SmtpSink {
         let mut command = Command::new("python3");
         command
             .arg("tests/smtp_sink.py")
             .arg(port.to_string())
+            .args(more)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true);
@@ -545,4 +551,153 @@ async fn malformed_lmtp_is_answered_and_never_stops_the_listener() {
     let out = raw_lmtp(addr, b"LHLO x\r\nQUIT\r\n").await;
     assert!(out.contains("250 SIZE"), "{out}");
     assert_eq!(texts_to(&h, person).len(), 2);
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it (openssl, in `dir`); returns the
+/// paths of the CA certificate, the server's chain and its key.
+fn private_ca(dir: &std::path::Path) -> (String, String, String) {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs (see .ci/run)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ext = path("server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write");
+    let (ca, ca_key, key, csr, cert) = (
+        path("ca.pem"),
+        path("ca.key"),
+        path("server.key"),
+        path("server.csr"),
+        path("server.pem"),
+    );
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=vmnd test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-out",
+        &cert,
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+    ]);
+    (ca, cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_and_implicit_tls_verify_the_relay_certificate() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = private_ca(certs.path());
+    let mut h: Option<Harness> = None;
+    for (mode, flag) in [("starttls", "--starttls"), ("tls", "--tls")] {
+        let sink = SmtpSink::start_with(0, false, &[flag, &cert, &key]).await;
+        let settings = format!("tls = \"{mode}\"\nca_file = \"{ca}\"");
+        let harness = match h.as_mut() {
+            None => h.insert(
+                Harness::start(
+                    SmscConfig::default(),
+                    SinkMode::Ok,
+                    &extra(sink.port, &settings),
+                )
+                .await,
+            ),
+            Some(harness) => {
+                harness.stop_daemon().await;
+                harness.start_daemon(&extra(sink.port, &settings)).await;
+                harness
+            }
+        };
+        send_sms(harness, "919811117777", &format!("JOIN over {mode}")).await;
+        assert!(
+            eventually(STEP, || sink.messages().len() == 1).await,
+            "{mode}: delivered over TLS"
+        );
+        assert!(
+            sink.messages()[0]["data"]
+                .as_str()
+                .expect("data")
+                .contains(&format!("JOIN over {mode}"))
+        );
+    }
+    // Without the private CA the relay's certificate is not trusted: nothing is sent, and the
+    // job waits for a retry with the reason.
+    let harness = h.as_mut().expect("harness");
+    let sink = SmtpSink::start_with(0, false, &["--tls", &cert, &key]).await;
+    harness.stop_daemon().await;
+    harness
+        .start_daemon(&extra(sink.port, "tls = \"tls\""))
+        .await;
+    send_sms(harness, "919811117777", "JOIN untrusted").await;
+    assert!(
+        eventually(STEP, || {
+            let store = &harness.daemon().store;
+            store
+                .job_schedule()
+                .ok()
+                .into_iter()
+                .flatten()
+                .any(|(_, id, _)| {
+                    store.job(id).ok().flatten().is_some_and(|j| {
+                        j.email.is_some()
+                            && j.last_error
+                                .is_some_and(|e| e.to_lowercase().contains("certificate"))
+                    })
+                })
+        })
+        .await,
+        "the untrusted relay fails the attempt"
+    );
+    assert!(sink.messages().is_empty());
 }

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """A real SMTP server for the e-mail tests: aiosmtpd (written by nobody here) on 127.0.0.1.
 
-Usage: smtp_sink.py [PORT] [--refuse]
+Usage: smtp_sink.py [PORT] [--refuse] [--starttls CERT KEY | --tls CERT KEY]
 Prints {"port": N} once listening, then one JSON line per message received:
 {"mail_from": ..., "rcpt_tos": [...], "data": "<the message as received>"}.
-With --refuse every message is answered "550 5.7.1" (a permanent refusal).
+With --refuse every message is answered "550 5.7.1" (a permanent refusal). With --starttls
+the server requires STARTTLS before MAIL; with --tls it speaks TLS from the first byte (SMTPS);
+both with the given PEM certificate chain and key.
 Exits when its standard input closes, so it never outlives the test that started it.
 """
 import asyncio
 import json
+import ssl
 import sys
 
 from aiosmtpd.smtp import SMTP
@@ -32,12 +35,33 @@ class Handler:
         return "250 2.0.0 OK"
 
 
+def option(name):
+    """The two values after --name (certificate, key) as an SSL context, or None."""
+    if name not in sys.argv:
+        return None
+    i = sys.argv.index(name)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sys.argv[i + 1], sys.argv[i + 2])
+    return context
+
+
 async def main():
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    argv = sys.argv[1:]
+    for name in ("--starttls", "--tls"):
+        if name in argv:
+            i = argv.index(name)
+            del argv[i:i + 3]
+    args = [a for a in argv if not a.startswith("--")]
     port = int(args[0]) if args else 0
     handler = Handler("--refuse" in sys.argv)
+    starttls = option("--starttls")
+    implicit = option("--tls")
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(handler), "127.0.0.1", port)
+    if starttls is not None:
+        factory = lambda: SMTP(handler, tls_context=starttls, require_starttls=True)
+    else:
+        factory = lambda: SMTP(handler)
+    server = await loop.create_server(factory, "127.0.0.1", port, ssl=implicit)
     print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
     await loop.run_in_executor(None, sys.stdin.read)
     server.close()

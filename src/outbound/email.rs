@@ -14,7 +14,7 @@
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use sha2::{Digest, Sha256};
@@ -45,7 +45,13 @@ impl Mailer {
     /// Builds the transport for `[smtp]` (no connection is made until the first send).
     pub fn new(smtp: &Smtp) -> Result<Mailer, String> {
         let tls = |host: &str| {
-            TlsParameters::new(host.to_string())
+            let mut builder = TlsParameters::builder(host.to_string());
+            if let Some(pem) = &smtp.ca_pem {
+                let ca = Certificate::from_pem(pem).map_err(|e| format!("[smtp] ca_file: {e}"))?;
+                builder = builder.add_root_certificate(ca);
+            }
+            builder
+                .build_rustls()
                 .map_err(|e| format!("TLS settings for {host:?}: {e}"))
         };
         // `builder_dangerous` only means "no TLS unless asked for": `tls` below decides.
@@ -284,6 +290,7 @@ mod tests {
             host: "mail.example.net".into(),
             port: 587,
             tls,
+            ca_pem: None,
             credentials: Some(("u".into(), "p".into())),
             from: "vmnd <vmnd@example.net>".into(),
             reply_domain: "reply.example.net".into(),
