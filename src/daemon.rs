@@ -68,6 +68,13 @@ impl Daemon {
                 }
             })
             .map_err(|e| format!("cannot start the opt-out index thread: {e}"))?;
+        // Bound before any task starts, so that an address in use stops the start cleanly.
+        let lmtp_listener = match &config.smtp {
+            Some(smtp) => Some(inbound_mail::bind(smtp.lmtp_listen).await.map_err(|e| {
+                format!("cannot listen on {} (lmtp_listen): {e}", smtp.lmtp_listen)
+            })?),
+            None => None,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let (scheduler, scheduled) = Scheduler::channel();
@@ -125,11 +132,8 @@ impl Daemon {
             .await
             .map_err(|e| format!("cannot listen on {} (admin_listen): {e}", d.admin_listen))?;
         let admin_addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let lmtp_addr = match &config.smtp {
-            Some(smtp) => {
-                let listener = inbound_mail::bind(smtp.lmtp_listen).await.map_err(|e| {
-                    format!("cannot listen on {} (lmtp_listen): {e}", smtp.lmtp_listen)
-                })?;
+        let lmtp_addr = match lmtp_listener {
+            Some(listener) => {
                 let addr = listener.local_addr().map_err(|e| e.to_string())?;
                 // Tokens past their lifetime only take room; a reply to one is refused either way.
                 match store.prune_reply_tokens(crate::clock::now_ms()) {

@@ -701,3 +701,89 @@ async fn starttls_and_implicit_tls_verify_the_relay_certificate() {
     );
     assert!(sink.messages().is_empty());
 }
+
+#[test]
+fn route_explains_the_email_forward_and_plans_one_job_per_action() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = common::config_text(
+        &dir.path().join("var"),
+        2775,
+        "http://127.0.0.1:9/sms",
+        &extra(25, ""),
+    );
+    let config = common::parse_config(&text);
+    let router = vmnd::routing::router::Router::new(&config);
+    let explained = vmnd::actions::explain(
+        &router,
+        VMN,
+        "919800000000",
+        "JOIN now",
+        chrono::Utc::now(),
+        None,
+    );
+    assert!(
+        explained
+            .actions
+            .contains(&"E-mail to desk@acme.example, leads@acme.example".to_string()),
+        "{explained}"
+    );
+    // The record names the webhooks only (an e-mail job has no webhook of its own).
+    assert!(
+        explained
+            .actions
+            .iter()
+            .filter(|a| a.starts_with("POST"))
+            .count()
+            == 1,
+        "{explained}"
+    );
+    // A message that matches no keyword is not e-mailed: the default has no `email`.
+    let other = vmnd::actions::explain(
+        &router,
+        VMN,
+        "919800000000",
+        "hello",
+        chrono::Utc::now(),
+        None,
+    );
+    assert!(
+        !other.actions.iter().any(|a| a.starts_with("E-mail")),
+        "{other}"
+    );
+}
+
+#[test]
+fn the_lmtp_command_parser_takes_a_null_sender_and_parameters() {
+    use smtp_proto::Request;
+    let parse = |line: &[u8]| Request::parse(&mut line.iter()).map(|r| r.into_owned());
+    match parse(b"MAIL FROM:<>\r\n") {
+        Ok(Request::Mail { from }) => assert_eq!(from.address, ""),
+        other => panic!("{other:?}"),
+    }
+    match parse(b"mail from:<desk@acme.example> BODY=8BITMIME SIZE=1000\r\n") {
+        Ok(Request::Mail { from }) => {
+            assert_eq!(from.address, "desk@acme.example");
+            assert_eq!(from.size, 1000);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(parse(b"RCPT TO:<reply+x@r.example\r\n").is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_lmtp_address_in_use_is_a_startup_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = common::config_text(
+        &dir.path().join("var"),
+        2775,
+        "http://127.0.0.1:9/sms",
+        &extra(25, "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    );
+    let config = common::parse_config(&text);
+    match vmnd::daemon::Daemon::start(config).await {
+        Ok(_) => panic!("started although lmtp_listen is taken"),
+        Err(e) => assert!(e.contains("(lmtp_listen)"), "{e}"),
+    }
+}
