@@ -9,7 +9,7 @@
 //!   message (of its first part, for a concatenated one), so reprocessing is idempotent.
 //! - `parts`:    reassembly state, see [`parts`].
 //! - `receipts`: `"<carrier>\0<carrier message id>"` -> message id (u64 BE) of the receipt record.
-//! - `jobs`, `dead`: see [`queue`].
+//! - `jobs`, `dead`, `attempts`: see [`queue`].
 //! - `outbound`, `outbound_ids`: SMS sent and their receipts, see [`outbound`].
 //! - `votes`: poll votes, see [`polls`].
 //! - `keywords`: keywords added at run time through the admin API, see [`keywords`].
@@ -221,6 +221,7 @@ struct Inner {
     receipts: sled::Tree,
     jobs: sled::Tree,
     dead: sled::Tree,
+    attempts: sled::Tree,
     outbound: sled::Tree,
     outbound_ids: sled::Tree,
     votes: sled::Tree,
@@ -283,6 +284,7 @@ impl Store {
                 receipts: db.open_tree("receipts")?,
                 jobs: db.open_tree("jobs")?,
                 dead: db.open_tree("dead")?,
+                attempts: db.open_tree("attempts")?,
                 outbound: db.open_tree("outbound")?,
                 outbound_ids: db.open_tree("outbound_ids")?,
                 votes: db.open_tree("votes")?,
@@ -441,6 +443,7 @@ impl Store {
             receipts: &self.inner.receipts,
             jobs: &self.inner.jobs,
             dead: &self.inner.dead,
+            attempts: &self.inner.attempts,
             outbound: &self.inner.outbound,
             outbound_ids: &self.inner.outbound_ids,
             votes: &self.inner.votes,
@@ -462,6 +465,7 @@ pub(crate) struct Trees<'a> {
     pub receipts: &'a sled::Tree,
     pub jobs: &'a sled::Tree,
     pub dead: &'a sled::Tree,
+    pub attempts: &'a sled::Tree,
     pub outbound: &'a sled::Tree,
     pub outbound_ids: &'a sled::Tree,
     pub votes: &'a sled::Tree,
