@@ -214,6 +214,32 @@ pub struct Number {
     pub reserved: ReservedWords,
     /// Confirmations, help and consent events for this number.
     pub consent: ConsentConfig,
+    /// Caps on automatic replies and forwards per sender (`[guard]`, the number's `guard`).
+    pub guard: GuardConfig,
+}
+
+/// The auto-action guard of a number: keeps vmnd from flooding a person, or from talking to
+/// another bot forever. Counted per sender and number; the message is still stored and still
+/// goes to its webhook, only the replies and forwards it would trigger are held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardConfig {
+    /// `max_auto_actions` (default 5; 0 = no cap): replies and forwards per sender per window.
+    pub max_auto_actions: u32,
+    /// `window` (default "10m").
+    pub window: Duration,
+    /// `loop_repeats` (default 3; 0 = off): the same text from the same sender this many times
+    /// within the window marks it as an autoresponder, and its messages trigger nothing.
+    pub loop_repeats: u32,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            max_auto_actions: 5,
+            window: Duration::from_secs(600),
+            loop_repeats: 3,
+        }
+    }
 }
 
 /// The reserved words of a number, upper-case as configured (matching normalises).
@@ -767,6 +793,17 @@ struct RawNumber {
     receipts: Option<Spanned<String>>,
     /// `optout = { .. }` or `[number.optout]`: this number's consent settings over `[optout]`.
     optout: Option<Spanned<RawOptout>>,
+    /// `guard = { .. }`: this number's auto-action guard over `[guard]`.
+    guard: Option<Spanned<RawGuard>>,
+}
+
+/// `[guard]`, or a number's `guard = { .. }`: every key optional, a number's over the global.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    max_auto_actions: Option<Spanned<i64>>,
+    window: Option<Spanned<String>>,
+    loop_repeats: Option<Spanned<i64>>,
 }
 
 /// A list of words or phrases (`stop = ["STOP", "STOP ALL"]`).
@@ -1023,6 +1060,8 @@ struct RawConfig {
     numbers: Vec<RawNumberEntry>,
     /// `[optout]`; `Some(None)` when it was there but could not be read (already reported).
     optout: Option<Option<RawOptout>>,
+    /// `[guard]`; `Some(None)` when it was there but could not be read (already reported).
+    guard: Option<Option<RawGuard>>,
     carrier_names: Names,
     webhook_names: Names,
 }
@@ -1057,6 +1096,7 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
         webhooks: Vec::new(),
         numbers: Vec::new(),
         optout: None,
+        guard: None,
         carrier_names: Names::new("carrier"),
         webhook_names: Names::new("webhook"),
     };
@@ -1096,6 +1136,12 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
                         .and_then(|v| shape::<RawOptout>(v, "[optout]", p)),
                 );
             }
+            "guard" => {
+                raw.guard = Some(
+                    expect_table(value, "guard", p)
+                        .and_then(|v| shape::<RawGuard>(v, "[guard]", p)),
+                );
+            }
             "number" => {
                 for mut element in expect_array_of_tables(value, "number", p) {
                     let keywords = take_keywords(&mut element, p);
@@ -1115,7 +1161,7 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
                     p.error(
                         &key_span,
                         format!(
-                            "unknown section `{other}`; expected [daemon], [[carrier]], [[webhook]], [[number]] or [optout]"
+                            "unknown section `{other}`; expected [daemon], [[carrier]], [[webhook]], [[number]], [optout] or [guard]"
                         ),
                     );
                 }
@@ -2151,6 +2197,12 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
     let global_layer = global.map(|g| OptoutLayer::read(g, false, raw, p));
     let (global_lists, _) = effective_lists(global_layer.as_ref(), None, p);
     let global_reserved = reserved_words(&global_lists);
+    // `[guard]` over the defaults, checked once; `None` when it has a problem (reported).
+    let global_guard = match &raw.guard {
+        None => Some(GuardConfig::default()),
+        Some(None) => None,
+        Some(Some(g)) => validate_guard(g, GuardConfig::default(), "", p),
+    };
     let mut seen: Vec<(String, Span)> = Vec::new();
     let mut numbers = Vec::new();
     for entry in &raw.numbers {
@@ -2241,8 +2293,12 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
         let reserved = reserved_words(&reserved_lists);
         let keywords = validate_keywords(&entry.keywords, &route, raw, &reserved, p);
         let optout_ok = lists_ok && own_layer.as_ref().is_none_or(|l| l.ok);
-        numbers.push(match (vmn, default_actions, keywords, consent) {
-            (Some(vmn), Some(default_actions), Some(keywords), Some(consent))
+        let guard = global_guard.and_then(|global| match &number.guard {
+            None => Some(global),
+            Some(own) => validate_guard(own.get_ref(), global, "guard.", p),
+        });
+        numbers.push(match (vmn, default_actions, keywords, consent, guard) {
+            (Some(vmn), Some(default_actions), Some(keywords), Some(consent), Some(guard))
                 if carrier_ok && receipts_ok && optout_ok =>
             {
                 Some(Number {
@@ -2254,12 +2310,57 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
                     keywords,
                     reserved: reserved_lists.clone(),
                     consent,
+                    guard,
                 })
             }
             _ => None,
         });
     }
     numbers
+}
+
+/// `[guard]` (prefix "") or a number's `guard` (prefix "guard."), each key over `base`.
+fn validate_guard(
+    raw: &RawGuard,
+    base: GuardConfig,
+    prefix: &str,
+    p: &mut Problems<'_>,
+) -> Option<GuardConfig> {
+    let max = validate_integer(
+        raw.max_auto_actions.as_ref(),
+        &format!("{prefix}max_auto_actions"),
+        i64::from(base.max_auto_actions),
+        0..=100_000,
+        p,
+    );
+    let window = validate_duration(
+        raw.window.as_ref(),
+        &format!("{prefix}window"),
+        base.window,
+        false,
+        p,
+    );
+    let repeats = validate_integer(
+        raw.loop_repeats.as_ref(),
+        &format!("{prefix}loop_repeats"),
+        i64::from(base.loop_repeats),
+        0..=1000,
+        p,
+    );
+    if let Some(r) = &raw.loop_repeats {
+        if *r.get_ref() == 1 {
+            p.error(
+                &r.span(),
+                format!("`{prefix}loop_repeats` = 1 would silence every message; use 2 or more, or 0 to turn loop detection off"),
+            );
+            return None;
+        }
+    }
+    Some(GuardConfig {
+        max_auto_actions: u32::try_from(max?).ok()?,
+        window: window?,
+        loop_repeats: u32::try_from(repeats?).ok()?,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -3551,6 +3652,7 @@ pub fn check_keyword_table(
         webhooks: Vec::new(),
         numbers: Vec::new(),
         optout: None,
+        guard: None,
         carrier_names: Names::new("carrier"),
         webhook_names: Names {
             kind: "webhook",

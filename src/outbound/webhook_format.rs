@@ -237,6 +237,7 @@ mod tests {
             receipt: None,
             webhooks: vec![],
             consent: None,
+            guarded: Vec::new(),
         }
     }
 

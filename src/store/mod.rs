@@ -153,6 +153,9 @@ pub struct MessageRecord {
     /// Set when the message changed the sender's consent (an `optin`/`optout` event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent: Option<ConsentInfo>,
+    /// Automatic actions the guard held back (`"rate: reply to 9198.."`), see [`crate::guard`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guarded: Vec<String>,
 }
 
 /// How a message changed its sender's consent.
