@@ -170,9 +170,7 @@ fn guard_settings_are_read_and_checked() {
         "the number's key over [guard]"
     );
     let bad = format!("{base}\n[guard]\nloop_repeats = 1\nwindow = \"0s\"\ncap = 3\n");
-    let problems = vmnd::config::parse(&bad, "t.toml", &|_| None)
-        .err()
-        .expect("refused");
+    let problems = vmnd::config::parse(&bad, "t.toml", &|_| None).expect_err("refused");
     let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
     assert!(
         text.iter()
@@ -180,9 +178,7 @@ fn guard_settings_are_read_and_checked() {
         "{text:?}"
     );
     let bad = format!("{base}\n[guard]\nloop_repeats = 1\nwindow = \"0s\"\n");
-    let problems = vmnd::config::parse(&bad, "t.toml", &|_| None)
-        .err()
-        .expect("refused");
+    let problems = vmnd::config::parse(&bad, "t.toml", &|_| None).expect_err("refused");
     let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
     assert!(
         text.iter()
