@@ -574,6 +574,7 @@ pub fn explain(
         receipt: None,
         webhooks: Vec::new(),
         consent: None,
+        guarded: Vec::new(),
     };
     let number = router.number(&record.to).cloned();
     let routed = number.as_ref().map(|n| router.route(n, text, at));

@@ -157,7 +157,7 @@ pub struct Carrier {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Webhook {
     pub name: String,
-    /// `http://host[:port]/path` (https is not in this build: a config error).
+    /// `http[s]://host[:port]/path`.
     pub url: String,
     /// Resolved from `secret` or `secret_env`; signs every request when present.
     pub secret: Option<String>,
@@ -167,7 +167,86 @@ pub struct Webhook {
     pub timeout: Duration,
     /// Requests in flight to this endpoint (`concurrency`, default 32).
     pub concurrency: usize,
+    /// How the event goes out (`method` and `format`; default a JSON POST).
+    pub method: WebhookMethod,
+    /// `fields = { name = "template" }`: the fields that go out and under what names (sorted
+    /// by name), each a template over [`WEBHOOK_FIELD_PLACEHOLDERS`]. `None`: the contract's
+    /// whole payload (for a form or GET, its scalar fields under their contract names).
+    pub fields: Option<Vec<(String, String)>>,
+    /// `headers = { "X-Api-Key" = ".." }`: extra request headers, checked as valid HTTP.
+    pub headers: Vec<(String, String)>,
+    /// `bearer`/`bearer_env`, or `username` + `password`/`password_env`.
+    pub auth: Option<WebhookAuth>,
+    /// `ca_file`: PEM certificates trusted for https besides the public roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// `fallback_url`: tried at once when the `url` fails with no answer or a 5xx.
+    pub fallback_url: Option<String>,
+    /// `breaker_failures` (default 10; 0 = never): consecutive failed attempts that open the
+    /// circuit. While open, one queued job is tried every `breaker_probe` (default "30s"); the
+    /// first success closes it.
+    pub breaker_failures: u32,
+    pub breaker_probe: Duration,
+    /// `on_4xx`: what a 4xx other than 408 and 429 means (default: dead-letter at once).
+    pub on_4xx: On4xx,
 }
+
+/// How a webhook sends an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookMethod {
+    /// POST, `application/json` (the contract's default).
+    PostJson,
+    /// POST, `application/x-www-form-urlencoded`.
+    PostForm,
+    /// GET with the fields as query parameters (appended to any the `url` has).
+    Get,
+}
+
+/// Credentials a webhook sends in `Authorization`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum WebhookAuth {
+    Bearer(String),
+    Basic { username: String, password: String },
+}
+
+impl std::fmt::Debug for WebhookAuth {
+    // Never print the secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WebhookAuth::Bearer(_) => f.write_str("Bearer(..)"),
+            WebhookAuth::Basic { username, .. } => write!(f, "Basic({username:?}, ..)"),
+        }
+    }
+}
+
+/// What a 4xx answer (other than 408 Request Timeout and 429 Too Many Requests) means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On4xx {
+    /// The request itself is wrong and retrying will not fix it: dead-letter now, where an
+    /// operator can fix the config and replay it.
+    DeadLetter,
+    /// Retry like a 5xx (for endpoints that answer 404 while being deployed, say).
+    Retry,
+}
+
+/// Placeholders of a webhook's `fields` templates: the contract's payload fields, plus
+/// `consent` (the new state of an `optin`/`optout` event) and `receipt_stat` (a receipt's stat).
+pub const WEBHOOK_FIELD_PLACEHOLDERS: &[&str] = &[
+    "event",
+    "id",
+    "to",
+    "from",
+    "text",
+    "keyword",
+    "inbox",
+    "args",
+    "carrier",
+    "received_at",
+    "parts",
+    "encoding",
+    "complete",
+    "consent",
+    "receipt_stat",
+];
 
 /// `[[number]]`
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +269,32 @@ pub struct Number {
     pub reserved: ReservedWords,
     /// Confirmations, help and consent events for this number.
     pub consent: ConsentConfig,
+    /// Caps on automatic replies and forwards per sender (`[guard]`, the number's `guard`).
+    pub guard: GuardConfig,
+}
+
+/// The auto-action guard of a number: keeps vmnd from flooding a person, or from talking to
+/// another bot forever. Counted per sender and number; the message is still stored and still
+/// goes to its webhook, only the replies and forwards it would trigger are held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuardConfig {
+    /// `max_auto_actions` (default 5; 0 = no cap): replies and forwards per sender per window.
+    pub max_auto_actions: u32,
+    /// `window` (default "10m").
+    pub window: Duration,
+    /// `loop_repeats` (default 3; 0 = off): the same text from the same sender this many times
+    /// within the window marks it as an autoresponder, and its messages trigger nothing.
+    pub loop_repeats: u32,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            max_auto_actions: 5,
+            window: Duration::from_secs(600),
+            loop_repeats: 3,
+        }
+    }
 }
 
 /// The reserved words of a number, upper-case as configured (matching normalises).
@@ -719,6 +824,20 @@ struct RawWebhook {
     retry_for: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     concurrency: Option<Spanned<i64>>,
+    method: Option<Spanned<String>>,
+    format: Option<Spanned<String>>,
+    fields: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+    headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+    bearer: Option<Spanned<String>>,
+    bearer_env: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    password_env: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    fallback_url: Option<Spanned<String>>,
+    breaker_failures: Option<Spanned<i64>>,
+    breaker_probe: Option<Spanned<String>>,
+    on_4xx: Option<Spanned<String>>,
 }
 
 /// `[smtp]` as written.
@@ -754,6 +873,17 @@ struct RawNumber {
     receipts: Option<Spanned<String>>,
     /// `optout = { .. }` or `[number.optout]`: this number's consent settings over `[optout]`.
     optout: Option<Spanned<RawOptout>>,
+    /// `guard = { .. }`: this number's auto-action guard over `[guard]`.
+    guard: Option<Spanned<RawGuard>>,
+}
+
+/// `[guard]`, or a number's `guard = { .. }`: every key optional, a number's over the global.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    max_auto_actions: Option<Spanned<i64>>,
+    window: Option<Spanned<String>>,
+    loop_repeats: Option<Spanned<i64>>,
 }
 
 /// A list of words or phrases (`stop = ["STOP", "STOP ALL"]`).
@@ -1014,6 +1144,8 @@ struct RawConfig {
     /// Whether `email` actions have somewhere to go: `[smtp]` is written (even if it has a
     /// mistake of its own, so that `email` is not reported a second time).
     smtp_defined: bool,
+    /// `[guard]`; `Some(None)` when it was there but could not be read (already reported).
+    guard: Option<Option<RawGuard>>,
     carrier_names: Names,
     webhook_names: Names,
 }
@@ -1038,6 +1170,7 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
         optout: None,
         smtp: None,
         smtp_defined: false,
+        guard: None,
         carrier_names: Names::new("carrier"),
         webhook_names: Names::new("webhook"),
     };
@@ -1083,6 +1216,12 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
                     expect_table(value, "smtp", p).and_then(|v| shape::<RawSmtp>(v, "[smtp]", p)),
                 );
             }
+            "guard" => {
+                raw.guard = Some(
+                    expect_table(value, "guard", p)
+                        .and_then(|v| shape::<RawGuard>(v, "[guard]", p)),
+                );
+            }
             "number" => {
                 for mut element in expect_array_of_tables(value, "number", p) {
                     let keywords = take_keywords(&mut element, p);
@@ -1100,7 +1239,7 @@ fn read_sections(root: DeTable<'_>, p: &mut Problems<'_>) -> RawConfig {
                     p.error(
                         &key_span,
                         format!(
-                            "unknown section `{other}`; expected [daemon], [[carrier]], [[webhook]], [[number]], [optout] or [smtp]"
+                            "unknown section `{other}`; expected [daemon], [[carrier]], [[webhook]], [[number]], [optout], [guard] or [smtp]"
                         ),
                     );
                 }
@@ -1707,21 +1846,19 @@ pub fn show_duration(d: Duration) -> String {
     format!("{ms}ms")
 }
 
-/// Checks a webhook URL: `http://host[:port]/path`. Returns it with the scheme in lower case
-/// and a `/` path when none was written, so the sender never has to guess.
+/// Checks a webhook URL: `http[s]://host[:port]/path`. Returns it with the scheme in lower case
+/// and a path of at least `/`.
 fn validate_url(url: &str) -> Result<String, String> {
-    const SHAPE: &str = "http://host[:port]/path";
+    const SHAPE: &str = "http[s]://host[:port]/path";
     let lower = url.to_ascii_lowercase();
-    if lower.starts_with("https://") {
-        return Err("https webhooks need TLS, which this build does not include yet".to_string());
-    }
-    // `to_ascii_lowercase` keeps byte offsets, so the prefix length is valid in `url` too.
-    let Some(rest) = lower
-        .strip_prefix("http://")
-        .map(|_| &url["http://".len()..])
+    let Some(scheme) = ["http://", "https://"]
+        .into_iter()
+        .find(|scheme| lower.starts_with(scheme))
     else {
         return Err(format!("webhook `url` {url:?} must look like {SHAPE}"));
     };
+    // `to_ascii_lowercase` keeps byte offsets, so the prefix length is valid in `url` too.
+    let rest = &url[scheme.len()..];
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
             "webhook `url` {url:?} must not contain spaces or control characters"
@@ -1736,7 +1873,7 @@ fn validate_url(url: &str) -> Result<String, String> {
     let (authority, path) = rest.split_at(split);
     if authority.contains('@') {
         return Err(format!(
-            "webhook `url` {url:?} carries credentials, which are not supported; requests are signed with `secret` instead"
+            "webhook `url` {url:?} carries credentials; give them as `username` and `password` (or `bearer`) instead"
         ));
     }
     let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
@@ -1788,7 +1925,7 @@ fn validate_url(url: &str) -> Result<String, String> {
     } else {
         format!("/{path}")
     };
-    Ok(format!("http://{authority}{path}"))
+    Ok(format!("{scheme}{authority}{path}"))
 }
 
 /// Checks one `[[webhook]]` (its name's uniqueness is checked with the others).
@@ -1840,6 +1977,55 @@ fn validate_webhook(
         p,
     );
     let concurrency = validate_integer(raw.concurrency.as_ref(), "concurrency", 32, 1..=1024, p);
+    let method = validate_webhook_method(raw, p);
+    let fields = validate_webhook_fields(raw, p);
+    let headers = validate_webhook_headers(raw, p);
+    let auth = validate_webhook_auth(raw, env, p);
+    let ca_file = raw.ca_file.as_ref().map(|path| {
+        let problem = read_pem_certificates(Path::new(path.get_ref())).err();
+        if let Some(problem) = &problem {
+            p.error(&path.span(), format!("`ca_file`: {problem}"));
+        }
+        problem.is_none().then(|| PathBuf::from(path.get_ref()))
+    });
+    let fallback_url = raw.fallback_url.as_ref().map(|f| {
+        validate_url(f.get_ref())
+            .map_err(|message| {
+                p.error(
+                    &f.span(),
+                    message.replacen("webhook `url`", "`fallback_url`", 1),
+                )
+            })
+            .ok()
+    });
+    let breaker_failures = validate_integer(
+        raw.breaker_failures.as_ref(),
+        "breaker_failures",
+        10,
+        0..=100_000,
+        p,
+    );
+    let breaker_probe = validate_duration(
+        raw.breaker_probe.as_ref(),
+        "breaker_probe",
+        Duration::from_secs(30),
+        false,
+        p,
+    );
+    let on_4xx = match raw.on_4xx.as_ref() {
+        None => Some(On4xx::DeadLetter),
+        Some(v) => match v.get_ref().as_str() {
+            "dead_letter" => Some(On4xx::DeadLetter),
+            "retry" => Some(On4xx::Retry),
+            other => {
+                p.error(
+                    &v.span(),
+                    format!("`on_4xx` must be \"dead_letter\" or \"retry\", got {other:?}"),
+                );
+                None
+            }
+        },
+    };
     if name.is_empty() {
         return None;
     }
@@ -1850,7 +2036,242 @@ fn validate_webhook(
         retry_for: retry_for?,
         timeout: timeout?,
         concurrency: usize::try_from(concurrency?).ok()?,
+        method: method?,
+        fields: fields?,
+        headers: headers?,
+        auth: auth?,
+        ca_file: ca_file.map_or(Some(None), |c| c.map(Some))?,
+        fallback_url: fallback_url.map_or(Some(None), |f| f.map(Some))?,
+        breaker_failures: u32::try_from(breaker_failures?).ok()?,
+        breaker_probe: breaker_probe?,
+        on_4xx: on_4xx?,
     })
+}
+
+/// `method` (POST or GET) and `format` (json or form, POST only).
+fn validate_webhook_method(raw: &RawWebhook, p: &mut Problems<'_>) -> Option<WebhookMethod> {
+    let get = match raw.method.as_ref() {
+        None => false,
+        Some(m) => match m.get_ref().to_ascii_uppercase().as_str() {
+            "POST" => false,
+            "GET" => true,
+            other => {
+                p.error(
+                    &m.span(),
+                    format!("`method` must be \"POST\" or \"GET\", got {other:?}"),
+                );
+                return None;
+            }
+        },
+    };
+    match (get, raw.format.as_ref()) {
+        (true, Some(f)) => {
+            p.error(
+                &f.span(),
+                "a GET sends its fields as query parameters: remove `format` (it is for POST)",
+            );
+            None
+        }
+        (true, None) => Some(WebhookMethod::Get),
+        (false, None) => Some(WebhookMethod::PostJson),
+        (false, Some(f)) => match f.get_ref().as_str() {
+            "json" => Some(WebhookMethod::PostJson),
+            "form" => Some(WebhookMethod::PostForm),
+            other => {
+                p.error(
+                    &f.span(),
+                    format!("`format` must be \"json\" or \"form\", got {other:?}"),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// `fields = { name = "template" }`: names a receiver can read, templates over the payload.
+fn validate_webhook_fields(
+    raw: &RawWebhook,
+    p: &mut Problems<'_>,
+) -> Option<Option<Vec<(String, String)>>> {
+    let Some(fields) = raw.fields.as_ref() else {
+        return Some(None);
+    };
+    if fields.get_ref().is_empty() {
+        p.error(
+            &fields.span(),
+            "`fields` is empty: name at least one field, or remove it to send the whole payload",
+        );
+        return None;
+    }
+    let mut ok = true;
+    for (name, template) in fields.get_ref() {
+        if name.is_empty() || name.chars().any(|c| c.is_control()) {
+            p.error(
+                &template.span(),
+                format!("`fields`: {name:?} is not a usable field name"),
+            );
+            ok = false;
+        }
+        ok &= template_placeholders_ok(template.get_ref(), WEBHOOK_FIELD_PLACEHOLDERS)
+            .map_err(|message| p.error(&template.span(), format!("`fields.{name}`: {message}")))
+            .is_ok();
+    }
+    ok.then(|| {
+        Some(
+            fields
+                .get_ref()
+                .iter()
+                .map(|(name, t)| (name.clone(), t.get_ref().clone()))
+                .collect(),
+        )
+    })
+}
+
+/// Headers vmnd sets itself: a config may not replace them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "authorization",
+    "vmnd-signature",
+    "vmnd-event-id",
+];
+
+/// `headers = { "X-Api-Key" = ".." }`: valid HTTP, and none of the ones vmnd sets.
+fn validate_webhook_headers(
+    raw: &RawWebhook,
+    p: &mut Problems<'_>,
+) -> Option<Vec<(String, String)>> {
+    let Some(headers) = raw.headers.as_ref() else {
+        return Some(Vec::new());
+    };
+    let mut ok = true;
+    for (name, value) in headers.get_ref() {
+        let lower = name.to_ascii_lowercase();
+        if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            p.error(
+                &value.span(),
+                format!("`headers`: {name:?} is not a valid HTTP header name"),
+            );
+            ok = false;
+        } else if RESERVED_HEADERS.contains(&lower.as_str()) {
+            let hint = if lower == "authorization" {
+                " (use `bearer`, or `username` and `password`)"
+            } else {
+                ""
+            };
+            p.error(
+                &value.span(),
+                format!("`headers`: {name} is set by vmnd and cannot be configured{hint}"),
+            );
+            ok = false;
+        } else if hyper::header::HeaderValue::from_str(value.get_ref()).is_err() {
+            p.error(
+                &value.span(),
+                format!("`headers.{name}`: the value has characters a header cannot carry"),
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| {
+        headers
+            .get_ref()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.get_ref().clone()))
+            .collect()
+    })
+}
+
+/// `bearer`/`bearer_env`, or `username` with `password`/`password_env`; not both kinds.
+fn validate_webhook_auth(
+    raw: &RawWebhook,
+    env: &dyn Fn(&str) -> Option<String>,
+    p: &mut Problems<'_>,
+) -> Option<Option<WebhookAuth>> {
+    let bearer = validate_secret(
+        raw.bearer.as_ref(),
+        raw.bearer_env.as_ref(),
+        "bearer",
+        env,
+        p,
+    );
+    let password = validate_secret(
+        raw.password.as_ref(),
+        raw.password_env.as_ref(),
+        "password",
+        env,
+        p,
+    );
+    let (bearer, password) = (bearer?, password?);
+    match (bearer, raw.username.as_ref(), password) {
+        (None, None, None) => Some(None),
+        (Some(token), None, None) => {
+            if token.value.is_empty() || hyper::header::HeaderValue::from_str(&token.value).is_err()
+            {
+                p.error(
+                    &token.at,
+                    format!(
+                        "{} is empty or has characters a header cannot carry",
+                        token.origin("bearer")
+                    ),
+                );
+                return None;
+            }
+            Some(Some(WebhookAuth::Bearer(token.value)))
+        }
+        (Some(token), _, _) => {
+            p.error(
+                &token.at,
+                "give either `bearer` or `username` and `password`, not both",
+            );
+            None
+        }
+        (None, Some(user), Some(password)) => {
+            if user.get_ref().is_empty() || user.get_ref().contains(':') {
+                p.error(
+                    &user.span(),
+                    "`username` must be non-empty and must not contain ':' (HTTP basic auth)",
+                );
+                return None;
+            }
+            Some(Some(WebhookAuth::Basic {
+                username: user.get_ref().clone(),
+                password: password.value,
+            }))
+        }
+        (None, Some(user), None) => {
+            p.error(
+                &user.span(),
+                "`username` needs `password` or `password_env`",
+            );
+            None
+        }
+        (None, None, Some(password)) => {
+            p.error(&password.at, "`password` needs a `username`");
+            None
+        }
+    }
+}
+
+/// The certificates of a PEM file (for `ca_file`), or why there are none.
+pub fn read_pem_certificates(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not valid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
 }
 
 /// An e-mail address as configured (`email = [...]`): a bare `user@domain`, checked by lettre's
@@ -2092,6 +2513,12 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
     let global_layer = global.map(|g| OptoutLayer::read(g, false, raw, p));
     let (global_lists, _) = effective_lists(global_layer.as_ref(), None, p);
     let global_reserved = reserved_words(&global_lists);
+    // `[guard]` over the defaults, checked once; `None` when it has a problem (reported).
+    let global_guard = match &raw.guard {
+        None => Some(GuardConfig::default()),
+        Some(None) => None,
+        Some(Some(g)) => validate_guard(g, GuardConfig::default(), "", p),
+    };
     let mut seen: Vec<(String, Span)> = Vec::new();
     let mut numbers = Vec::new();
     for entry in &raw.numbers {
@@ -2181,8 +2608,12 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
         let reserved = reserved_words(&reserved_lists);
         let keywords = validate_keywords(&entry.keywords, &route, raw, &reserved, p);
         let optout_ok = lists_ok && own_layer.as_ref().is_none_or(|l| l.ok);
-        numbers.push(match (vmn, default_actions, keywords, consent) {
-            (Some(vmn), Some(default_actions), Some(keywords), Some(consent))
+        let guard = global_guard.and_then(|global| match &number.guard {
+            None => Some(global),
+            Some(own) => validate_guard(own.get_ref(), global, "guard.", p),
+        });
+        numbers.push(match (vmn, default_actions, keywords, consent, guard) {
+            (Some(vmn), Some(default_actions), Some(keywords), Some(consent), Some(guard))
                 if carrier_ok && receipts_ok && optout_ok =>
             {
                 Some(Number {
@@ -2194,12 +2625,57 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
                     keywords,
                     reserved: reserved_lists.clone(),
                     consent,
+                    guard,
                 })
             }
             _ => None,
         });
     }
     numbers
+}
+
+/// `[guard]` (prefix "") or a number's `guard` (prefix "guard."), each key over `base`.
+fn validate_guard(
+    raw: &RawGuard,
+    base: GuardConfig,
+    prefix: &str,
+    p: &mut Problems<'_>,
+) -> Option<GuardConfig> {
+    let max = validate_integer(
+        raw.max_auto_actions.as_ref(),
+        &format!("{prefix}max_auto_actions"),
+        i64::from(base.max_auto_actions),
+        0..=100_000,
+        p,
+    );
+    let window = validate_duration(
+        raw.window.as_ref(),
+        &format!("{prefix}window"),
+        base.window,
+        false,
+        p,
+    );
+    let repeats = validate_integer(
+        raw.loop_repeats.as_ref(),
+        &format!("{prefix}loop_repeats"),
+        i64::from(base.loop_repeats),
+        0..=1000,
+        p,
+    );
+    if let Some(r) = &raw.loop_repeats {
+        if *r.get_ref() == 1 {
+            p.error(
+                &r.span(),
+                format!("`{prefix}loop_repeats` = 1 would silence every message; use 2 or more, or 0 to turn loop detection off"),
+            );
+            return None;
+        }
+    }
+    Some(GuardConfig {
+        max_auto_actions: u32::try_from(max?).ok()?,
+        window: window?,
+        loop_repeats: u32::try_from(repeats?).ok()?,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -3524,6 +4000,7 @@ pub fn check_keyword_table(
         optout: None,
         smtp: None,
         smtp_defined: config.smtp.is_some(),
+        guard: None,
         carrier_names: Names::new("carrier"),
         webhook_names: Names {
             kind: "webhook",
@@ -4023,14 +4500,19 @@ receipts = "crm"
             Ok("http://[::1]:80/a")
         );
         assert_eq!(
-            validate_url("https://example.net/sms"),
-            Err("https webhooks need TLS, which this build does not include yet".to_string())
+            validate_url("https://example.net/sms").as_deref(),
+            Ok("https://example.net/sms")
+        );
+        assert_eq!(
+            validate_url("HTTPS://h:8443").as_deref(),
+            Ok("https://h:8443/")
         );
         for bad in [
             "",
             "http://",
             "http:///x",
             "ftp://h/x",
+            "https:/h/x",
             "http://h:0/",
             "http://h:65536/",
             "http://h:/",

@@ -83,6 +83,7 @@ impl Daemon {
         let router = Arc::new(ArcSwap::from_pointee(Router::with_runtime(
             &config, &runtime,
         )));
+        let admin_scheduler = scheduler.clone();
         let mut processor = Processor::new(store.clone(), &config, router.clone(), scheduler);
         let recovered = processor
             .recover()
@@ -190,6 +191,7 @@ impl Daemon {
             token: d.admin_token.clone(),
             metrics,
             keyword_changes: Arc::default(),
+            scheduler: admin_scheduler,
         };
         others.push(tokio::spawn(admin::serve(
             listener,

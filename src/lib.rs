@@ -19,18 +19,20 @@
 //! | [`store::consent`] | consent state (a compact hot tree), contacts and the consent ledger |
 //! | [`store::keywords`] | keywords added at run time through the admin API |
 //! | [`actions`] | a routing decision turned into jobs: webhook events, replies, forwards, poll votes |
+//! | [`guard`] | caps on auto-replies and forwards per sender, and autoresponder loop detection |
 //! | [`processor`] | after the ack: receipts, reassembly, text decoding, the message record, jobs |
 //! | [`routing::keywords`] | keyword normalisation and the word-level trie index matched on the hot path |
 //! | [`routing::router`] | which rule of a number a message matches (reserved words first), and why others did not |
 //! | [`consent::intent`] | opt-out written in words ("please stop texting me"), recognised conservatively |
 //! | [`outbound::dispatcher`] | runs queued jobs per endpoint (webhook or carrier) with limits and backoff; consent enforced at send time |
-//! | [`outbound::webhook`] | signed HTTP POSTs with a keep-alive pool |
+//! | [`outbound::webhook`] | one signed HTTP(S) request with a keep-alive pool (rustls) |
+//! | [`outbound::webhook_format`] | what an event looks like for one webhook: JSON, form or GET, chosen fields |
 //! | [`outbound::email`] | e-mail forwards over SMTP (lettre, rustls): reply token, stable Message-ID, threading |
 //! | [`inbound_mail`] | LMTP listener: replies by e-mail to a forward's `Reply-To` go back as SMS |
 //! | [`inbound_mail::reply`] | a reply's own text: plain over HTML, quoted history and signatures cut |
 //! | [`store::mail`] | reply tokens and the record of every e-mail that came back |
 //! | [`outbound::sms_text`] | outbound text: GSM 03.38 or UCS2, segmentation with concatenation UDH |
-//! | [`admin`] | hyper server: health, metrics, messages, keywords, polls, outbound, contacts, ledger, route, `/` |
+//! | [`admin`] | hyper server: health, metrics, messages, keywords, polls, outbound, contacts, ledger, dead letters and replay, route, `/` |
 //! | [`daemon`] | wires everything together for `vmnd run` and `vmnd demo` |
 //! | [`demo`] | `vmnd demo`: daemon, simulated carrier, HTTP sink, scripted messages |
 //! | [`sim`] | a carrier SMSC simulator used by tests, benches and the demo |
@@ -47,6 +49,7 @@ pub mod config;
 pub mod consent;
 pub mod daemon;
 pub mod demo;
+pub mod guard;
 pub mod http_sink;
 pub mod inbound_mail;
 pub mod outbound;

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::actions;
 use crate::clock;
 use crate::config::Config;
+use crate::guard::AutoActionGuard;
 use crate::outbound::dispatcher::Scheduler;
 use crate::routing::router::Router;
 use crate::smpp::pdu::{self, Address, Body, ShortMessage, tlv_tag};
@@ -51,6 +52,8 @@ pub struct Processor {
     scheduler: Scheduler,
     /// Messages processed but not yet committed: one transaction per batch.
     finished: Vec<(u64, MessageRecord, Vec<Job>)>,
+    /// Caps on automatic replies and forwards per sender (see [`crate::guard`]).
+    guard: AutoActionGuard,
 }
 
 impl Processor {
@@ -73,6 +76,7 @@ impl Processor {
             recent: HashMap::new(),
             scheduler,
             finished: Vec::new(),
+            guard: AutoActionGuard::default(),
         }
     }
 
@@ -112,6 +116,7 @@ impl Processor {
                 _ = sweep.tick() => {
                     self.sweep_groups(clock::now_ms());
                     self.expire_recent(clock::now_ms());
+                    self.guard.expire(clock::now_ms());
                 }
             }
         }
@@ -247,14 +252,40 @@ impl Processor {
             receipt: None,
             webhooks: Vec::new(),
             consent: None,
+            guarded: Vec::new(),
         }
     }
 
-    /// Routes a message and plans its jobs (see [`crate::actions`]).
-    fn route(&self, record: &mut MessageRecord) -> store::Result<Vec<Job>> {
+    /// Routes a message and plans its jobs (see [`crate::actions`]), then lets the guard hold
+    /// back automatic actions this sender has had enough of.
+    fn route(&mut self, record: &mut MessageRecord) -> store::Result<Vec<Job>> {
         let router = self.router.load();
         let matchable = record.encoding != Encoding::Binary.as_str();
-        actions::plan(Some(&self.store), &router, record, matchable)
+        let mut jobs = actions::plan(Some(&self.store), &router, record, matchable)?;
+        if let Some(number) = router.number(&record.to) {
+            let held = self.guard.apply(
+                &number.guard,
+                &record.to,
+                &record.from,
+                &record.text,
+                &mut jobs,
+                record.received_at_ms,
+            );
+            for (reason, what) in held {
+                metrics::counter!("vmnd_auto_actions_held_total", "reason" => reason.as_str())
+                    .increment(1);
+                tracing::info!(
+                    message = %record.id,
+                    from = %record.from,
+                    to = %record.to,
+                    reason = reason.as_str(),
+                    action = %what,
+                    "automatic action held by the guard"
+                );
+                record.guarded.push(format!("{}: {what}", reason.as_str()));
+            }
+        }
+        Ok(jobs)
     }
 
     fn finish_single(

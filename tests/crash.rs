@@ -594,7 +594,15 @@ async fn sigkill_while_webhook_down_resumes_deliveries() {
     .await
     .expect("sim");
     let sink = HttpSink::start(SinkMode::Status(500)).await.expect("sink");
-    let mut vmnd = Vmnd::new(&smsc, &sink, |t| t);
+    // No circuit breaker: every job keeps its own attempts and backoff, which is what the kill
+    // must interrupt (with the breaker, an open circuit would hold most jobs untried).
+    let mut vmnd = Vmnd::new(&smsc, &sink, |t| {
+        t.replacen(
+            "retry_for = \"1h\"\n",
+            "retry_for = \"1h\"\nbreaker_failures = 0\n",
+            1,
+        )
+    });
     let texts = enqueue_numbered(&smsc, N);
     let all: BTreeSet<String> = texts.values().cloned().collect();
 

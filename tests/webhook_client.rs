@@ -247,11 +247,7 @@ async fn closed_port_is_a_connection_error() {
 async fn malformed_input_is_failed_not_panic() {
     let sink = HttpSink::start(SinkMode::Ok).await.unwrap();
     let client = WebhookClient::new();
-    for url in [
-        "/no/scheme/or/host",
-        "https://example.net/sms",
-        "ftp://example.net/sms",
-    ] {
+    for url in ["/no/scheme/or/host", "ftp://example.net/sms"] {
         let attempt = client
             .post(&uri(url), "ev", Some(SECRET), event_body(), TIMEOUT)
             .await;

@@ -5,6 +5,7 @@
 //! `/healthz` (load balancers probe that one).
 
 mod contacts;
+mod deadletters;
 mod mail;
 mod page;
 
@@ -52,6 +53,8 @@ pub struct AdminState {
     /// Held while a keyword change is validated, stored and published: each change builds the
     /// next routing snapshot from the current one, so two at once would lose one.
     pub keyword_changes: Arc<tokio::sync::Mutex<()>>,
+    /// Tells the dispatcher about jobs put back in the queue (dead-letter replays).
+    pub scheduler: crate::outbound::dispatcher::Scheduler,
 }
 
 /// The process-wide Prometheus recorder (a process has one global recorder; tests start
@@ -208,6 +211,17 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
     {
         return contacts::import(state, vmn, req).await;
     }
+    if req.method() == Method::POST {
+        if path == "/api/deadletters/replay" {
+            return deadletters::replay_matching(state, &query);
+        }
+        if let Some(id) = path
+            .strip_prefix("/api/deadletters/")
+            .and_then(|p| p.strip_suffix("/replay"))
+        {
+            return deadletters::replay(state, id);
+        }
+    }
     // Keywords take GET, PUT and DELETE.
     if let Some((vmn, keyword)) = keywords_path(&path) {
         return keywords_api(state, req, vmn, keyword).await;
@@ -215,7 +229,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
     if req.method() != Method::GET {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
-            "GET only here (POST is for /api/route)",
+            "GET only here (POST is for /api/route, contact imports and dead-letter replays)",
         );
     }
     match path.as_str() {
@@ -229,7 +243,7 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
             )
         }
         "/api/messages" => list_messages(state, &query),
-        "/api/deadletters" => dead_letters(state, &query),
+        "/api/deadletters" => deadletters::list(state, &query),
         "/" => reply(
             StatusCode::OK,
             "text/html; charset=utf-8",
@@ -238,6 +252,12 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
         "/api/outbound" => list_outbound(state, &query),
         "/api/mail/replies" => mail::list_replies(state, &query),
         p if p.starts_with("/api/messages/") => one_message(state, &p["/api/messages/".len()..]),
+        p if p.starts_with("/api/deadletters/") => {
+            deadletters::one(state, &p["/api/deadletters/".len()..])
+        }
+        p if p.starts_with("/api/jobs/") && p.ends_with("/attempts") => {
+            deadletters::attempts(state, &p["/api/jobs/".len()..p.len() - "/attempts".len()])
+        }
         p if p.starts_with("/api/numbers/") => {
             number_api(state, &p["/api/numbers/".len()..], &query)
         }
@@ -376,25 +396,6 @@ fn one_message(state: &AdminState, id: &str) -> Reply {
     match state.store.message(id) {
         Ok(Some(m)) => json_reply(StatusCode::OK, &json!(m)),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such message"),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    }
-}
-
-fn dead_letters(state: &AdminState, q: &HashMap<String, String>) -> Reply {
-    let limit = match q.get("limit") {
-        None => 100,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("limit: expected 1..={MAX_PAGE}, got {l:?}"),
-                );
-            }
-        },
-    };
-    match state.store.dead_letters(limit) {
-        Ok(letters) => json_reply(StatusCode::OK, &json!({ "deadletters": letters })),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }

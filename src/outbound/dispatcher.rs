@@ -13,20 +13,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::actions;
 use crate::clock;
-use crate::config::{Config, Webhook};
+use crate::config::{Config, On4xx, Webhook};
 use crate::outbound::email::{self, Mailer};
 use crate::outbound::sms_text;
-use crate::outbound::webhook::{self, Attempt, WebhookClient};
+use crate::outbound::webhook::{self, Attempt, SendOptions, WebhookClient};
+use crate::outbound::webhook_format;
 use crate::smpp::pdu::{self, Address, ShortMessage, status};
 use crate::smpp::session::SubmitRequest;
 use crate::store::outbound::{OutboundRecord, OutboundSegment};
-use crate::store::queue::{DeadLetter, EMAIL_QUEUE, Job, SmsJob};
-use crate::store::{self, MessageRecord, Store};
+use crate::store::queue::{AttemptRecord, DeadLetter, EMAIL_QUEUE, Job, SmsJob};
+use crate::store::{self, Store};
 
 /// How long an SMS is retried (throttled, queue full, not bound) before it is dead-lettered.
 const SMS_RETRY_FOR: Duration = Duration::from_secs(24 * 3600);
@@ -64,66 +64,12 @@ impl Scheduler {
     }
 }
 
-/// The webhook body, exactly the contract's fields (plus `complete`/`missing_parts` for a
-/// concatenated message delivered incomplete, and `receipt` for receipts).
-#[derive(Serialize)]
-struct Payload<'a> {
-    event: &'a str,
-    id: &'a str,
-    to: &'a str,
-    from: &'a str,
-    text: &'a str,
-    keyword: Option<&'a str>,
-    inbox: Option<&'a str>,
-    args: Option<&'a str>,
-    carrier: &'a str,
-    received_at: &'a str,
-    parts: u32,
-    encoding: &'a str,
-    #[serde(skip_serializing_if = "is_true")]
-    complete: bool,
-    #[serde(skip_serializing_if = "<[u8]>::is_empty")]
-    missing_parts: &'a [u8],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    receipt: Option<&'a crate::smpp::receipt::Receipt>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    consent: Option<&'a crate::store::ConsentInfo>,
-}
-
-fn is_true(b: &bool) -> bool {
-    *b
-}
-
-/// The JSON body for a message record and event.
-pub fn payload(record: &MessageRecord, event: &str) -> Vec<u8> {
-    let p = Payload {
-        event,
-        id: &record.id,
-        to: &record.to,
-        from: &record.from,
-        text: &record.text,
-        keyword: record.keyword.as_deref(),
-        inbox: record.inbox.as_deref(),
-        args: record.args.as_deref(),
-        carrier: &record.carrier,
-        received_at: &record.received_at,
-        parts: record.parts,
-        encoding: &record.encoding,
-        complete: record.complete,
-        missing_parts: &record.missing_parts,
-        receipt: record.receipt.as_ref(),
-        consent: record.consent.as_ref(),
-    };
-    serde_json::to_vec(&p).unwrap_or_default()
-}
+pub use crate::outbound::webhook_format::payload;
 
 /// Where a queue's jobs go.
 #[derive(Clone)]
 enum Target {
-    Webhook {
-        config: Webhook,
-        uri: Option<hyper::Uri>,
-    },
+    Webhook(Box<WebhookTarget>),
     /// The outbound SMS engine: submit_sm on this carrier's bind.
     Sms {
         carrier: String,
@@ -131,7 +77,19 @@ enum Target {
         response_timeout: Duration,
     },
     /// E-mail forwards through `[smtp]` (see `outbound::email`).
-    Email { mailer: Arc<Mailer> },
+    Email {
+        mailer: Arc<Mailer>,
+    },
+}
+
+/// A webhook as the dispatcher uses it.
+#[derive(Clone)]
+struct WebhookTarget {
+    config: Webhook,
+    uri: Option<hyper::Uri>,
+    fallback: Option<hyper::Uri>,
+    /// This webhook's client: the shared one, or its own when it trusts a private CA.
+    client: WebhookClient,
 }
 
 struct Endpoint {
@@ -145,6 +103,64 @@ struct Endpoint {
     /// writes, and the startup scan of the jobs tree finds them too) runs once.
     known: HashSet<u64>,
     in_flight: usize,
+    /// A webhook's circuit breaker (`None` for SMS queues and `breaker_failures = 0`).
+    breaker: Option<Breaker>,
+}
+
+/// Stops hammering an endpoint that keeps failing: after `open_after` consecutive failed
+/// requests to its `url`, jobs no longer try it; one job probes it every `probe`, and the
+/// first success closes the circuit. With a `fallback_url`, jobs go straight there while the
+/// circuit is open; without one they wait in the queue (nothing is lost, nothing dead-letters
+/// for an outage it was never allowed to try through).
+#[derive(Debug)]
+struct Breaker {
+    open_after: u32,
+    probe: Duration,
+    consecutive_failures: u32,
+    /// Some: open, and the next probe may start at this time.
+    next_probe_ms: Option<u64>,
+    has_fallback: bool,
+}
+
+impl Breaker {
+    fn is_open(&self) -> bool {
+        self.next_probe_ms.is_some()
+    }
+
+    /// A request to the `url` answered (`true`) or failed as an outage (`false`).
+    fn observe(&mut self, name: &str, ok: bool, now: u64) {
+        if ok {
+            self.consecutive_failures = 0;
+            if self.next_probe_ms.take().is_some() {
+                tracing::info!(webhook = name, "circuit closed: the endpoint answers again");
+                metrics::gauge!("vmnd_webhook_circuit_open", "webhook" => name.to_string())
+                    .set(0.0);
+            }
+            return;
+        }
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        if self.next_probe_ms.is_none() && self.consecutive_failures >= self.open_after {
+            tracing::warn!(
+                webhook = name,
+                failures = self.consecutive_failures,
+                probe_every = ?self.probe,
+                "circuit open: the endpoint keeps failing; probing it instead of sending everything"
+            );
+            metrics::counter!("vmnd_webhook_circuit_opened_total", "webhook" => name.to_string())
+                .increment(1);
+            metrics::gauge!("vmnd_webhook_circuit_open", "webhook" => name.to_string()).set(1.0);
+            self.next_probe_ms = Some(now + self.probe.as_millis() as u64);
+        }
+    }
+}
+
+/// How one job may use its webhook's `url` right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The `url` (then the fallback if it fails).
+    Primary,
+    /// Straight to the `fallback_url`: the circuit is open.
+    FallbackOnly,
 }
 
 /// What an attempt task reports back.
@@ -153,6 +169,9 @@ struct Finished {
     id: u64,
     /// Some: retry at this time.
     retry_at: Option<u64>,
+    /// How the webhook's `url` did, for its circuit breaker: `Some(true)` it answered,
+    /// `Some(false)` an outage (no answer, 5xx, 408, 429), `None` not tried or not telling.
+    primary_ok: Option<bool>,
 }
 
 /// Runs jobs until `shutdown` turns true.
@@ -166,14 +185,35 @@ pub async fn run(
 ) {
     let mut endpoints: HashMap<Arc<str>, Endpoint> = HashMap::new();
     for w in &config.webhooks {
-        let target = Target::Webhook {
+        let client = match &w.ca_file {
+            None => client.clone(),
+            Some(path) => WebhookClient::with_ca_file(path).unwrap_or_else(|e| {
+                // Checked when the config was read; a file changed since then shows up as
+                // certificate errors on this webhook's attempts.
+                tracing::error!(webhook = %w.name, error = %e, "cannot use `ca_file`; trusting the public roots only");
+                client.clone()
+            }),
+        };
+        let target = Target::Webhook(Box::new(WebhookTarget {
             config: w.clone(),
             uri: w.url.parse::<hyper::Uri>().ok(),
-        };
-        endpoints.insert(
-            Arc::from(w.name.as_str()),
-            Endpoint::new(target, w.concurrency, w.retry_for),
-        );
+            fallback: w
+                .fallback_url
+                .as_deref()
+                .and_then(|f| f.parse::<hyper::Uri>().ok()),
+            client,
+        }));
+        let mut endpoint = Endpoint::new(target, w.concurrency, w.retry_for);
+        if w.breaker_failures > 0 {
+            endpoint.breaker = Some(Breaker {
+                open_after: w.breaker_failures,
+                probe: w.breaker_probe,
+                consecutive_failures: 0,
+                next_probe_ms: None,
+                has_fallback: w.fallback_url.is_some(),
+            });
+        }
+        endpoints.insert(Arc::from(w.name.as_str()), endpoint);
     }
     for c in &config.carriers {
         let Some(sender) = submit_senders.get(&c.name) else {
@@ -236,15 +276,31 @@ pub async fn run(
                     next_due = Some(next_due.map_or(due, |n| n.min(due)));
                     break;
                 }
+                let route = match &mut ep.breaker {
+                    Some(b) if b.is_open() => {
+                        let probe_at = b.next_probe_ms.unwrap_or(now);
+                        if probe_at <= now && ep.in_flight == 0 {
+                            // This job is the probe: it tries the `url` first.
+                            b.next_probe_ms = Some(now + b.probe.as_millis() as u64);
+                            Route::Primary
+                        } else if b.has_fallback {
+                            Route::FallbackOnly
+                        } else {
+                            next_due = Some(next_due.map_or(probe_at, |n| n.min(probe_at)));
+                            break;
+                        }
+                    }
+                    _ => Route::Primary,
+                };
                 ep.queue.pop();
                 ep.in_flight += 1;
                 let task = AttemptTask {
                     store: store.clone(),
-                    client: client.clone(),
                     target: ep.target.clone(),
                     retry_for: ep.retry_for,
                     name: name.clone(),
                     id,
+                    route,
                     done: done_tx.clone(),
                 };
                 tokio::spawn(task.run());
@@ -286,6 +342,7 @@ impl Endpoint {
             queue: BinaryHeap::new(),
             known: HashSet::new(),
             in_flight: 0,
+            breaker: None,
         }
     }
 }
@@ -318,6 +375,9 @@ fn enqueue(store: &Store, endpoints: &mut HashMap<Arc<str>, Endpoint>, s: Schedu
 fn finished(endpoints: &mut HashMap<Arc<str>, Endpoint>, f: Finished) {
     if let Some(ep) = endpoints.get_mut(&f.webhook) {
         ep.in_flight = ep.in_flight.saturating_sub(1);
+        if let (Some(breaker), Some(ok)) = (&mut ep.breaker, f.primary_ok) {
+            breaker.observe(&f.webhook, ok, clock::now_ms());
+        }
         match f.retry_at {
             Some(due) => ep.queue.push(Reverse((due, f.id))),
             None => {
@@ -329,11 +389,11 @@ fn finished(endpoints: &mut HashMap<Arc<str>, Endpoint>, f: Finished) {
 
 struct AttemptTask {
     store: Store,
-    client: WebhookClient,
     target: Target,
     retry_for: Duration,
     name: Arc<str>,
     id: u64,
+    route: Route,
     done: mpsc::UnboundedSender<Finished>,
 }
 
@@ -345,15 +405,18 @@ enum Outcome {
         error: String,
         status: Option<u16>,
     },
-    /// Will never work (a carrier's permanent refusal): dead-letter now.
+    /// Will never work (a carrier's permanent refusal, a webhook's 4xx): dead-letter now.
     GiveUp {
         error: String,
+        /// The HTTP status that refused it, for the dead letter.
+        status: Option<u16>,
     },
 }
 
 impl AttemptTask {
     async fn run(self) {
-        let retry_at = match self.attempt().await {
+        let mut primary_ok = None;
+        let retry_at = match self.attempt(&mut primary_ok).await {
             Ok(r) => r,
             Err(e) => {
                 // The store failed: try again later rather than lose the job.
@@ -365,11 +428,12 @@ impl AttemptTask {
             webhook: self.name,
             id: self.id,
             retry_at,
+            primary_ok,
         });
     }
 
     /// Runs the job once and records what happened; Some(time) to retry at.
-    async fn attempt(&self) -> store::Result<Option<u64>> {
+    async fn attempt(&self, primary_ok: &mut Option<bool>) -> store::Result<Option<u64>> {
         let Some(mut job) = self.store.job(self.id)? else {
             return Ok(None); // done meanwhile (e.g. scheduled twice)
         };
@@ -377,8 +441,13 @@ impl AttemptTask {
         job.first_attempt_ms.get_or_insert(now);
         job.attempts += 1;
         let outcome = match &self.target {
-            Target::Webhook { config, uri } => {
-                self.post_webhook(&job, config, uri.as_ref()).await?
+            Target::Webhook(target) => {
+                let urls = WebhookUrls {
+                    primary: target.uri.as_ref(),
+                    fallback: target.fallback.as_ref(),
+                };
+                self.post_webhook(&job, &target.config, urls, &target.client, primary_ok)
+                    .await?
             }
             Target::Sms {
                 carrier,
@@ -394,7 +463,10 @@ impl AttemptTask {
                     error,
                     status: None,
                 },
-                email::Sent::GiveUp(error) => Outcome::GiveUp { error },
+                email::Sent::GiveUp(error) => Outcome::GiveUp {
+                    error,
+                    status: None,
+                },
             },
         };
         let name = self.name.to_string();
@@ -403,8 +475,10 @@ impl AttemptTask {
                 self.store.job_done(job.id)?;
                 Ok(None)
             }
-            Outcome::GiveUp { error } => {
+            Outcome::GiveUp { error, status } => {
                 metrics::counter!("vmnd_jobs_dead_total", "queue" => name).increment(1);
+                job.last_status = status;
+                job.last_error = Some(error.clone());
                 self.dead_letter(job, format!("refused: {error}"))?;
                 Ok(None)
             }
@@ -454,54 +528,128 @@ impl AttemptTask {
         })
     }
 
+    /// Delivers a webhook job: to the `url` (unless the circuit is open), then to the
+    /// `fallback_url` if the `url` had an outage. Records the attempts worth keeping.
     async fn post_webhook(
         &self,
         job: &Job,
         config: &Webhook,
-        uri: Option<&hyper::Uri>,
+        urls: WebhookUrls<'_>,
+        client: &WebhookClient,
+        primary_ok: &mut Option<bool>,
     ) -> store::Result<Outcome> {
         let Some(record) = self.store.message(job.message_id)? else {
             return Ok(Outcome::GiveUp {
                 error: "message record missing".into(),
+                status: None,
             });
         };
-        let body = Bytes::from(payload(&record, &job.event));
-        let attempt = match uri {
-            Some(uri) => {
-                self.client
-                    .post(
-                        uri,
-                        &record.id,
-                        config.secret.as_deref(),
-                        body,
-                        config.timeout,
-                    )
-                    .await
-            }
-            None => Attempt::Failed {
-                status: None,
-                latency: Duration::ZERO,
-                error: format!("invalid url {:?}", config.url),
-            },
+        let options = SendOptions {
+            event_id: &record.id,
+            secret: config.secret.as_deref(),
+            auth: config.auth.as_ref(),
+            headers: &config.headers,
+            timeout: config.timeout,
         };
-        let name = config.name.clone();
-        Ok(match attempt {
-            Attempt::Delivered { latency, .. } => {
-                metrics::counter!("vmnd_webhook_attempts_total", "webhook" => name.clone(), "outcome" => "delivered").increment(1);
-                metrics::histogram!("vmnd_webhook_latency_seconds", "webhook" => name)
-                    .record(latency.as_secs_f64());
-                Outcome::Done
+        let mut tries: Vec<(bool, String, Attempt)> = Vec::with_capacity(2);
+        let targets = match self.route {
+            Route::Primary => [
+                urls.primary.map(|u| (false, u)),
+                urls.fallback.map(|u| (true, u)),
+            ],
+            Route::FallbackOnly => [urls.fallback.map(|u| (true, u)), None],
+        };
+        if urls.primary.is_none() && self.route == Route::Primary {
+            tries.push((
+                false,
+                config.url.clone(),
+                Attempt::Failed {
+                    status: None,
+                    latency: Duration::ZERO,
+                    error: format!("invalid url {:?}", config.url),
+                },
+            ));
+        }
+        for (fallback, uri) in targets.into_iter().flatten() {
+            let attempt = match webhook_format::request(config, uri, &record, &job.event) {
+                Ok(request) => client.send(&request, &options).await,
+                Err(error) => Attempt::Failed {
+                    status: None,
+                    latency: Duration::ZERO,
+                    error,
+                },
+            };
+            let outage = is_outage(&attempt);
+            let which = if fallback { "fallback" } else { "url" };
+            let outcome = if attempt.is_delivered() {
+                "delivered"
+            } else {
+                "failed"
+            };
+            metrics::counter!("vmnd_webhook_attempts_total", "webhook" => config.name.clone(), "outcome" => outcome, "target" => which).increment(1);
+            metrics::histogram!("vmnd_webhook_latency_seconds", "webhook" => config.name.clone())
+                .record(attempt.latency().as_secs_f64());
+            if !fallback {
+                *primary_ok = match (&attempt, outage) {
+                    (Attempt::Delivered { .. }, _) => Some(true),
+                    (_, true) => Some(false),
+                    // A 4xx: the endpoint is up and refuses this request.
+                    (_, false) => None,
+                };
             }
-            Attempt::Failed {
-                status,
-                latency,
-                error,
-            } => {
-                metrics::counter!("vmnd_webhook_attempts_total", "webhook" => name.clone(), "outcome" => "failed").increment(1);
-                metrics::histogram!("vmnd_webhook_latency_seconds", "webhook" => name)
-                    .record(latency.as_secs_f64());
-                Outcome::Retry { error, status }
+            tries.push((fallback, uri.to_string(), attempt));
+            // Only an outage sends the request on to the fallback; a 4xx would be refused there
+            // too (same request) and is the tenant's to fix.
+            if !outage {
+                break;
             }
+        }
+        let delivered = tries.iter().any(|(_, _, a)| a.is_delivered());
+        let now = clock::now_ms();
+        for (fallback, url, attempt) in &tries {
+            // Every failure is kept; a success only after earlier failures (module header).
+            if attempt.is_delivered() && job.attempts == 1 && tries.len() == 1 {
+                continue;
+            }
+            let record = AttemptRecord {
+                attempt: job.attempts,
+                at_ms: now,
+                url: url.clone(),
+                outcome: if attempt.is_delivered() {
+                    "delivered"
+                } else {
+                    "failed"
+                }
+                .to_string(),
+                status: attempt.status(),
+                latency_ms: attempt.latency().as_secs_f64() * 1000.0,
+                error: match attempt {
+                    Attempt::Failed { error, .. } => Some(error.clone()),
+                    Attempt::Delivered { .. } => None,
+                },
+            };
+            self.store.record_attempt(job.id, *fallback, &record)?;
+        }
+        if delivered {
+            return Ok(Outcome::Done);
+        }
+        let Some((_, _, Attempt::Failed { status, error, .. })) = tries.last() else {
+            // Circuit open, no fallback configured: the dispatcher does not start such a job.
+            return Ok(Outcome::Retry {
+                error: "circuit open".into(),
+                status: None,
+            });
+        };
+        let refused = status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429);
+        if refused && config.on_4xx == On4xx::DeadLetter {
+            return Ok(Outcome::GiveUp {
+                error: error.clone(),
+                status: *status,
+            });
+        }
+        Ok(Outcome::Retry {
+            error: error.clone(),
+            status: *status,
         })
     }
 
@@ -516,6 +664,7 @@ impl AttemptTask {
         let Some(sms) = job.sms.clone() else {
             return Ok(Outcome::GiveUp {
                 error: "not an SMS job".into(),
+                status: None,
             });
         };
         let segments = sms_text::segments(&sms.text, sms.reference);
@@ -612,6 +761,7 @@ impl AttemptTask {
                             "carrier {carrier} refused submit_sm: {}",
                             pdu::status_name(s)
                         ),
+                        status: None,
                     });
                 }
             }
@@ -638,6 +788,24 @@ fn new_outbound_record(job: &Job, sms: &SmsJob) -> OutboundRecord {
         error: None,
         created_ms: job.created_ms,
         updated_ms: clock::now_ms(),
+    }
+}
+
+/// The `url` and `fallback_url` of a webhook job.
+#[derive(Clone, Copy)]
+struct WebhookUrls<'a> {
+    primary: Option<&'a hyper::Uri>,
+    fallback: Option<&'a hyper::Uri>,
+}
+
+/// A failure that says the endpoint is down or overloaded (no answer, 5xx, 408, 429), as
+/// opposed to one refusing this request (another 4xx) or a success.
+fn is_outage(attempt: &Attempt) -> bool {
+    match attempt {
+        Attempt::Delivered { .. } => false,
+        Attempt::Failed { status, .. } => {
+            status.is_none_or(|s| s >= 500 || s == 408 || s == 429 || s < 400)
+        }
     }
 }
 

@@ -330,6 +330,7 @@ mod tests {
             receipt: None,
             webhooks: Vec::new(),
             consent: None,
+            guarded: Vec::new(),
         };
         let job = Job {
             id: 0x1_0001,

@@ -1,4 +1,4 @@
-//! Everything vmnd sends out: signed webhook POSTs, SMS through the carriers, e-mail forwards.
+//! Everything vmnd sends out: signed webhook requests, SMS (replies and forwards) and e-mail.
 //!
 //! These modules do one attempt well and report its outcome; retries, due times and dead
 //! letters belong to the durable queue (`store::queue`), which calls into them.
@@ -7,3 +7,4 @@ pub mod dispatcher;
 pub mod email;
 pub mod sms_text;
 pub mod webhook;
+pub mod webhook_format;

@@ -5,9 +5,13 @@
 //! "<t>.<raw body>")>`. Any 2xx is success; any other status, or no answer, is retried. Each
 //! attempt is signed afresh, so the timestamp lets a tenant refuse replays.
 //!
-//! This module makes exactly one attempt per [`WebhookClient::post`] call and reports what
+//! This module makes exactly one attempt per [`WebhookClient::send`] call and reports what
 //! happened as an [`Attempt`]; deciding when to try again ([`backoff`]) and when to give up
-//! (`retry_for`) is the durable queue's job.
+//! (`retry_for`) is the durable queue's job. What the request looks like for a webhook's
+//! `method`, `format` and `fields` is [`super::webhook_format`]'s.
+//!
+//! https goes through rustls (ring) with the public web roots, plus the PEM certificates of a
+//! webhook's `ca_file` when it names a private CA.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -18,10 +22,13 @@ use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Uri, header};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sha2::Sha256;
+
+use crate::config::WebhookAuth;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -170,14 +177,53 @@ impl Attempt {
 /// A failed attempt before its latency is known: (status if any, readable error).
 type Failure = (Option<u16>, String);
 
-/// A keep-alive pooled HTTP/1.1 client shared by all webhooks.
+/// One request for one event, before its signature and time are added.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub method: Method,
+    pub uri: Uri,
+    /// `Content-Type` of a POST's body; `None` for a GET.
+    pub content_type: Option<&'static str>,
+    pub body: Bytes,
+    /// What `Vmnd-Signature` covers: the raw body of a POST, the query string of a GET (the
+    /// part after `?`, exactly as sent).
+    pub signed: Bytes,
+}
+
+impl Outgoing {
+    /// The contract's request: `body` POSTed as `application/json`.
+    pub fn json(uri: Uri, body: Bytes) -> Outgoing {
+        Outgoing {
+            method: Method::POST,
+            uri,
+            content_type: Some("application/json"),
+            signed: body.clone(),
+            body,
+        }
+    }
+}
+
+/// What a webhook adds to every request besides the event itself.
+#[derive(Debug, Clone, Copy)]
+pub struct SendOptions<'a> {
+    /// `Vmnd-Event-Id`: the message's stable id, for de-duplication.
+    pub event_id: &'a str,
+    /// Signs the request when present.
+    pub secret: Option<&'a str>,
+    pub auth: Option<&'a WebhookAuth>,
+    /// Extra headers (checked when the config was read).
+    pub headers: &'a [(String, String)],
+    /// Everything up to the answer's status must happen within this.
+    pub timeout: Duration,
+}
+
+/// A keep-alive pooled HTTP/1.1 client (http and https).
 ///
-/// Cloning is cheap and clones share one connection pool, so one client serves every tenant:
-/// consecutive events to the same endpoint reuse a warm connection instead of paying a TCP
-/// handshake each. Only `http://` URLs are supported (this build has no TLS connector).
+/// Cloning is cheap and clones share one connection pool: consecutive events to the same
+/// endpoint reuse a warm connection instead of paying a TCP (and TLS) handshake each.
 #[derive(Clone)]
 pub struct WebhookClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl fmt::Debug for WebhookClient {
@@ -193,11 +239,56 @@ impl Default for WebhookClient {
 }
 
 impl WebhookClient {
-    /// A client with its own connection pool. Does not need a runtime until the first `post`.
+    /// A client trusting the public web roots. Does not need a runtime until the first request.
     pub fn new() -> Self {
+        // rustls refuses its defaults only for a crypto provider without cipher suites; ring's
+        // default provider has them, so this cannot fail.
+        Self::with_extra_roots(&[]).expect("rustls accepts ring's default provider")
+    }
+
+    /// A client trusting the public web roots and the PEM certificates in `ca_file` (a
+    /// webhook's private CA). Errors say why the file cannot be used.
+    pub fn with_ca_file(ca_file: &std::path::Path) -> Result<Self, String> {
+        let certs = crate::config::read_pem_certificates(ca_file)?;
+        Self::with_extra_roots(&certs)
+    }
+
+    fn with_extra_roots(
+        extra: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<Self, String> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for cert in extra {
+            roots
+                .add(cert.clone())
+                .map_err(|e| format!("certificate refused: {e}"))?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(Self::tcp());
+        Ok(Self::pooled(connector))
+    }
+
+    fn tcp() -> HttpConnector {
         let mut connector = HttpConnector::new();
-        // Small JSON requests: do not let Nagle hold the body back waiting for an ACK.
+        // Small requests: do not let Nagle hold the body back waiting for an ACK.
         connector.set_nodelay(true);
+        // The https connector does the scheme check.
+        connector.enforce_http(false);
+        connector
+    }
+
+    fn pooled(connector: HttpsConnector<HttpConnector>) -> Self {
         let http = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -205,16 +296,8 @@ impl WebhookClient {
         WebhookClient { http }
     }
 
-    /// Makes one POST of `body` (`application/json`) to `url`.
-    ///
-    /// Sends `Vmnd-Event-Id: event_id`, `Vmnd-Signature` signed now when `secret` is given, and
-    /// `User-Agent: vmnd/<version>`. Everything up to the answer's status must happen within
-    /// `timeout`; the response body is then read (up to 64 KiB) within what is left of it, so
-    /// the connection can go back to the pool. Redirects are not followed: a 3xx is a failure
-    /// the tenant should fix in the config.
-    ///
-    /// Never panics on bad input: a URL without scheme or host, an `https` URL, or an event id
-    /// that is not a valid header value come back as [`Attempt::Failed`].
+    /// Makes one POST of `body` (`application/json`) to `url`: the contract's request with
+    /// nothing configured beyond a secret. See [`WebhookClient::send`].
     pub async fn post(
         &self,
         url: &Uri,
@@ -223,16 +306,39 @@ impl WebhookClient {
         body: Bytes,
         timeout: Duration,
     ) -> Attempt {
+        let request = Outgoing::json(url.clone(), body);
+        let options = SendOptions {
+            event_id,
+            secret,
+            auth: None,
+            headers: &[],
+            timeout,
+        };
+        self.send(&request, &options).await
+    }
+
+    /// Makes one request.
+    ///
+    /// Sends `Vmnd-Event-Id`, `Vmnd-Signature` signed now when there is a secret,
+    /// `Authorization` when there is auth, the extra headers, and `User-Agent:
+    /// vmnd/<version>`. Everything up to the answer's status must happen within the timeout;
+    /// the response body is then read (up to 64 KiB) within what is left of it, so the
+    /// connection can go back to the pool. Redirects are not followed: a 3xx is a failure the
+    /// tenant should fix in the config.
+    ///
+    /// Never panics on bad input: a URL without scheme or host, or an event id that is not a
+    /// valid header value, come back as [`Attempt::Failed`].
+    pub async fn send(&self, request: &Outgoing, options: &SendOptions<'_>) -> Attempt {
         let started = Instant::now();
-        let outcome = match build_request(url, event_id, secret, body) {
-            Ok(request) => self.exchange(request, started, timeout).await,
+        let outcome = match build_request(request, options) {
+            Ok(request) => self.exchange(request, started, options.timeout).await,
             Err(error) => Err((None, error)),
         };
         let latency = started.elapsed();
         match outcome {
             Ok(status) => Attempt::Delivered { status, latency },
             Err((status, error)) => {
-                tracing::debug!(event_id, ?status, %error, "webhook attempt failed");
+                tracing::debug!(event_id = options.event_id, ?status, %error, "webhook attempt failed");
                 Attempt::Failed {
                     status,
                     latency,
@@ -277,28 +383,22 @@ impl WebhookClient {
     }
 }
 
-/// Builds the signed request, or says in words why `url` / `event_id` cannot be used.
+/// Builds the signed request, or says in words why it cannot be sent.
 fn build_request(
-    url: &Uri,
-    event_id: &str,
-    secret: Option<&str>,
-    body: Bytes,
+    request: &Outgoing,
+    options: &SendOptions<'_>,
 ) -> Result<Request<Full<Bytes>>, String> {
+    let url = &request.uri;
     match url.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "invalid url: `{url}`: https is not supported by this build (no TLS connector)"
-            ));
-        }
+        Some("http") | Some("https") => {}
         Some(other) => {
             return Err(format!(
-                "invalid url: `{url}`: scheme `{other}` is not http"
+                "invalid url: `{url}`: scheme `{other}` is not http or https"
             ));
         }
         None => {
             return Err(format!(
-                "invalid url: `{url}` has no scheme (expected http://host[:port]/path)"
+                "invalid url: `{url}` has no scheme (expected http[s]://host[:port]/path)"
             ));
         }
     }
@@ -306,18 +406,38 @@ fn build_request(
         return Err(format!("invalid url: `{url}` has no host"));
     }
     let mut builder = Request::builder()
-        .method(Method::POST)
+        .method(request.method.clone())
         .uri(url.clone())
-        .header(header::CONTENT_TYPE, "application/json")
         .header(header::USER_AGENT, USER_AGENT)
-        .header(EVENT_ID_HEADER, event_id);
-    if let Some(secret) = secret {
+        .header(EVENT_ID_HEADER, options.event_id);
+    if let Some(content_type) = request.content_type {
+        builder = builder.header(header::CONTENT_TYPE, content_type);
+    }
+    if let Some(secret) = options.secret {
         // Signed at send time, not enqueue time: each retry carries a fresh timestamp so the
         // tenant's replay window does not reject our own late retries.
-        builder = builder.header(SIGNATURE_HEADER, signature(secret, unix_now(), &body));
+        builder = builder.header(
+            SIGNATURE_HEADER,
+            signature(secret, unix_now(), &request.signed),
+        );
+    }
+    match options.auth {
+        None => {}
+        Some(WebhookAuth::Bearer(token)) => {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        Some(WebhookAuth::Basic { username, password }) => {
+            use base64::Engine as _;
+            let pair =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            builder = builder.header(header::AUTHORIZATION, format!("Basic {pair}"));
+        }
+    }
+    for (name, value) in options.headers {
+        builder = builder.header(name.as_str(), value.as_str());
     }
     builder
-        .body(Full::new(body))
+        .body(Full::new(request.body.clone()))
         .map_err(|e| format!("invalid request: {e}"))
 }
 
@@ -475,17 +595,22 @@ mod tests {
 
     #[test]
     fn bad_urls_are_errors_not_panics() {
-        for url in [
-            "/just/a/path",
-            "https://example.net/x",
-            "ftp://example.net/x",
-        ] {
+        let options = |event_id| SendOptions {
+            event_id,
+            secret: None,
+            auth: None,
+            headers: &[],
+            timeout: Duration::from_secs(1),
+        };
+        for url in ["/just/a/path", "ftp://example.net/x"] {
             let uri: Uri = url.parse().unwrap();
-            let err = build_request(&uri, "id", None, Bytes::new()).unwrap_err();
+            let err =
+                build_request(&Outgoing::json(uri, Bytes::new()), &options("id")).unwrap_err();
             assert!(err.starts_with("invalid url:"), "{err}");
         }
         let uri: Uri = "http://127.0.0.1/x".parse().unwrap();
-        let err = build_request(&uri, "bad\nid", None, Bytes::new()).unwrap_err();
+        let err =
+            build_request(&Outgoing::json(uri, Bytes::new()), &options("bad\nid")).unwrap_err();
         assert!(err.starts_with("invalid request:"), "{err}");
     }
 }

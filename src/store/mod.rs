@@ -9,7 +9,7 @@
 //!   message (of its first part, for a concatenated one), so reprocessing is idempotent.
 //! - `parts`:    reassembly state, see [`parts`].
 //! - `receipts`: `"<carrier>\0<carrier message id>"` -> message id (u64 BE) of the receipt record.
-//! - `jobs`, `dead`: see [`queue`].
+//! - `jobs`, `dead`, `attempts`: see [`queue`].
 //! - `outbound`, `outbound_ids`: SMS sent and their receipts, see [`outbound`].
 //! - `votes`: poll votes, see [`polls`].
 //! - `keywords`: keywords added at run time through the admin API, see [`keywords`].
@@ -156,6 +156,9 @@ pub struct MessageRecord {
     /// Set when the message changed the sender's consent (an `optin`/`optout` event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consent: Option<ConsentInfo>,
+    /// Automatic actions the guard held back (`"rate: reply to 9198.."`), see [`crate::guard`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guarded: Vec<String>,
 }
 
 /// How a message changed its sender's consent.
@@ -224,6 +227,7 @@ struct Inner {
     receipts: sled::Tree,
     jobs: sled::Tree,
     dead: sled::Tree,
+    attempts: sled::Tree,
     outbound: sled::Tree,
     outbound_ids: sled::Tree,
     votes: sled::Tree,
@@ -288,6 +292,7 @@ impl Store {
                 receipts: db.open_tree("receipts")?,
                 jobs: db.open_tree("jobs")?,
                 dead: db.open_tree("dead")?,
+                attempts: db.open_tree("attempts")?,
                 outbound: db.open_tree("outbound")?,
                 outbound_ids: db.open_tree("outbound_ids")?,
                 votes: db.open_tree("votes")?,
@@ -448,6 +453,7 @@ impl Store {
             receipts: &self.inner.receipts,
             jobs: &self.inner.jobs,
             dead: &self.inner.dead,
+            attempts: &self.inner.attempts,
             outbound: &self.inner.outbound,
             outbound_ids: &self.inner.outbound_ids,
             votes: &self.inner.votes,
@@ -471,6 +477,7 @@ pub(crate) struct Trees<'a> {
     pub receipts: &'a sled::Tree,
     pub jobs: &'a sled::Tree,
     pub dead: &'a sled::Tree,
+    pub attempts: &'a sled::Tree,
     pub outbound: &'a sled::Tree,
     pub outbound_ids: &'a sled::Tree,
     pub votes: &'a sled::Tree,

@@ -6,6 +6,10 @@
 //! keeps the schedule in memory and rebuilds it from this tree at startup, so nothing claimed
 //! but unfinished before a crash is forgotten.
 //! `dead`: job id (u64 BE) -> [`DeadLetter`] (JSON).
+//! `attempts`: job id (u64 BE) ++ attempt number (u32 BE) ++ try (u8: 0 the `url`, 1 the
+//! `fallback_url`) -> [`AttemptRecord`] (JSON). Failed attempts are all kept, and the one that
+//! delivered after them; a first-try success is only counted in the metrics (one write per
+//! message saved on the hot path, and nothing an operator needs to see).
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -103,6 +107,51 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// One request a webhook job made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Which attempt of the job (1 = the first).
+    pub attempt: u32,
+    pub at_ms: u64,
+    pub url: String,
+    /// `delivered` or `failed`.
+    pub outcome: String,
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Which dead letters an operator asks for.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    /// Only jobs of this queue (a webhook's name, or `sms:<carrier>`).
+    pub queue: Option<String>,
+    /// Only letters that died at or after this time.
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    /// Paging: only job ids below this (the listing runs newest first).
+    pub before: Option<u64>,
+}
+
+impl DeadLetterFilter {
+    fn matches(&self, letter: &DeadLetter) -> bool {
+        self.queue
+            .as_ref()
+            .is_none_or(|q| *q == letter.job.queue_key())
+            && self.since_ms.is_none_or(|t| letter.dead_at_ms >= t)
+            && self.until_ms.is_none_or(|t| letter.dead_at_ms <= t)
+    }
+}
+
+fn attempt_key(job_id: u64, attempt: u32, fallback: bool) -> [u8; 13] {
+    let mut key = [0u8; 13];
+    key[..8].copy_from_slice(&job_id.to_be_bytes());
+    key[8..12].copy_from_slice(&attempt.to_be_bytes());
+    key[12] = u8::from(fallback);
+    key
+}
+
 impl Store {
     /// Every queued job's `(due_ms, id, queue key)`, for the dispatcher's schedule at startup.
     pub fn job_schedule(&self) -> Result<Vec<(u64, u64, String)>> {
@@ -151,8 +200,81 @@ impl Store {
 
     /// Dead letters, newest job first, at most `limit`.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.dead_letters_matching(&DeadLetterFilter::default(), limit)
+    }
+
+    /// Dead letters that pass `filter`, newest job first, at most `limit`.
+    pub fn dead_letters_matching(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        let dead = self.trees().dead;
+        let range = match filter.before {
+            Some(id) => dead.range(..id.to_be_bytes()),
+            None => dead.range::<&[u8], _>(..),
+        };
         let mut out = Vec::new();
-        for kv in self.trees().dead.iter().rev().take(limit) {
+        for kv in range.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = kv?;
+            let letter: DeadLetter = decode_json(&v)?;
+            if filter.matches(&letter) {
+                out.push(letter);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>> {
+        match self.trees().dead.get(id.to_be_bytes())? {
+            Some(raw) => Ok(Some(decode_json(&raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Puts a dead letter back in the queue as a fresh job due at `now_ms` (attempts and
+    /// deadline start again). Returns the job to schedule, or `None` if there is no such
+    /// letter. The job is written before the letter is removed: a crash in between leaves
+    /// both, and replaying again rewrites the same job.
+    pub fn replay_dead_letter(&self, id: u64, now_ms: u64) -> Result<Option<Job>> {
+        let Some(letter) = self.dead_letter(id)? else {
+            return Ok(None);
+        };
+        let job = Job {
+            attempts: 0,
+            due_ms: now_ms,
+            first_attempt_ms: None,
+            last_error: None,
+            last_status: None,
+            ..letter.job
+        };
+        let t = self.trees();
+        t.jobs.insert(id.to_be_bytes(), encode_json(&job))?;
+        t.dead.remove(id.to_be_bytes())?;
+        Ok(Some(job))
+    }
+
+    /// Records one request of a webhook job (see the module header for which are kept).
+    pub fn record_attempt(
+        &self,
+        job_id: u64,
+        fallback: bool,
+        record: &AttemptRecord,
+    ) -> Result<()> {
+        self.trees().attempts.insert(
+            attempt_key(job_id, record.attempt, fallback),
+            encode_json(record),
+        )?;
+        Ok(())
+    }
+
+    /// The recorded requests of a job, in order.
+    pub fn attempts(&self, job_id: u64) -> Result<Vec<AttemptRecord>> {
+        let mut out = Vec::new();
+        for kv in self.trees().attempts.scan_prefix(job_id.to_be_bytes()) {
             let (_, v) = kv?;
             out.push(decode_json(&v)?);
         }

@@ -124,10 +124,28 @@ impl Harness {
         )
         .await
     }
+
+    /// POST on the admin server; returns (status, body).
+    pub async fn admin_post(&self, path: &str, body: &str) -> (u16, String) {
+        http_post(
+            &format!("http://{}{}", self.daemon().admin_addr, path),
+            body,
+        )
+        .await
+    }
 }
 
 /// A minimal HTTP/1.1 GET over a fresh TCP connection (no client library in the way).
 pub async fn http_get(url: &str, bearer: Option<&str>) -> (u16, String) {
+    http_request("GET", url, bearer, "").await
+}
+
+/// A minimal HTTP/1.1 POST of `body` over a fresh TCP connection.
+pub async fn http_post(url: &str, body: &str) -> (u16, String) {
+    http_request("POST", url, None, body).await
+}
+
+async fn http_request(method: &str, url: &str, bearer: Option<&str>, body: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http url");
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -135,7 +153,14 @@ pub async fn http_get(url: &str, bearer: Option<&str>) -> (u16, String) {
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n");
+    let length = if method == "GET" {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}{length}Connection: close\r\n\r\n{body}"
+    );
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("read");

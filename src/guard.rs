@@ -1,0 +1,343 @@
+//! The auto-action guard: caps on the replies and forwards one sender can trigger at one
+//! number, and loop detection for senders that are themselves autoresponders.
+//!
+//! Two bots that answer each other never stop on their own: our "Thanks!" gets their "I am
+//! away", which gets our "Thanks!" again. And one person (or a script) texting a keyword fifty
+//! times should not get fifty replies and have fifty forwards land on a tenant's phone. So per
+//! (number, sender), within the number's `window`:
+//! - at most `max_auto_actions` replies and forwards go out; the rest are held;
+//! - when the same text (compared without case and extra spaces) has arrived `loop_repeats`
+//!   times, the sender is treated as an autoresponder and that message triggers nothing.
+//!
+//! Held actions are dropped before the jobs are stored, logged, counted
+//! (`vmnd_auto_actions_held_total{reason}`) and listed on the message (`guarded`). The message
+//! itself is stored and still goes to its webhook: only automatic SMS (and e-mail) are held.
+//! Consent confirmations are never held (one per change already, and the law asks for them).
+//!
+//! The history lives in memory: a restart forgets it, which at worst lets one more window's
+//! worth of replies out. It is touched only by the processor thread.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+
+use crate::config::GuardConfig;
+use crate::store::queue::Job;
+
+/// SMS purposes the guard never holds: the consent flow's own messages.
+const NEVER_HELD: &[&str] = &["optout_confirmation", "optin_confirmation", "optin_request"];
+
+/// Whether `job` is an automatic action the guard counts: an SMS vmnd sends on its own
+/// (reply, expiry reply, poll or help reply, forward to a phone) or an e-mail forward.
+/// Webhooks are not.
+pub fn is_auto_action(job: &Job) -> bool {
+    job.email.is_some()
+        || job
+            .sms
+            .as_ref()
+            .is_some_and(|sms| !NEVER_HELD.contains(&sms.purpose.as_str()))
+}
+
+/// Why actions were held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `max_auto_actions` reached within the window.
+    Rate,
+    /// The sender repeats itself: an autoresponder.
+    Loop,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rate => "rate",
+            Reason::Loop => "loop",
+        }
+    }
+}
+
+/// What one (number, sender) did lately.
+#[derive(Debug, Default)]
+struct History {
+    /// When each allowed auto action went out, oldest first.
+    actions: VecDeque<u64>,
+    /// (arrival, text hash) of each message, oldest first.
+    texts: VecDeque<(u64, u64)>,
+    /// The window these were kept for (the number's, when last used).
+    window_ms: u64,
+}
+
+impl History {
+    fn forget_before(&mut self, cutoff: u64) {
+        while self.actions.front().is_some_and(|t| *t < cutoff) {
+            self.actions.pop_front();
+        }
+        while self.texts.front().is_some_and(|(t, _)| *t < cutoff) {
+            self.texts.pop_front();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.actions.is_empty() && self.texts.is_empty()
+    }
+}
+
+/// The guard's memory, per (number, sender).
+#[derive(Debug, Default)]
+pub struct AutoActionGuard {
+    senders: HashMap<(String, String), History>,
+}
+
+/// The text as loop detection compares it: case and runs of blanks do not matter.
+fn text_hash(text: &str) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for word in text.split_whitespace() {
+        word.to_lowercase().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+impl AutoActionGuard {
+    /// Decides for one message from `sender` to `vmn` with `text`, arriving at `now_ms`: removes
+    /// the held auto actions from `jobs` and returns, for each, why and what it was.
+    pub fn apply(
+        &mut self,
+        config: &GuardConfig,
+        vmn: &str,
+        sender: &str,
+        text: &str,
+        jobs: &mut Vec<Job>,
+        now_ms: u64,
+    ) -> Vec<(Reason, String)> {
+        if config.max_auto_actions == 0 && config.loop_repeats == 0 {
+            return Vec::new();
+        }
+        let window_ms = config.window.as_millis() as u64;
+        let history = self
+            .senders
+            .entry((vmn.to_string(), sender.to_string()))
+            .or_default();
+        history.window_ms = window_ms;
+        history.forget_before(now_ms.saturating_sub(window_ms));
+        let hash = text_hash(text);
+        history.texts.push_back((now_ms, hash));
+        let repeats = history.texts.iter().filter(|(_, h)| *h == hash).count();
+        let looping = config.loop_repeats > 0 && repeats >= config.loop_repeats as usize;
+
+        let mut held = Vec::new();
+        jobs.retain(|job| {
+            if !is_auto_action(job) {
+                return true;
+            }
+            let reason = if looping {
+                Reason::Loop
+            } else if config.max_auto_actions > 0
+                && history.actions.len() >= config.max_auto_actions as usize
+            {
+                Reason::Rate
+            } else {
+                history.actions.push_back(now_ms);
+                return true;
+            };
+            let what = match (&job.sms, &job.email) {
+                (Some(sms), _) => format!("{} to {}", sms.purpose, sms.to),
+                (None, Some(email)) => format!("email to {}", email.to.join(", ")),
+                (None, None) => String::new(),
+            };
+            held.push((reason, what));
+            false
+        });
+        held
+    }
+
+    /// Forgets senders with nothing in their window any more (called from the processor's
+    /// periodic sweep), so memory follows the active senders, not every sender ever seen.
+    pub fn expire(&mut self, now_ms: u64) {
+        self.senders.retain(|_, history| {
+            history.forget_before(now_ms.saturating_sub(history.window_ms));
+            !history.is_empty()
+        });
+    }
+
+    /// Senders currently remembered.
+    pub fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.senders.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::queue::SmsJob;
+    use std::time::Duration;
+
+    fn sms(purpose: &str, to: &str) -> Job {
+        Job {
+            id: 1,
+            message_id: 1,
+            webhook: String::new(),
+            event: "message".into(),
+            attempts: 0,
+            created_ms: 0,
+            due_ms: 0,
+            first_attempt_ms: None,
+            last_error: None,
+            last_status: None,
+            sms: Some(SmsJob {
+                carrier: "sim".into(),
+                from: "567678".into(),
+                to: to.into(),
+                text: "hi".into(),
+                purpose: purpose.into(),
+                reference: 0,
+                sent: vec![],
+            }),
+            email: None,
+        }
+    }
+
+    fn webhook() -> Job {
+        Job {
+            sms: None,
+            webhook: "crm".into(),
+            ..sms("reply", "x")
+        }
+    }
+
+    const CAP5: GuardConfig = GuardConfig {
+        max_auto_actions: 5,
+        window: Duration::from_secs(600),
+        loop_repeats: 0,
+    };
+
+    #[test]
+    fn the_sixth_auto_action_in_the_window_is_held_and_the_webhook_never_is() {
+        let mut guard = AutoActionGuard::default();
+        for i in 0..5u64 {
+            let mut jobs = vec![sms("reply", "a"), webhook()];
+            let held = guard.apply(&CAP5, "567678", "a", &format!("hi {i}"), &mut jobs, i);
+            assert!(held.is_empty(), "message {i}");
+            assert_eq!(jobs.len(), 2);
+        }
+        let mut jobs = vec![sms("reply", "a"), webhook()];
+        let held = guard.apply(&CAP5, "567678", "a", "hi 5", &mut jobs, 10);
+        assert_eq!(held, vec![(Reason::Rate, "reply to a".to_string())]);
+        assert_eq!(jobs.len(), 1);
+        assert!(jobs[0].sms.is_none(), "the webhook stays");
+        // Another sender, and another number, have their own budgets.
+        let mut jobs = vec![sms("reply", "b")];
+        assert!(
+            guard
+                .apply(&CAP5, "567678", "b", "hi", &mut jobs, 10)
+                .is_empty()
+        );
+        let mut jobs = vec![sms("reply", "a")];
+        assert!(
+            guard
+                .apply(&CAP5, "999999", "a", "hi", &mut jobs, 10)
+                .is_empty()
+        );
+        // Once the window has passed, replies go out again.
+        let mut jobs = vec![sms("reply", "a")];
+        assert!(
+            guard
+                .apply(&CAP5, "567678", "a", "later", &mut jobs, 600_001)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn forwards_count_and_consent_confirmations_are_never_held() {
+        let mut guard = AutoActionGuard::default();
+        let config = GuardConfig {
+            max_auto_actions: 2,
+            ..CAP5
+        };
+        let mut jobs = vec![
+            sms("reply", "a"),
+            sms("forward", "919800000000"),
+            sms("forward", "919800000001"),
+            sms("optout_confirmation", "a"),
+        ];
+        let held = guard.apply(&config, "567678", "a", "JOIN", &mut jobs, 0);
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].1, "forward to 919800000001");
+        assert_eq!(jobs.len(), 3);
+        let mut jobs = vec![sms("optin_confirmation", "a"), sms("optin_request", "a")];
+        assert!(
+            guard
+                .apply(&config, "567678", "a", "x", &mut jobs, 1)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_sender_repeating_itself_is_an_autoresponder() {
+        let mut guard = AutoActionGuard::default();
+        let config = GuardConfig {
+            max_auto_actions: 0,
+            loop_repeats: 3,
+            ..CAP5
+        };
+        for t in 0..2 {
+            let mut jobs = vec![sms("reply", "bot")];
+            let text = if t == 0 {
+                "I am away  until Monday"
+            } else {
+                "i am AWAY until monday"
+            };
+            assert!(
+                guard
+                    .apply(&config, "567678", "bot", text, &mut jobs, t)
+                    .is_empty()
+            );
+        }
+        let mut jobs = vec![sms("reply", "bot"), webhook()];
+        let held = guard.apply(
+            &config,
+            "567678",
+            "bot",
+            "I am away until Monday",
+            &mut jobs,
+            2,
+        );
+        assert_eq!(held[0].0, Reason::Loop);
+        assert_eq!(jobs.len(), 1, "the webhook stays");
+        // A different text from the same sender is answered.
+        let mut jobs = vec![sms("reply", "bot")];
+        assert!(
+            guard
+                .apply(&config, "567678", "bot", "JOIN", &mut jobs, 3)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn expire_forgets_quiet_senders_and_zero_turns_it_off() {
+        let mut guard = AutoActionGuard::default();
+        let mut jobs = vec![sms("reply", "a")];
+        guard.apply(&CAP5, "567678", "a", "hi", &mut jobs, 0);
+        assert_eq!(guard.len(), 1);
+        guard.expire(100);
+        assert_eq!(guard.len(), 1);
+        guard.expire(600_001);
+        assert!(guard.is_empty());
+        let off = GuardConfig {
+            max_auto_actions: 0,
+            loop_repeats: 0,
+            ..CAP5
+        };
+        for t in 0..50 {
+            let mut jobs = vec![sms("reply", "a")];
+            assert!(
+                guard
+                    .apply(&off, "567678", "a", "same", &mut jobs, t)
+                    .is_empty()
+            );
+        }
+        assert!(guard.is_empty(), "off: nothing remembered");
+    }
+}
