@@ -207,6 +207,42 @@ mod tests {
         }
     }
 
+    fn email(to: &str) -> Job {
+        Job {
+            sms: None,
+            email: Some(crate::store::queue::EmailJob {
+                to: vec![to.into()],
+                vmn: "567678".into(),
+                msisdn: "a".into(),
+                token: None,
+            }),
+            ..sms("reply", "x")
+        }
+    }
+
+    #[test]
+    fn e_mail_forwards_count_and_are_held_like_sms() {
+        let one = GuardConfig {
+            max_auto_actions: 1,
+            window: Duration::from_secs(600),
+            loop_repeats: 0,
+        };
+        let mut guard = AutoActionGuard::default();
+        let mut jobs = vec![email("desk@acme.example"), webhook()];
+        assert!(
+            guard
+                .apply(&one, "567678", "a", "hi", &mut jobs, 0)
+                .is_empty()
+        );
+        let mut jobs = vec![email("desk@acme.example"), webhook()];
+        let held = guard.apply(&one, "567678", "a", "hi again", &mut jobs, 1);
+        assert_eq!(
+            held,
+            vec![(Reason::Rate, "email to desk@acme.example".to_string())]
+        );
+        assert_eq!(jobs.len(), 1, "the webhook stays");
+    }
+
     const CAP5: GuardConfig = GuardConfig {
         max_auto_actions: 5,
         window: Duration::from_secs(600),
