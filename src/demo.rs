@@ -332,7 +332,7 @@ async fn lmtp_deliver(
     let mut lines = BufReader::new(read).lines();
     let mut last = String::new();
     // Each step's reply ends with a line whose code is followed by a space.
-    async fn expect<R: tokio::io::AsyncBufRead + Unpin>(
+    async fn read_reply<R: tokio::io::AsyncBufRead + Unpin>(
         lines: &mut tokio::io::Lines<R>,
     ) -> std::io::Result<String> {
         loop {
@@ -344,7 +344,7 @@ async fn lmtp_deliver(
             }
         }
     }
-    expect(&mut lines).await?;
+    read_reply(&mut lines).await?;
     let body = message.replace("\r\n.", "\r\n..");
     for command in [
         "LHLO demo.example\r\n".to_string(),
@@ -355,7 +355,7 @@ async fn lmtp_deliver(
         "QUIT\r\n".to_string(),
     ] {
         write.write_all(command.as_bytes()).await?;
-        let reply = expect(&mut lines).await?;
+        let reply = read_reply(&mut lines).await?;
         if command.starts_with("QUIT") {
             break;
         }

@@ -126,8 +126,9 @@ pub async fn serve(
                     }
                 }
             }
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() {
+            changed = shutdown.changed() => {
+                // A dropped sender means the daemon is gone: stop too rather than spin.
+                if changed.is_err() || *shutdown.borrow() {
                     return;
                 }
             }
