@@ -787,3 +787,54 @@ async fn an_lmtp_address_in_use_is_a_startup_error() {
         Err(e) => assert!(e.contains("(lmtp_listen)"), "{e}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_forward_and_its_token_survive_a_restart() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut h = Harness::start(SmscConfig::default(), SinkMode::Ok, &extra(port, "")).await;
+    let person = "919811118888";
+    send_sms(&h, person, "JOIN before the restart").await;
+    // One failed attempt: the token is drawn and stored, the job waits for a retry.
+    assert!(
+        eventually(STEP, || {
+            let store = &h.daemon().store;
+            store
+                .job_schedule()
+                .ok()
+                .into_iter()
+                .flatten()
+                .any(|(_, id, _)| {
+                    store
+                        .job(id)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|j| j.email.as_ref().is_some_and(|e| e.token.is_some()))
+                })
+        })
+        .await
+    );
+    h.stop_daemon().await;
+    let sink = SmtpSink::start(port, false).await;
+    h.start_daemon(&extra(port, "")).await;
+    assert!(
+        eventually(Duration::from_secs(60), || sink.messages().len() == 1).await,
+        "the pending forward is sent after the restart"
+    );
+    // The token it carries was stored before the first attempt: a reply finds it.
+    let token = token_of(&sink.messages()[0]);
+    let rcpt = format!("reply+{token}@{DOMAIN}");
+    let report = lmtp_send(
+        &h,
+        "desk@acme.example",
+        &[&rcpt],
+        &reply_mail("desk@acme.example", "Welcome back"),
+    )
+    .await;
+    assert_eq!(report["data"][0], 250, "{report}");
+    assert!(eventually(STEP, || texts_to(&h, person).len() == 1).await);
+    assert_eq!(texts_to(&h, person)[0].1, "Welcome back");
+}
