@@ -553,87 +553,28 @@ async fn malformed_lmtp_is_answered_and_never_stops_the_listener() {
     assert_eq!(texts_to(&h, person).len(), 2);
 }
 
-/// A private CA and a certificate for 127.0.0.1 signed by it (openssl, in `dir`); returns the
-/// paths of the CA certificate, the server's chain and its key.
+/// A private CA and a certificate for 127.0.0.1 signed by it (rcgen), written as PEM files in
+/// `dir`; returns the paths of the CA certificate, the server's certificate and its key.
 fn private_ca(dir: &std::path::Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "vmnd test relay CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key"))
+        .expect("ca cert");
+    let server_key = KeyPair::generate().expect("server key");
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("server params")
+        .signed_by(&server_key, &ca)
+        .expect("server cert");
     let path = |name: &str| dir.join(name).display().to_string();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl runs (see .ci/run)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ext = path("server.ext");
-    std::fs::write(
-        &ext,
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write");
-    let (ca, ca_key, key, csr, cert) = (
-        path("ca.pem"),
-        path("ca.key"),
-        path("server.key"),
-        path("server.csr"),
-        path("server.pem"),
-    );
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-        "-days",
-        "2",
-        "-subj",
-        "/CN=vmnd test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        &key,
-        "-out",
-        &csr,
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-out",
-        &cert,
-        "-days",
-        "2",
-        "-extfile",
-        &ext,
-    ]);
-    (ca, cert, key)
+    let (ca_path, cert_path, key_path) = (path("ca.pem"), path("server.pem"), path("server.key"));
+    std::fs::write(&ca_path, ca.pem()).expect("write");
+    std::fs::write(&cert_path, server.pem()).expect("write");
+    std::fs::write(&key_path, server_key.serialize_pem()).expect("write");
+    (ca_path, cert_path, key_path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
