@@ -10,8 +10,11 @@
 //!   an expired token are rejected with the right codes; everything is listed by the admin API
 //!   and counted in `/metrics`;
 //! - a person who opted out gets no reply by SMS (suppressed at send time);
-//! - an SMTP server that is down is retried and the forward arrives once it is up; a 5xx is a
-//!   dead letter at once;
+//! - an SMTP server that is down is retried and the forward arrives once it is up, also across a
+//!   restart of the daemon (and the reply token still works); a 5xx is a dead letter at once;
+//! - STARTTLS and implicit TLS reach a relay whose certificate a private CA (`ca_file`) signed,
+//!   and a relay whose certificate is not trusted gets nothing;
+//! - `vmnd route` names the e-mail action; an LMTP address in use is a startup error;
 //! - malformed LMTP input is answered with codes and never takes the listener down.
 
 mod common;
