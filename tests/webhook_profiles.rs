@@ -581,3 +581,34 @@ on_4xx = "retry"
         "nothing sent without trust"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_circuit_is_open_jobs_go_straight_to_the_fallback() {
+    let fallback = HttpSink::start(SinkMode::Ok).await.expect("fallback sink");
+    let fallback_url = fallback.url("/backup");
+    let h = start_with(SinkMode::Status(503), |text, _| {
+        crm_with(
+            text,
+            &format!(
+                "fallback_url = \"{fallback_url}\"\nbreaker_failures = 2\nbreaker_probe = \"1h\""
+            ),
+        )
+    })
+    .await;
+    for i in 0..2 {
+        h.smsc
+            .enqueue(mo::gsm(ALICE, SHORT_CODE, &format!("before {i}")));
+    }
+    assert!(eventually(STEP, || fallback.count() == 2).await);
+    assert_eq!(h.sink.received(), 2, "two failures open the circuit");
+    for i in 0..3 {
+        h.smsc
+            .enqueue(mo::gsm(ALICE, SHORT_CODE, &format!("after {i}")));
+    }
+    assert!(eventually(STEP, || fallback.count() == 5).await);
+    assert_eq!(
+        h.sink.received(),
+        2,
+        "the open circuit's url is not tried (next probe in an hour)"
+    );
+}

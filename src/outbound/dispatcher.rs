@@ -119,6 +119,8 @@ struct Breaker {
     consecutive_failures: u32,
     /// Some: open, and the next probe may start at this time.
     next_probe_ms: Option<u64>,
+    /// A probe is running: at most one at a time, whatever goes to the fallback meanwhile.
+    probing: bool,
     has_fallback: bool,
 }
 
@@ -172,6 +174,8 @@ struct Finished {
     /// How the webhook's `url` did, for its circuit breaker: `Some(true)` it answered,
     /// `Some(false)` an outage (no answer, 5xx, 408, 429), `None` not tried or not telling.
     primary_ok: Option<bool>,
+    /// The job was the open circuit's probe.
+    probe: bool,
 }
 
 /// Runs jobs until `shutdown` turns true.
@@ -210,6 +214,7 @@ pub async fn run(
                 probe: w.breaker_probe,
                 consecutive_failures: 0,
                 next_probe_ms: None,
+                probing: false,
                 has_fallback: w.fallback_url.is_some(),
             });
         }
@@ -276,12 +281,15 @@ pub async fn run(
                     next_due = Some(next_due.map_or(due, |n| n.min(due)));
                     break;
                 }
+                let mut probe = false;
                 let route = match &mut ep.breaker {
                     Some(b) if b.is_open() => {
                         let probe_at = b.next_probe_ms.unwrap_or(now);
-                        if probe_at <= now && ep.in_flight == 0 {
+                        if probe_at <= now && !b.probing {
                             // This job is the probe: it tries the `url` first.
                             b.next_probe_ms = Some(now + b.probe.as_millis() as u64);
+                            b.probing = true;
+                            probe = true;
                             Route::Primary
                         } else if b.has_fallback {
                             Route::FallbackOnly
@@ -301,6 +309,7 @@ pub async fn run(
                     name: name.clone(),
                     id,
                     route,
+                    probe,
                     done: done_tx.clone(),
                 };
                 tokio::spawn(task.run());
@@ -375,8 +384,13 @@ fn enqueue(store: &Store, endpoints: &mut HashMap<Arc<str>, Endpoint>, s: Schedu
 fn finished(endpoints: &mut HashMap<Arc<str>, Endpoint>, f: Finished) {
     if let Some(ep) = endpoints.get_mut(&f.webhook) {
         ep.in_flight = ep.in_flight.saturating_sub(1);
-        if let (Some(breaker), Some(ok)) = (&mut ep.breaker, f.primary_ok) {
-            breaker.observe(&f.webhook, ok, clock::now_ms());
+        if let Some(breaker) = &mut ep.breaker {
+            if f.probe {
+                breaker.probing = false;
+            }
+            if let Some(ok) = f.primary_ok {
+                breaker.observe(&f.webhook, ok, clock::now_ms());
+            }
         }
         match f.retry_at {
             Some(due) => ep.queue.push(Reverse((due, f.id))),
@@ -394,6 +408,8 @@ struct AttemptTask {
     name: Arc<str>,
     id: u64,
     route: Route,
+    /// This job probes an open circuit.
+    probe: bool,
     done: mpsc::UnboundedSender<Finished>,
 }
 
@@ -429,6 +445,7 @@ impl AttemptTask {
             id: self.id,
             retry_at,
             primary_ok,
+            probe: self.probe,
         });
     }
 
