@@ -355,6 +355,9 @@ async fn forwards_thread_per_person_and_replies_come_back_as_sms() {
     assert_eq!(rest["replies"].as_array().expect("rest").len(), 3);
     let (status, _) = h.admin_get("/api/mail/replies?before=zzz").await;
     assert_eq!(status, 400);
+    let (_, page) = h.admin_get("/").await;
+    assert!(page.contains("Replies by e-mail"), "{page}");
+    assert!(page.contains("Thanks, see you at 5!"), "{page}");
     let (_, metrics) = h.admin_get("/metrics").await;
     assert!(metrics.contains("vmnd_email_replies_total"), "{metrics}");
     assert!(metrics.contains("vmnd_email_attempts_total"), "{metrics}");

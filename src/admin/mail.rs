@@ -1,12 +1,16 @@
 //! `GET /api/mail/replies`: every e-mail that came back over LMTP, accepted (with the SMS job
 //! it became) or rejected (with the code and reason given to the MTA), newest first, paged with
-//! `before=<id>` and `limit`; and the descriptions of the `vmnd_email_*` metrics.
+//! `before=<id>` and `limit`; the latest of them on the operators' page; and the descriptions of
+//! the `vmnd_email_*` metrics.
 
 use std::collections::HashMap;
 
 use hyper::StatusCode;
 use serde_json::json;
 
+use std::fmt::Write;
+
+use super::page::escape;
 use super::{AdminState, MAX_PAGE, Reply, error, json_reply};
 use crate::store;
 
@@ -59,4 +63,30 @@ pub(super) fn describe() {
         "vmnd_email_replies_total",
         "e-mails handed over by LMTP, per outcome (accepted, rejected, deferred) and reason"
     );
+}
+
+/// The operators' page section: the latest replies by e-mail, when `[smtp]` is configured.
+pub(super) fn page_section(state: &AdminState) -> String {
+    if state.config.smtp.is_none() {
+        return String::new();
+    }
+    let mut html = String::from(
+        "<h2>Replies by e-mail</h2><table><tr><th>received</th><th>from</th><th>outcome</th>\
+         <th>reason</th><th>SMS to</th><th>text</th></tr>",
+    );
+    for r in state.store.mail_replies(None, 20).unwrap_or_default() {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&r.received_at),
+            escape(r.from.as_deref().unwrap_or(&r.envelope_from)),
+            escape(&r.outcome),
+            r.code,
+            escape(&r.reason),
+            escape(r.msisdn.as_deref().unwrap_or("")),
+            escape(r.text.as_deref().unwrap_or("")),
+        );
+    }
+    html.push_str("</table><p><a href=\"/api/mail/replies\">replies API</a></p>");
+    html
 }

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use super::AdminState;
 use crate::store::MessageFilter;
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -90,6 +90,8 @@ pub fn render(state: &AdminState) -> String {
             escape(&forwarded),
         );
     }
-    html.push_str("</table><p><a href=\"/metrics\">metrics</a> · <a href=\"/api/messages\">messages API</a> · <a href=\"/healthz\">health</a></p></body></html>");
+    html.push_str("</table>");
+    html.push_str(&super::mail::page_section(state));
+    html.push_str("<p><a href=\"/metrics\">metrics</a> · <a href=\"/api/messages\">messages API</a> · <a href=\"/healthz\">health</a></p></body></html>");
     html
 }
