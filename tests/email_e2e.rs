@@ -7,8 +7,8 @@
 //!   message from someone else starts another thread;
 //! - a reply comes back as a `submit_sm` from the number to the person, with quoted history and
 //!   signature stripped; an unknown token, a wrong domain, a foreign sender, an empty reply and
-//!   an expired token are rejected with the right codes; everything is listed by the admin API
-//!   and counted in `/metrics`;
+//!   an expired token are rejected with the right codes; an out-of-office notice is taken but
+//!   never texted; everything is listed by the admin API and counted in `/metrics`;
 //! - a person who opted out gets no reply by SMS (suppressed at send time);
 //! - an SMTP server that is down is retried and the forward arrives once it is up, also across a
 //!   restart of the daemon (and the reply token still works); a 5xx is a dead letter at once;
@@ -329,13 +329,30 @@ async fn forwards_thread_per_person_and_replies_come_back_as_sms() {
             .contains("no text of its own"),
         "{report}"
     );
+    // An out-of-office notice answering the forward: taken, recorded, never texted.
+    let auto = reply_mail("desk@acme.example", "I am out of the office until Monday.")
+        .replace("Subject:", "Auto-Submitted: auto-replied\r\nSubject:");
+    let report = lmtp_send(&h, "desk@acme.example", &[&rcpt], &auto).await;
+    assert_eq!(report["data"][0], 250, "{report}");
+    assert!(
+        report["data"][1]
+            .as_str()
+            .expect("text")
+            .contains("not texted"),
+        "{report}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(texts_to(&h, person).len(), 1, "no SMS for refused replies");
+    assert_eq!(
+        texts_to(&h, person).len(),
+        1,
+        "no SMS for refused or automatic replies"
+    );
 
     // Everything is listed, newest first, and counted.
     let replies = json(&h, "/api/mail/replies").await;
     let list = replies["replies"].as_array().expect("replies");
-    assert_eq!(list.len(), 5, "{replies}");
+    assert_eq!(list.len(), 6, "{replies}");
+    assert_eq!(list[0]["outcome"], "ignored", "{replies}");
     let accepted: Vec<&Value> = list.iter().filter(|r| r["outcome"] == "accepted").collect();
     assert_eq!(accepted.len(), 1, "{replies}");
     assert_eq!(accepted[0]["msisdn"], person);
@@ -352,7 +369,7 @@ async fn forwards_thread_per_person_and_replies_come_back_as_sms() {
     assert_eq!(page["replies"].as_array().expect("page").len(), 2);
     let next = page["next"].as_str().expect("next");
     let rest = json(&h, &format!("/api/mail/replies?before={next}")).await;
-    assert_eq!(rest["replies"].as_array().expect("rest").len(), 3);
+    assert_eq!(rest["replies"].as_array().expect("rest").len(), 4);
     let (status, _) = h.admin_get("/api/mail/replies?before=zzz").await;
     assert_eq!(status, 400);
     let (_, page) = h.admin_get("/").await;

@@ -278,6 +278,24 @@ impl MailContext {
             );
         }
         let from = Some(sender.clone());
+        if let Some(marker) = &parsed.automatic {
+            // An out-of-office notice answering the forward must not reach the customer; taken
+            // (a refusal would only bounce back to a responder) and recorded, not texted.
+            let reply = Reply::new(
+                250,
+                "2.6.0",
+                format!("automatic reply ({marker}): recorded, not texted"),
+            );
+            self.record(
+                envelope_from,
+                recipient,
+                from,
+                &reply,
+                "ignored",
+                "automatic",
+            );
+            return reply;
+        }
         let number = self.config.number(&record.vmn);
         let Some(carrier) = number.and_then(|n| n.carrier.clone()) else {
             return reject(
@@ -399,6 +417,26 @@ impl MailContext {
         Ok(job.id)
     }
 
+    /// Records and counts a message taken but not texted (`outcome` "ignored").
+    fn record(
+        &self,
+        envelope_from: &str,
+        recipient: &Recipient,
+        from: Option<String>,
+        reply: &Reply,
+        outcome: &'static str,
+        label: &'static str,
+    ) {
+        self.record_outcome(
+            envelope_from,
+            &recipient.rcpt,
+            Some(recipient.token.clone()),
+            from,
+            reply,
+            (outcome, label),
+        );
+    }
+
     /// Records and counts a rejection (a failure to record is logged: the answer stands).
     fn record_rejection(
         &self,
@@ -409,9 +447,22 @@ impl MailContext {
         reply: &Reply,
         label: &'static str,
     ) {
-        metrics::counter!("vmnd_email_replies_total", "outcome" => "rejected", "reason" => label)
+        self.record_outcome(envelope_from, rcpt, token, from, reply, ("rejected", label));
+    }
+
+    /// `(outcome, label)`: what the record says and the metric's `reason`.
+    fn record_outcome(
+        &self,
+        envelope_from: &str,
+        rcpt: &str,
+        token: Option<String>,
+        from: Option<String>,
+        reply: &Reply,
+        (outcome, label): (&'static str, &'static str),
+    ) {
+        metrics::counter!("vmnd_email_replies_total", "outcome" => outcome, "reason" => label)
             .increment(1);
-        tracing::info!(%rcpt, from = %envelope_from, code = reply.code, reason = %reply.text, "e-mail reply rejected");
+        tracing::info!(%rcpt, from = %envelope_from, code = reply.code, reason = %reply.text, outcome, "e-mail reply not texted");
         let (vmn, msisdn) = token
             .as_deref()
             .and_then(|t| self.store.reply_token(t).ok().flatten())
@@ -426,7 +477,7 @@ impl MailContext {
             from,
             rcpt: rcpt.to_string(),
             token,
-            outcome: "rejected".to_string(),
+            outcome: outcome.to_string(),
             code: reply.code,
             reason: reply.text.clone(),
             vmn,

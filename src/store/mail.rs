@@ -45,7 +45,8 @@ pub struct MailReply {
     /// The token read from the recipient, when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// `accepted` or `rejected`.
+    /// `accepted` (texted), `rejected` (refused to the MTA) or `ignored` (an automatic reply:
+    /// taken, not texted).
     pub outcome: String,
     /// The LMTP reply code given (250, 550, 552...).
     pub code: u16,
