@@ -370,8 +370,16 @@ async fn forwards_thread_per_person_and_replies_come_back_as_sms() {
     let next = page["next"].as_str().expect("next");
     let rest = json(&h, &format!("/api/mail/replies?before={next}")).await;
     assert_eq!(rest["replies"].as_array().expect("rest").len(), 4);
-    let (status, _) = h.admin_get("/api/mail/replies?before=zzz").await;
-    assert_eq!(status, 400);
+    let rejected = json(&h, "/api/mail/replies?outcome=rejected").await;
+    assert_eq!(
+        rejected["replies"].as_array().expect("rejected").len(),
+        4,
+        "{rejected}"
+    );
+    for bad in ["before=zzz", "outcome=maybe", "limit=0"] {
+        let (status, _) = h.admin_get(&format!("/api/mail/replies?{bad}")).await;
+        assert_eq!(status, 400, "{bad}");
+    }
     let (_, page) = h.admin_get("/").await;
     assert!(page.contains("Replies by e-mail"), "{page}");
     assert!(page.contains("Thanks, see you at 5!"), "{page}");

@@ -1,6 +1,6 @@
 //! `GET /api/mail/replies`: every e-mail that came back over LMTP, accepted (with the SMS job
 //! it became) or rejected (with the code and reason given to the MTA), newest first, paged with
-//! `before=<id>` and `limit`; the latest of them on the operators' page; and the descriptions of
+//! `before=<id>` and `limit`, filtered by `outcome`; the latest of them on the operators' page; and the descriptions of
 //! the `vmnd_email_*` metrics.
 
 use std::collections::HashMap;
@@ -37,7 +37,17 @@ pub(super) fn list_replies(state: &AdminState, q: &HashMap<String, String>) -> R
             }
         },
     };
-    match state.store.mail_replies(before, limit) {
+    let outcome = match q.get("outcome").map(String::as_str) {
+        None => None,
+        Some(o @ ("accepted" | "rejected" | "ignored")) => Some(o),
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("outcome: expected accepted, rejected or ignored, got {other:?}"),
+            );
+        }
+    };
+    match state.store.mail_replies(before, outcome, limit) {
         Ok(replies) => {
             let next = (replies.len() == limit)
                 .then(|| replies.last().map(|r| r.id.clone()))
@@ -74,7 +84,7 @@ pub(super) fn page_section(state: &AdminState) -> String {
         "<h2>Replies by e-mail</h2><table><tr><th>received</th><th>from</th><th>outcome</th>\
          <th>reason</th><th>SMS to</th><th>text</th></tr>",
     );
-    for r in state.store.mail_replies(None, 20).unwrap_or_default() {
+    for r in state.store.mail_replies(None, None, 20).unwrap_or_default() {
         let _ = write!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

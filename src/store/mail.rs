@@ -126,19 +126,25 @@ impl Store {
         Ok(id)
     }
 
-    /// Recorded e-mail replies, newest first, starting strictly before `before`.
-    pub fn mail_replies(&self, before: Option<u64>, limit: usize) -> Result<Vec<MailReply>> {
+    /// Recorded e-mail replies, newest first, starting strictly before `before`, only those
+    /// with `outcome` when given.
+    pub fn mail_replies(
+        &self,
+        before: Option<u64>,
+        outcome: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<MailReply>> {
         let upper = before.unwrap_or(u64::MAX);
         let mut out = Vec::new();
-        for kv in self
-            .trees()
-            .mail_replies
-            .range(..upper.to_be_bytes())
-            .rev()
-            .take(limit)
-        {
+        for kv in self.trees().mail_replies.range(..upper.to_be_bytes()).rev() {
+            if out.len() >= limit {
+                break;
+            }
             let (_, raw) = kv?;
-            out.push(decode_json(&raw)?);
+            let reply: MailReply = decode_json(&raw)?;
+            if outcome.is_none_or(|o| o == reply.outcome) {
+                out.push(reply);
+            }
         }
         Ok(out)
     }
@@ -199,10 +205,16 @@ mod tests {
             };
             ids.push(store.record_mail_reply(&mut reply, None).expect("record"));
         }
-        let all = store.mail_replies(None, 10).expect("list");
+        let all = store.mail_replies(None, None, 10).expect("list");
         assert_eq!(all.len(), 3);
         assert_eq!(all[0].received_at_ms, 2);
-        let page = store.mail_replies(Some(ids[2]), 1).expect("list");
+        assert!(
+            store
+                .mail_replies(None, Some("accepted"), 10)
+                .expect("list")
+                .is_empty()
+        );
+        let page = store.mail_replies(Some(ids[2]), None, 1).expect("list");
         assert_eq!(page.len(), 1);
         assert_eq!(page[0].received_at_ms, 1);
     }
