@@ -14,6 +14,8 @@
 //!   restart of the daemon (and the reply token still works); a 5xx is a dead letter at once;
 //! - STARTTLS and implicit TLS reach a relay whose certificate a private CA (`ca_file`) signed,
 //!   and a relay whose certificate is not trusted gets nothing;
+//! - SMTP AUTH over STARTTLS works, and a refused login is retried (never dead-lettered at once),
+//!   so fixing the password delivers what waited;
 //! - `vmnd route` names the e-mail action; an LMTP address in use is a startup error;
 //! - malformed LMTP input is answered with codes and never takes the listener down.
 
@@ -809,4 +811,67 @@ async fn a_pending_forward_and_its_token_survive_a_restart() {
     assert_eq!(report["data"][0], 250, "{report}");
     assert!(eventually(STEP, || texts_to(&h, person).len() == 1).await);
     assert_eq!(texts_to(&h, person)[0].1, "Welcome back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_auth_over_starttls_and_a_wrong_password_is_retried_not_dead() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = private_ca(certs.path());
+    let sink = SmtpSink::start_with(
+        0,
+        false,
+        &["--starttls", &cert, &key, "--auth", "vmnd", "s3cret"],
+    )
+    .await;
+    let settings = |password: &str| {
+        format!(
+            "tls = \"starttls\"\nca_file = \"{ca}\"\nusername = \"vmnd\"\npassword = \"{password}\""
+        )
+    };
+    let mut h = Harness::start(
+        SmscConfig::default(),
+        SinkMode::Ok,
+        &extra(sink.port, &settings("wrong")),
+    )
+    .await;
+    send_sms(&h, "919811119999", "JOIN with auth").await;
+    // Refused logins are retried with the reason, never dead-lettered at once.
+    assert!(
+        eventually(STEP, || {
+            let store = &h.daemon().store;
+            store
+                .job_schedule()
+                .ok()
+                .into_iter()
+                .flatten()
+                .any(|(_, id, _)| {
+                    store.job(id).ok().flatten().is_some_and(|j| {
+                        j.attempts >= 1
+                            && j.last_error
+                                .is_some_and(|e| e.contains("refused the login"))
+                    })
+                })
+        })
+        .await,
+        "a wrong password is retried: {:?} {:?}",
+        h.daemon()
+            .store
+            .job_schedule()
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, id, _)| h.daemon().store.job(id).ok().flatten())
+            .map(|j| (j.attempts, j.last_error))
+            .collect::<Vec<_>>(),
+        h.daemon().store.dead_letters(5).ok()
+    );
+    assert_eq!(h.daemon().store.dead_letter_count(), 0);
+    assert!(sink.messages().is_empty());
+    // The operator fixes the password: the pending forward goes out.
+    h.stop_daemon().await;
+    h.start_daemon(&extra(sink.port, &settings("s3cret"))).await;
+    assert!(
+        eventually(Duration::from_secs(60), || sink.messages().len() == 1).await,
+        "delivered with the right password"
+    );
 }

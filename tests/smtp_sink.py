@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """A real SMTP server for the e-mail tests: aiosmtpd (written by nobody here) on 127.0.0.1.
 
-Usage: smtp_sink.py [PORT] [--refuse] [--starttls CERT KEY | --tls CERT KEY]
+Usage: smtp_sink.py [PORT] [--refuse] [--starttls CERT KEY | --tls CERT KEY] [--auth USER PASS]
 Prints {"port": N} once listening, then one JSON line per message received:
 {"mail_from": ..., "rcpt_tos": [...], "data": "<the message as received>"}.
 With --refuse every message is answered "550 5.7.1" (a permanent refusal). With --starttls
 the server requires STARTTLS before MAIL; with --tls it speaks TLS from the first byte (SMTPS);
-both with the given PEM certificate chain and key.
+both with the given PEM certificate chain and key. With --auth (and --starttls) it requires
+SMTP AUTH with that user name and password before MAIL.
 Exits when its standard input closes, so it never outlives the test that started it.
 """
 import asyncio
@@ -14,7 +15,7 @@ import json
 import ssl
 import sys
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult
 
 
 class Handler:
@@ -47,7 +48,7 @@ def option(name):
 
 async def main():
     argv = sys.argv[1:]
-    for name in ("--starttls", "--tls"):
+    for name in ("--starttls", "--tls", "--auth"):
         if name in argv:
             i = argv.index(name)
             del argv[i:i + 3]
@@ -57,7 +58,22 @@ async def main():
     starttls = option("--starttls")
     implicit = option("--tls")
     loop = asyncio.get_running_loop()
-    if starttls is not None:
+    auth = None
+    if "--auth" in sys.argv:
+        i = sys.argv.index("--auth")
+        user, password = sys.argv[i + 1].encode(), sys.argv[i + 2].encode()
+
+        def auth(server, session, envelope, mechanism, data):
+            ok = (data.login, data.password) == (user, password)
+            # handled=False: aiosmtpd answers a refusal with 535 itself.
+            return AuthResult(success=ok, handled=False)
+
+    if starttls is not None and auth is not None:
+        factory = lambda: SMTP(
+            handler, tls_context=starttls, require_starttls=True, authenticator=auth,
+            auth_required=True,
+        )
+    elif starttls is not None:
         factory = lambda: SMTP(handler, tls_context=starttls, require_starttls=True)
     else:
         factory = lambda: SMTP(handler)

@@ -129,6 +129,14 @@ impl Mailer {
                 metrics::counter!("vmnd_email_attempts_total", "outcome" => "sent").increment(1);
                 Sent::Done
             }
+            // A refused login is our configuration, not this e-mail: keep it for when the
+            // password is fixed, like a relay that is down.
+            Err(e) if is_auth_refusal(&e) => {
+                metrics::counter!("vmnd_email_attempts_total", "outcome" => "failed").increment(1);
+                Sent::Retry(format!(
+                    "SMTP relay refused the login (check [smtp] username and password): {e}"
+                ))
+            }
             Err(e) if e.is_permanent() => {
                 metrics::counter!("vmnd_email_attempts_total", "outcome" => "refused").increment(1);
                 Sent::GiveUp(format!("SMTP relay refused the e-mail: {e}"))
@@ -182,6 +190,12 @@ impl Mailer {
             .body(body)
             .map_err(|e| format!("cannot build the e-mail: {e}"))
     }
+}
+
+/// Whether the relay refused our credentials (RFC 4954: 534, 535, 538; 530 asks for auth).
+fn is_auth_refusal(e: &lettre::transport::smtp::Error) -> bool {
+    e.status()
+        .is_some_and(|code| matches!(code.to_string().as_str(), "530" | "534" | "535" | "538"))
 }
 
 /// Values of the subject and body placeholders: the same names as SMS templates, from the
