@@ -108,6 +108,7 @@ impl Daemon {
             })
             .map_err(|e| format!("cannot start the processor thread: {e}"))?;
         let mut others = Vec::new();
+        let queue_depth = dispatcher::QueueDepth::default();
         others.push(tokio::spawn(dispatcher::run(
             store.clone(),
             config.clone(),
@@ -115,6 +116,7 @@ impl Daemon {
             Arc::new(submit_senders),
             scheduled,
             shutdown_rx.clone(),
+            queue_depth.clone(),
         )));
 
         let listener = admin::bind(d.admin_listen)
@@ -157,6 +159,7 @@ impl Daemon {
             metrics,
             keyword_changes: Arc::default(),
             scheduler: admin_scheduler,
+            queue_depth,
         };
         others.push(tokio::spawn(admin::serve(
             listener,

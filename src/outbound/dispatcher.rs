@@ -42,6 +42,22 @@ pub struct Scheduled {
     pub webhook: Arc<str>,
 }
 
+/// Jobs the dispatcher holds (queued, scheduled for a retry, or in flight): every job in the
+/// durable `jobs` tree, once the startup scan has run. Kept in memory so `/healthz`, `/metrics`
+/// and the page do not scan a tree that can hold millions.
+#[derive(Clone, Default, Debug)]
+pub struct QueueDepth(Arc<std::sync::atomic::AtomicU64>);
+
+impl QueueDepth {
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, n: u64) {
+        self.0.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Where the processor announces new jobs.
 #[derive(Clone)]
 pub struct Scheduler {
@@ -100,6 +116,8 @@ struct Endpoint {
     in_flight: usize,
     /// A webhook's circuit breaker (`None` for SMS queues and `breaker_failures = 0`).
     breaker: Option<Breaker>,
+    /// `vmnd_queue_depth{queue}`: the handle, so the loop does not look it up each turn.
+    depth_gauge: metrics::Gauge,
 }
 
 /// Stops hammering an endpoint that keeps failing: after `open_after` consecutive failed
@@ -181,6 +199,7 @@ pub async fn run(
     submit_senders: Arc<HashMap<String, mpsc::Sender<SubmitRequest>>>,
     mut incoming: mpsc::UnboundedReceiver<Scheduled>,
     mut shutdown: watch::Receiver<bool>,
+    depth: QueueDepth,
 ) {
     let mut endpoints: HashMap<Arc<str>, Endpoint> = HashMap::new();
     for w in &config.webhooks {
@@ -202,7 +221,7 @@ pub async fn run(
                 .and_then(|f| f.parse::<hyper::Uri>().ok()),
             client,
         }));
-        let mut endpoint = Endpoint::new(target, w.concurrency, w.retry_for);
+        let mut endpoint = Endpoint::new(&w.name, target, w.concurrency, w.retry_for);
         if w.breaker_failures > 0 {
             endpoint.breaker = Some(Breaker {
                 open_after: w.breaker_failures,
@@ -224,10 +243,9 @@ pub async fn run(
             sender: sender.clone(),
             response_timeout: c.response_timeout,
         };
-        endpoints.insert(
-            Arc::from(format!("sms:{}", c.name).as_str()),
-            Endpoint::new(target, c.window.max(1) as usize, SMS_RETRY_FOR),
-        );
+        let name = format!("sms:{}", c.name);
+        let endpoint = Endpoint::new(&name, target, c.window.max(1) as usize, SMS_RETRY_FOR);
+        endpoints.insert(Arc::from(name.as_str()), endpoint);
     }
     // Startup: everything in the jobs tree is pending (claims live only in memory).
     match store.job_schedule() {
@@ -250,6 +268,13 @@ pub async fn run(
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
     loop {
+        let mut total = 0;
+        for ep in endpoints.values() {
+            let held = ep.known.len();
+            total += held as u64;
+            ep.depth_gauge.set(held as f64);
+        }
+        depth.set(total);
         let now = clock::now_ms();
         let mut next_due: Option<u64> = None;
         for (name, ep) in endpoints.iter_mut() {
@@ -323,8 +348,9 @@ pub async fn run(
 }
 
 impl Endpoint {
-    fn new(target: Target, concurrency: usize, retry_for: Duration) -> Endpoint {
+    fn new(name: &str, target: Target, concurrency: usize, retry_for: Duration) -> Endpoint {
         Endpoint {
+            depth_gauge: metrics::gauge!("vmnd_queue_depth", "queue" => name.to_string()),
             target,
             concurrency: concurrency.max(1),
             retry_for,
