@@ -25,7 +25,7 @@ use crate::smpp::pdu::{self, Address, ShortMessage, status};
 use crate::smpp::session::SubmitRequest;
 use crate::store::outbound::{OutboundRecord, OutboundSegment};
 use crate::store::queue::{AttemptRecord, DeadLetter, Job, SmsJob};
-use crate::store::{self, Store};
+use crate::store::{self, MessageRecord, Store};
 
 /// How long an SMS is retried (throttled, queue full, not bound) before it is dead-lettered.
 const SMS_RETRY_FOR: Duration = Duration::from_secs(24 * 3600);
@@ -40,7 +40,22 @@ pub struct Scheduled {
     pub due_ms: u64,
     pub id: u64,
     pub webhook: Arc<str>,
+    /// A job just committed by the processor, with its message: its first attempt needs no
+    /// read of either back from sled (two gets and two JSON decodes per delivery).
+    pub fresh: Option<Arc<Fresh>>,
 }
+
+/// A committed job and its message, as the processor wrote them.
+#[derive(Debug)]
+pub struct Fresh {
+    pub job: Job,
+    pub record: Arc<MessageRecord>,
+}
+
+/// Most fresh jobs an endpoint keeps in memory. Beyond this (an endpoint that is down while
+/// messages keep coming), jobs wait in sled only and are read back when their turn comes, so a
+/// backlog costs disk, not memory.
+const MAX_FRESH: usize = 4096;
 
 /// Jobs the dispatcher holds (queued, scheduled for a retry, or in flight): every job in the
 /// durable `jobs` tree, once the startup scan has run. Kept in memory so `/healthz`, `/metrics`
@@ -70,11 +85,23 @@ impl Scheduler {
         (Scheduler { tx }, rx)
     }
 
+    /// Announces a job the dispatcher will read from sled when its turn comes.
     pub fn schedule(&self, job: &Job) {
         let _ = self.tx.send(Scheduled {
             due_ms: job.due_ms,
             id: job.id,
             webhook: Arc::from(job.queue_key().as_str()),
+            fresh: None,
+        });
+    }
+
+    /// Announces a job just committed with its message, handing both over in memory.
+    pub fn schedule_fresh(&self, job: Job, record: Arc<MessageRecord>) {
+        let _ = self.tx.send(Scheduled {
+            due_ms: job.due_ms,
+            id: job.id,
+            webhook: Arc::from(job.queue_key().as_str()),
+            fresh: Some(Arc::new(Fresh { job, record })),
         });
     }
 }
@@ -113,6 +140,8 @@ struct Endpoint {
     /// Job ids queued or in flight: a job announced twice (recovery announces the jobs it
     /// writes, and the startup scan of the jobs tree finds them too) runs once.
     known: HashSet<u64>,
+    /// Jobs handed over in memory, until their first attempt (at most [`MAX_FRESH`]).
+    fresh: HashMap<u64, Arc<Fresh>>,
     in_flight: usize,
     /// A webhook's circuit breaker (`None` for SMS queues and `breaker_failures = 0`).
     breaker: Option<Breaker>,
@@ -258,6 +287,7 @@ pub async fn run(
                         due_ms: due,
                         id,
                         webhook: Arc::from(webhook.as_str()),
+                        fresh: None,
                     },
                 );
             }
@@ -307,7 +337,9 @@ pub async fn run(
                 };
                 ep.queue.pop();
                 ep.in_flight += 1;
+                let fresh = ep.fresh.remove(&id);
                 let task = AttemptTask {
+                    fresh,
                     store: store.clone(),
                     target: ep.target.clone(),
                     retry_for: ep.retry_for,
@@ -356,6 +388,7 @@ impl Endpoint {
             retry_for,
             queue: BinaryHeap::new(),
             known: HashSet::new(),
+            fresh: HashMap::new(),
             in_flight: 0,
             breaker: None,
         }
@@ -367,6 +400,11 @@ fn enqueue(store: &Store, endpoints: &mut HashMap<Arc<str>, Endpoint>, s: Schedu
         Some(ep) => {
             if ep.known.insert(s.id) {
                 ep.queue.push(Reverse((s.due_ms, s.id)));
+                if let Some(fresh) = s.fresh {
+                    if ep.fresh.len() < MAX_FRESH {
+                        ep.fresh.insert(s.id, fresh);
+                    }
+                }
             }
         }
         None => {
@@ -408,6 +446,8 @@ fn finished(endpoints: &mut HashMap<Arc<str>, Endpoint>, f: Finished) {
 }
 
 struct AttemptTask {
+    /// The job and its message when handed over in memory (first attempt only).
+    fresh: Option<Arc<Fresh>>,
     store: Store,
     target: Target,
     retry_for: Duration,
@@ -457,8 +497,12 @@ impl AttemptTask {
 
     /// Runs the job once and records what happened; Some(time) to retry at.
     async fn attempt(&self, primary_ok: &mut Option<bool>) -> store::Result<Option<u64>> {
-        let Some(mut job) = self.store.job(self.id)? else {
-            return Ok(None); // done meanwhile (e.g. scheduled twice)
+        let mut job = match &self.fresh {
+            Some(fresh) => fresh.job.clone(),
+            None => match self.store.job(self.id)? {
+                Some(job) => job,
+                None => return Ok(None), // done meanwhile (e.g. scheduled twice)
+            },
         };
         let now = clock::now_ms();
         job.first_attempt_ms.get_or_insert(now);
@@ -550,11 +594,17 @@ impl AttemptTask {
         client: &WebhookClient,
         primary_ok: &mut Option<bool>,
     ) -> store::Result<Outcome> {
-        let Some(record) = self.store.message(job.message_id)? else {
-            return Ok(Outcome::GiveUp {
-                error: "message record missing".into(),
-                status: None,
-            });
+        let record = match &self.fresh {
+            Some(fresh) => fresh.record.clone(),
+            None => match self.store.message(job.message_id)? {
+                Some(record) => Arc::new(record),
+                None => {
+                    return Ok(Outcome::GiveUp {
+                        error: "message record missing".into(),
+                        status: None,
+                    });
+                }
+            },
         };
         let options = SendOptions {
             event_id: &record.id,
