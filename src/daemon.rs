@@ -120,6 +120,7 @@ impl Daemon {
             })
             .map_err(|e| format!("cannot start the processor thread: {e}"))?;
         let mut others = Vec::new();
+        let queue_depth = dispatcher::QueueDepth::default();
         others.push(tokio::spawn(dispatcher::run(
             store.clone(),
             config.clone(),
@@ -127,6 +128,7 @@ impl Daemon {
             Arc::new(submit_senders),
             scheduled,
             shutdown_rx.clone(),
+            queue_depth.clone(),
         )));
 
         let listener = admin::bind(d.admin_listen)
@@ -192,6 +194,7 @@ impl Daemon {
             metrics,
             keyword_changes: Arc::default(),
             scheduler: admin_scheduler,
+            queue_depth,
         };
         others.push(tokio::spawn(admin::serve(
             listener,

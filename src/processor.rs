@@ -1,7 +1,7 @@
 //! After the ack: turns journaled deliver_sm PDUs into message records and queued jobs.
 //!
-//! One task, fed with journal ids by the group-commit writer (and, at startup, with whatever the
-//! journal still holds). For each entry: a receipt is parsed and indexed by the carrier's
+//! One task, fed with the committed journal entries by the group-commit writer (in memory: no
+//! read-back), and at startup with whatever the journal still holds. For each entry: a receipt is parsed and indexed by the carrier's
 //! message id; a part of a concatenated message (UDH or `sar_*` TLVs) goes to durable
 //! reassembly; anything else is decoded and stored with its jobs in one transaction that also
 //! removes the journal entry. Reprocessing an entry after a crash writes the same record and the
@@ -25,6 +25,7 @@ use crate::smpp::text::{self, Encoding};
 use crate::smpp::udh;
 use crate::store::parts::{GroupKey, GroupMeta, PartAdded, PartRecord};
 use crate::store::queue::Job;
+use crate::store::writer::Committed;
 use crate::store::{self, JournalEntry, MessageRecord, Store, receipt_key};
 use arc_swap::ArcSwap;
 
@@ -87,7 +88,7 @@ impl Processor {
         let n = ids.len();
         for chunk in ids.chunks(1024) {
             for &id in chunk {
-                self.process(id);
+                self.process(id, None);
             }
             self.flush();
         }
@@ -96,7 +97,7 @@ impl Processor {
     }
 
     /// Runs until the writer's channel closes.
-    pub async fn run(mut self, mut journal_ids: mpsc::UnboundedReceiver<u64>) {
+    pub async fn run(mut self, mut journal_ids: mpsc::UnboundedReceiver<Committed>) {
         let sweep_every =
             (self.reassembly_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         let mut sweep = tokio::time::interval(sweep_every);
@@ -108,8 +109,8 @@ impl Processor {
                     if n == 0 {
                         return;
                     }
-                    for id in batch.drain(..) {
-                        self.process(id);
+                    for (id, entry) in batch.drain(..) {
+                        self.process(id, Some(entry));
                     }
                     self.flush();
                 }
@@ -124,16 +125,22 @@ impl Processor {
 
     /// Processes one journal entry. Errors are logged and counted; the entry stays in the
     /// journal and is retried at the next start (nothing acknowledged is dropped).
-    fn process(&mut self, journal_id: u64) {
-        if let Err(e) = self.try_process(journal_id) {
+    /// `entry` is the journal entry when the writer hands it over; `None` reads it from the
+    /// journal (recovery).
+    fn process(&mut self, journal_id: u64, entry: Option<JournalEntry>) {
+        if let Err(e) = self.try_process(journal_id, entry) {
             metrics::counter!("vmnd_processing_errors_total").increment(1);
             tracing::error!(journal_id, error = %e, "processing failed; entry stays in the journal");
         }
     }
 
-    fn try_process(&mut self, journal_id: u64) -> store::Result<()> {
-        let Some(entry) = self.store.journal_entry(journal_id)? else {
-            return Ok(()); // already processed (e.g. recovered and then notified)
+    fn try_process(&mut self, journal_id: u64, entry: Option<JournalEntry>) -> store::Result<()> {
+        let entry = match entry {
+            Some(entry) => entry,
+            None => match self.store.journal_entry(journal_id)? {
+                Some(entry) => entry,
+                None => return Ok(()), // already processed
+            },
         };
         let sm = match pdu::decode(&entry.pdu) {
             Ok(pdu::Pdu {
@@ -317,8 +324,12 @@ impl Processor {
         let batch = std::mem::take(&mut self.finished);
         match self.store.finish_messages(&batch) {
             Ok(()) => {
-                for (_, _, jobs) in &batch {
-                    self.schedule(jobs);
+                // Committed: the dispatcher gets each job with its message in memory.
+                for (_, record, jobs) in batch {
+                    let record = Arc::new(record);
+                    for job in jobs {
+                        self.scheduler.schedule_fresh(job, record.clone());
+                    }
                 }
             }
             Err(e) => {

@@ -393,6 +393,9 @@ async fn a_4xx_is_dead_lettered_at_once_and_replays_deliver() {
     let (status, _) = h.admin_get("/api/deadletters?before=xyz").await;
     assert_eq!(status, 400);
 
+    let gauge = |metrics: &str, want: &str| metrics.lines().any(|l| l == want);
+    let (_, metrics) = h.admin_get("/metrics").await;
+    assert!(gauge(&metrics, "vmnd_dead_letters 1"), "counted: {metrics}");
     // Replay one: delivered once the endpoint is fixed.
     h.sink.set_mode(SinkMode::Ok);
     let (status, body) = h
@@ -404,6 +407,11 @@ async fn a_4xx_is_dead_lettered_at_once_and_replays_deliver() {
     assert_eq!(body["text"], "first");
     let dead = admin_json(&h, "/api/deadletters").await;
     assert_eq!(dead["deadletters"].as_array().map(Vec::len), Some(0));
+    let (_, metrics) = h.admin_get("/metrics").await;
+    assert!(
+        gauge(&metrics, "vmnd_dead_letters 0"),
+        "replayed: {metrics}"
+    );
 
     // Replay all of one webhook.
     h.sink.set_mode(SinkMode::Status(410));

@@ -55,6 +55,8 @@ pub struct AdminState {
     pub keyword_changes: Arc<tokio::sync::Mutex<()>>,
     /// Tells the dispatcher about jobs put back in the queue (dead-letter replays).
     pub scheduler: crate::outbound::dispatcher::Scheduler,
+    /// Jobs the dispatcher holds, kept by it (no scan of the jobs tree per request).
+    pub queue_depth: crate::outbound::dispatcher::QueueDepth,
 }
 
 /// The process-wide Prometheus recorder (a process has one global recorder; tests start
@@ -114,7 +116,10 @@ fn describe() {
         "webhook attempts per webhook and outcome (delivered, failed, dead)"
     );
     describe_histogram!("vmnd_webhook_latency_seconds", "webhook request latency");
-    describe_gauge!("vmnd_queue_depth", "jobs waiting in the durable queue");
+    describe_gauge!(
+        "vmnd_queue_depth",
+        "jobs waiting in the durable queue (queued, due for a retry or in flight), per queue"
+    );
     describe_gauge!(
         "vmnd_journal_depth",
         "acknowledged deliver_sm not yet processed"
@@ -287,7 +292,6 @@ fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
 }
 
 fn update_gauges(state: &AdminState) {
-    metrics::gauge!("vmnd_queue_depth").set(state.store.queue_depth() as f64);
     metrics::gauge!("vmnd_journal_depth").set(state.store.journal_depth() as f64);
     metrics::gauge!("vmnd_dead_letters").set(state.store.dead_letter_count() as f64);
 }
@@ -310,7 +314,7 @@ fn healthz(state: &AdminState) -> Reply {
         "status": if ok { "ok" } else { "degraded" },
         "store": if store_ok { "open" } else { "failing" },
         "carriers": carriers,
-        "queue_depth": state.store.queue_depth(),
+        "queue_depth": state.queue_depth.get(),
         "journal_depth": state.store.journal_depth(),
     });
     json_reply(

@@ -52,7 +52,7 @@ pub fn render(state: &AdminState) -> String {
          <th>forwarded to</th></tr>",
         state.store.message_count(),
         state.store.journal_depth(),
-        state.store.queue_depth(),
+        state.queue_depth.get(),
         state.store.dead_letter_count(),
     );
     let filter = MessageFilter {

@@ -26,7 +26,7 @@ use crate::smpp::pdu::{self, Address, ShortMessage, status};
 use crate::smpp::session::SubmitRequest;
 use crate::store::outbound::{OutboundRecord, OutboundSegment};
 use crate::store::queue::{AttemptRecord, DeadLetter, EMAIL_QUEUE, Job, SmsJob};
-use crate::store::{self, Store};
+use crate::store::{self, MessageRecord, Store};
 
 /// How long an SMS is retried (throttled, queue full, not bound) before it is dead-lettered.
 const SMS_RETRY_FOR: Duration = Duration::from_secs(24 * 3600);
@@ -41,6 +41,37 @@ pub struct Scheduled {
     pub due_ms: u64,
     pub id: u64,
     pub webhook: Arc<str>,
+    /// A job just committed by the processor, with its message: its first attempt needs no
+    /// read of either back from sled (two gets and two JSON decodes per delivery).
+    pub fresh: Option<Arc<Fresh>>,
+}
+
+/// A committed job and its message, as the processor wrote them.
+#[derive(Debug)]
+pub struct Fresh {
+    pub job: Job,
+    pub record: Arc<MessageRecord>,
+}
+
+/// Most fresh jobs an endpoint keeps in memory. Beyond this (an endpoint that is down while
+/// messages keep coming), jobs wait in sled only and are read back when their turn comes, so a
+/// backlog costs disk, not memory.
+const MAX_FRESH: usize = 4096;
+
+/// Jobs the dispatcher holds (queued, scheduled for a retry, or in flight): every job in the
+/// durable `jobs` tree, once the startup scan has run. Kept in memory so `/healthz`, `/metrics`
+/// and the page do not scan a tree that can hold millions.
+#[derive(Clone, Default, Debug)]
+pub struct QueueDepth(Arc<std::sync::atomic::AtomicU64>);
+
+impl QueueDepth {
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, n: u64) {
+        self.0.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Where the processor announces new jobs.
@@ -55,11 +86,23 @@ impl Scheduler {
         (Scheduler { tx }, rx)
     }
 
+    /// Announces a job the dispatcher will read from sled when its turn comes.
     pub fn schedule(&self, job: &Job) {
         let _ = self.tx.send(Scheduled {
             due_ms: job.due_ms,
             id: job.id,
             webhook: Arc::from(job.queue_key().as_str()),
+            fresh: None,
+        });
+    }
+
+    /// Announces a job just committed with its message, handing both over in memory.
+    pub fn schedule_fresh(&self, job: Job, record: Arc<MessageRecord>) {
+        let _ = self.tx.send(Scheduled {
+            due_ms: job.due_ms,
+            id: job.id,
+            webhook: Arc::from(job.queue_key().as_str()),
+            fresh: Some(Arc::new(Fresh { job, record })),
         });
     }
 }
@@ -102,9 +145,13 @@ struct Endpoint {
     /// Job ids queued or in flight: a job announced twice (recovery announces the jobs it
     /// writes, and the startup scan of the jobs tree finds them too) runs once.
     known: HashSet<u64>,
+    /// Jobs handed over in memory, until their first attempt (at most [`MAX_FRESH`]).
+    fresh: HashMap<u64, Arc<Fresh>>,
     in_flight: usize,
     /// A webhook's circuit breaker (`None` for SMS queues and `breaker_failures = 0`).
     breaker: Option<Breaker>,
+    /// `vmnd_queue_depth{queue}`: the handle, so the loop does not look it up each turn.
+    depth_gauge: metrics::Gauge,
 }
 
 /// Stops hammering an endpoint that keeps failing: after `open_after` consecutive failed
@@ -186,6 +233,7 @@ pub async fn run(
     submit_senders: Arc<HashMap<String, mpsc::Sender<SubmitRequest>>>,
     mut incoming: mpsc::UnboundedReceiver<Scheduled>,
     mut shutdown: watch::Receiver<bool>,
+    depth: QueueDepth,
 ) {
     let mut endpoints: HashMap<Arc<str>, Endpoint> = HashMap::new();
     for w in &config.webhooks {
@@ -207,7 +255,7 @@ pub async fn run(
                 .and_then(|f| f.parse::<hyper::Uri>().ok()),
             client,
         }));
-        let mut endpoint = Endpoint::new(target, w.concurrency, w.retry_for);
+        let mut endpoint = Endpoint::new(&w.name, target, w.concurrency, w.retry_for);
         if w.breaker_failures > 0 {
             endpoint.breaker = Some(Breaker {
                 open_after: w.breaker_failures,
@@ -229,10 +277,9 @@ pub async fn run(
             sender: sender.clone(),
             response_timeout: c.response_timeout,
         };
-        endpoints.insert(
-            Arc::from(format!("sms:{}", c.name).as_str()),
-            Endpoint::new(target, c.window.max(1) as usize, SMS_RETRY_FOR),
-        );
+        let name = format!("sms:{}", c.name);
+        let endpoint = Endpoint::new(&name, target, c.window.max(1) as usize, SMS_RETRY_FOR);
+        endpoints.insert(Arc::from(name.as_str()), endpoint);
     }
     if let Some(smtp) = &config.smtp {
         match Mailer::new(smtp) {
@@ -242,7 +289,7 @@ pub async fn run(
                 };
                 endpoints.insert(
                     Arc::from(EMAIL_QUEUE),
-                    Endpoint::new(target, smtp.concurrency, smtp.retry_for),
+                    Endpoint::new(EMAIL_QUEUE, target, smtp.concurrency, smtp.retry_for),
                 );
             }
             // Without the queue its jobs become dead letters with this reason nearby in the log.
@@ -260,6 +307,7 @@ pub async fn run(
                         due_ms: due,
                         id,
                         webhook: Arc::from(webhook.as_str()),
+                        fresh: None,
                     },
                 );
             }
@@ -270,6 +318,13 @@ pub async fn run(
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
     loop {
+        let mut total = 0;
+        for ep in endpoints.values() {
+            let held = ep.known.len();
+            total += held as u64;
+            ep.depth_gauge.set(held as f64);
+        }
+        depth.set(total);
         let now = clock::now_ms();
         let mut next_due: Option<u64> = None;
         for (name, ep) in endpoints.iter_mut() {
@@ -302,7 +357,9 @@ pub async fn run(
                 };
                 ep.queue.pop();
                 ep.in_flight += 1;
+                let fresh = ep.fresh.remove(&id);
                 let task = AttemptTask {
+                    fresh,
                     store: store.clone(),
                     target: ep.target.clone(),
                     retry_for: ep.retry_for,
@@ -343,13 +400,15 @@ pub async fn run(
 }
 
 impl Endpoint {
-    fn new(target: Target, concurrency: usize, retry_for: Duration) -> Endpoint {
+    fn new(name: &str, target: Target, concurrency: usize, retry_for: Duration) -> Endpoint {
         Endpoint {
+            depth_gauge: metrics::gauge!("vmnd_queue_depth", "queue" => name.to_string()),
             target,
             concurrency: concurrency.max(1),
             retry_for,
             queue: BinaryHeap::new(),
             known: HashSet::new(),
+            fresh: HashMap::new(),
             in_flight: 0,
             breaker: None,
         }
@@ -361,6 +420,11 @@ fn enqueue(store: &Store, endpoints: &mut HashMap<Arc<str>, Endpoint>, s: Schedu
         Some(ep) => {
             if ep.known.insert(s.id) {
                 ep.queue.push(Reverse((s.due_ms, s.id)));
+                if let Some(fresh) = s.fresh {
+                    if ep.fresh.len() < MAX_FRESH {
+                        ep.fresh.insert(s.id, fresh);
+                    }
+                }
             }
         }
         None => {
@@ -402,6 +466,8 @@ fn finished(endpoints: &mut HashMap<Arc<str>, Endpoint>, f: Finished) {
 }
 
 struct AttemptTask {
+    /// The job and its message when handed over in memory (first attempt only).
+    fresh: Option<Arc<Fresh>>,
     store: Store,
     target: Target,
     retry_for: Duration,
@@ -451,8 +517,12 @@ impl AttemptTask {
 
     /// Runs the job once and records what happened; Some(time) to retry at.
     async fn attempt(&self, primary_ok: &mut Option<bool>) -> store::Result<Option<u64>> {
-        let Some(mut job) = self.store.job(self.id)? else {
-            return Ok(None); // done meanwhile (e.g. scheduled twice)
+        let mut job = match &self.fresh {
+            Some(fresh) => fresh.job.clone(),
+            None => match self.store.job(self.id)? {
+                Some(job) => job,
+                None => return Ok(None), // done meanwhile (e.g. scheduled twice)
+            },
         };
         let now = clock::now_ms();
         job.first_attempt_ms.get_or_insert(now);
@@ -474,17 +544,20 @@ impl AttemptTask {
                 self.send_sms(&mut job, carrier, sender, *response_timeout)
                     .await?
             }
-            Target::Email { mailer } => match mailer.attempt(&self.store, &mut job).await? {
-                email::Sent::Done => Outcome::Done,
-                email::Sent::Retry(error) => Outcome::Retry {
-                    error,
-                    status: None,
-                },
-                email::Sent::GiveUp(error) => Outcome::GiveUp {
-                    error,
-                    status: None,
-                },
-            },
+            Target::Email { mailer } => {
+                let record = self.fresh.as_ref().map(|f| f.record.clone());
+                match mailer.attempt(&self.store, &mut job, record).await? {
+                    email::Sent::Done => Outcome::Done,
+                    email::Sent::Retry(error) => Outcome::Retry {
+                        error,
+                        status: None,
+                    },
+                    email::Sent::GiveUp(error) => Outcome::GiveUp {
+                        error,
+                        status: None,
+                    },
+                }
+            }
         };
         let name = self.name.to_string();
         match outcome {
@@ -555,11 +628,17 @@ impl AttemptTask {
         client: &WebhookClient,
         primary_ok: &mut Option<bool>,
     ) -> store::Result<Outcome> {
-        let Some(record) = self.store.message(job.message_id)? else {
-            return Ok(Outcome::GiveUp {
-                error: "message record missing".into(),
-                status: None,
-            });
+        let record = match &self.fresh {
+            Some(fresh) => fresh.record.clone(),
+            None => match self.store.message(job.message_id)? {
+                Some(record) => Arc::new(record),
+                None => {
+                    return Ok(Outcome::GiveUp {
+                        error: "message record missing".into(),
+                        status: None,
+                    });
+                }
+            },
         };
         let options = SendOptions {
             event_id: &record.id,

@@ -11,6 +11,8 @@
 //! - `In-Reply-To` and `References` naming a per-conversation root id derived from the number
 //!   and the sender, so that every message from one person to one number is one thread.
 
+use std::sync::Arc;
+
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, Message};
 use lettre::transport::smtp::authentication::Credentials;
@@ -76,13 +78,23 @@ impl Mailer {
     }
 
     /// Sends `job` once. Draws and records its reply token first if it has none yet; the
-    /// caller writes the job back (attempts, due time) as with any other job.
-    pub async fn attempt(&self, store: &Store, job: &mut Job) -> store::Result<Sent> {
+    /// caller writes the job back (attempts, due time) as with any other job. `record` is the
+    /// message when the dispatcher still has it in memory; otherwise it is read from the store.
+    pub async fn attempt(
+        &self,
+        store: &Store,
+        job: &mut Job,
+        record: Option<Arc<MessageRecord>>,
+    ) -> store::Result<Sent> {
         let Some(email) = job.email.clone() else {
             return Ok(Sent::GiveUp("not an e-mail job".into()));
         };
-        let Some(record) = store.message(job.message_id)? else {
-            return Ok(Sent::GiveUp("message record missing".into()));
+        let record = match record {
+            Some(record) => record,
+            None => match store.message(job.message_id)? {
+                Some(record) => Arc::new(record),
+                None => return Ok(Sent::GiveUp("message record missing".into())),
+            },
         };
         let token = match &email.token {
             Some(token) => token.clone(),

@@ -247,6 +247,9 @@ struct Inner {
     fail_commits: std::sync::atomic::AtomicBool,
     /// Who is opted out, in memory for the outbound check: see [`consent`].
     opt_out_index: consent::OptOutIndex,
+    /// Dead letters held: counted once at open, then kept by `job_dead` and replays, so
+    /// `/metrics` and the page need no scan of a tree that can hold millions.
+    dead_count: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -284,6 +287,8 @@ impl Store {
         } else {
             None
         };
+        let dead = db.open_tree("dead")?;
+        let dead_count = std::sync::atomic::AtomicU64::new(dead.len() as u64);
         Ok(Store {
             inner: Arc::new(Inner {
                 inbound: db.open_tree("inbound")?,
@@ -291,7 +296,7 @@ impl Store {
                 parts: db.open_tree("parts")?,
                 receipts: db.open_tree("receipts")?,
                 jobs: db.open_tree("jobs")?,
-                dead: db.open_tree("dead")?,
+                dead,
                 attempts: db.open_tree("attempts")?,
                 outbound: db.open_tree("outbound")?,
                 outbound_ids: db.open_tree("outbound_ids")?,
@@ -309,6 +314,7 @@ impl Store {
                 dir: dir.to_path_buf(),
                 fail_commits: std::sync::atomic::AtomicBool::new(false),
                 opt_out_index: Default::default(),
+                dead_count,
             }),
         })
     }

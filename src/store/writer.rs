@@ -48,8 +48,12 @@ impl JournalWriter {
     }
 }
 
-/// Starts the writer. Committed journal ids go to `processed` for decoding after the ack.
-pub fn spawn(store: Store, processed: mpsc::UnboundedSender<u64>) -> JournalWriter {
+/// Committed journal entries, handed to the processor in memory so it need not read back what
+/// was just written.
+pub type Committed = (u64, JournalEntry);
+
+/// Starts the writer. Committed entries go to `processed` for decoding after the ack.
+pub fn spawn(store: Store, processed: mpsc::UnboundedSender<Committed>) -> JournalWriter {
     let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
     tokio::spawn(run(store, rx, processed));
     JournalWriter { tx }
@@ -58,7 +62,7 @@ pub fn spawn(store: Store, processed: mpsc::UnboundedSender<u64>) -> JournalWrit
 async fn run(
     store: Store,
     mut rx: mpsc::Receiver<JournalRequest>,
-    processed: mpsc::UnboundedSender<u64>,
+    processed: mpsc::UnboundedSender<Committed>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut entries = Vec::with_capacity(MAX_BATCH);
@@ -78,16 +82,16 @@ async fn run(
         metrics::histogram!("vmnd_store_batch_size").record(batch.len() as f64);
         match outcome {
             Ok(ids) => {
-                for (request, id) in batch.iter().zip(&ids) {
+                for (request, id) in batch.drain(..).zip(ids) {
                     // A session that went away just misses its ack: the carrier redelivers and
                     // the message is already safe.
                     let _ = request.reply.send(AckOutcome {
                         sequence_number: request.sequence_number,
                         received: request.received,
                         status: status::ESME_ROK,
-                        id: Some(*id),
+                        id: Some(id),
                     });
-                    let _ = processed.send(*id);
+                    let _ = processed.send((id, request.entry));
                 }
             }
             Err(e) => {
