@@ -228,8 +228,10 @@ pub enum On4xx {
     Retry,
 }
 
-/// Placeholders of a webhook's `fields` templates: the contract's payload fields, plus
-/// `consent` (the new state of an `optin`/`optout` event) and `receipt_stat` (a receipt's stat).
+/// Placeholders of a webhook's `fields` templates, in the payload's order: the contract's
+/// payload fields (`missing_parts` comma-separated), plus `consent` (the new state of an
+/// `optin`/`optout` event) and `receipt_stat` (a receipt's stat). A form or GET without
+/// `fields` carries all of these that have a value.
 pub const WEBHOOK_FIELD_PLACEHOLDERS: &[&str] = &[
     "event",
     "id",
@@ -244,6 +246,7 @@ pub const WEBHOOK_FIELD_PLACEHOLDERS: &[&str] = &[
     "parts",
     "encoding",
     "complete",
+    "missing_parts",
     "consent",
     "receipt_stat",
 ];

@@ -2,8 +2,8 @@
 //! against a vector and a verifier we did not write), success and failure classification,
 //! timeouts, connection errors, keep-alive reuse, and the retry backoff's bounds.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,35 +26,6 @@ fn event_body() -> Bytes {
 
 fn uri(s: &str) -> Uri {
     s.parse().expect("test URL parses")
-}
-
-/// Runs the independent Python verifier; true when it exits 0, panics if it cannot run.
-fn python_verifies(secret: &str, header: &str, body: &[u8]) -> bool {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_signature.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .arg(secret)
-        .arg(header)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(body)
-        .expect("body written to python");
-    let out = child.wait_with_output().expect("python3 finishes");
-    match out.status.code() {
-        Some(0) => true,
-        Some(1) => false,
-        other => panic!(
-            "verify_signature.py failed to run ({other:?}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
 }
 
 #[test]
@@ -107,7 +78,7 @@ async fn captured_request_verifies_with_python_and_tampering_fails() {
     let header = req.header("vmnd-signature").expect("signed").to_owned();
 
     // What arrived on the wire verifies with Python's hmac, and with ours.
-    assert!(python_verifies(SECRET, &header, &req.body));
+    assert!(common::python_verifies(SECRET, &header, &req.body));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -117,9 +88,9 @@ async fn captured_request_verifies_with_python_and_tampering_fails() {
     // One changed byte, or the wrong secret, does not.
     let mut tampered = req.body.to_vec();
     tampered[10] ^= 1;
-    assert!(!python_verifies(SECRET, &header, &tampered));
+    assert!(!common::python_verifies(SECRET, &header, &tampered));
     assert!(!verify_signature(SECRET, &header, &tampered, now, 300));
-    assert!(!python_verifies("whsec-other", &header, &req.body));
+    assert!(!common::python_verifies("whsec-other", &header, &req.body));
 
     // Without a secret there is no signature header at all.
     client

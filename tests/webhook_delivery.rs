@@ -15,8 +15,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -80,33 +78,9 @@ async fn admin_json(h: &Harness, path: &str) -> Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
 }
 
-/// Runs the independent Python verifier (tests/verify_signature.py): true when it exits 0.
-fn python_verifies(header: &str, body: &[u8]) -> bool {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_signature.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .arg(SECRET)
-        .arg(header)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(body)
-        .expect("body written to python");
-    let out = child.wait_with_output().expect("python3 finishes");
-    match out.status.code() {
-        Some(0) => true,
-        Some(1) => false,
-        other => panic!(
-            "verify_signature.py failed to run ({other:?}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
+/// The independent Python verifier (tests/verify_signature.py) with the config's secret.
+fn python_verifies(header: &str, signed: &[u8]) -> bool {
+    common::python_verifies(SECRET, header, signed)
 }
 
 /// The body of a recorded request as JSON (every request vmnd sends is JSON).

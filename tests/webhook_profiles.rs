@@ -13,9 +13,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,26 +77,9 @@ async fn admin_until(h: &Harness, path: &str, pred: impl Fn(&Value) -> bool) -> 
     }
 }
 
-/// The independent Python verifier over `signed` (a body, or a GET's query string).
+/// The independent Python verifier (tests/verify_signature.py) with the config's secret.
 fn python_verifies(header: &str, signed: &[u8]) -> bool {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_signature.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .arg(SECRET)
-        .arg(header)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(signed)
-        .expect("write");
-    let out = child.wait_with_output().expect("python3 finishes");
-    out.status.code() == Some(0)
+    common::python_verifies(SECRET, header, signed)
 }
 
 fn ok_requests(sink: &HttpSink, path_prefix: &str) -> Vec<SinkRequest> {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use hyper::{Method, Uri};
 use serde::Serialize;
 
-use crate::config::{Webhook, WebhookMethod, render_template};
+use crate::config::{WEBHOOK_FIELD_PLACEHOLDERS, Webhook, WebhookMethod, render_template};
 use crate::outbound::webhook::Outgoing;
 use crate::store::MessageRecord;
 
@@ -105,26 +105,6 @@ pub fn field(record: &MessageRecord, event: &str, name: &str) -> Option<String> 
     })
 }
 
-/// The fields a form or GET carries when the webhook names none, in the payload's order.
-const DEFAULT_FIELDS: &[&str] = &[
-    "event",
-    "id",
-    "to",
-    "from",
-    "text",
-    "keyword",
-    "inbox",
-    "args",
-    "carrier",
-    "received_at",
-    "parts",
-    "encoding",
-    "complete",
-    "missing_parts",
-    "consent",
-    "receipt_stat",
-];
-
 /// The (name, value) pairs that go out for a form or GET, or for JSON with `fields`.
 fn pairs(webhook: &Webhook, record: &MessageRecord, event: &str) -> Vec<(String, String)> {
     match &webhook.fields {
@@ -138,7 +118,8 @@ fn pairs(webhook: &Webhook, record: &MessageRecord, event: &str) -> Vec<(String,
                 (name.clone(), value)
             })
             .collect(),
-        None => DEFAULT_FIELDS
+        // Every field a template may name, in the payload's order.
+        None => WEBHOOK_FIELD_PLACEHOLDERS
             .iter()
             .filter(|name| **name != "complete" || !record.complete)
             .filter_map(|name| Some((name.to_string(), field(record, event, name)?)))

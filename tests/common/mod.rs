@@ -2,6 +2,7 @@
 //! through real TOML (so every test also exercises the config path).
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -218,4 +219,33 @@ pub fn sink_bodies(sink: &HttpSink) -> Vec<serde_json::Value> {
         .iter()
         .filter_map(|r| serde_json::from_slice(&r.body).ok())
         .collect()
+}
+
+/// Runs the independent Python verifier; true when it exits 0, panics if it cannot run.
+pub fn python_verifies(secret: &str, header: &str, body: &[u8]) -> bool {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_signature.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .arg(secret)
+        .arg(header)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(body)
+        .expect("body written to python");
+    let out = child.wait_with_output().expect("python3 finishes");
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        other => panic!(
+            "verify_signature.py failed to run ({other:?}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }
