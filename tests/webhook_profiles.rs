@@ -601,3 +601,54 @@ async fn while_the_circuit_is_open_jobs_go_straight_to_the_fallback() {
         "the open circuit's url is not tried (next probe in an hour)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_down_past_retry_for_is_dead_lettered_and_a_replay_delivers() {
+    let h = start_with(SinkMode::Status(503), |text, _| {
+        text.replacen(
+            "retry_for = \"1h\"\n",
+            "retry_for = \"1500ms\"\nbreaker_failures = 0\n",
+            1,
+        )
+    })
+    .await;
+    h.smsc
+        .enqueue(mo::gsm(ALICE, SHORT_CODE, "kept for the operator"));
+    let dead = admin_until(&h, "/api/deadletters?webhook=crm", |v| {
+        v["deadletters"].as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    let letter = &dead["deadletters"][0];
+    assert!(
+        letter["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("gave up after")),
+        "{letter}"
+    );
+    assert!(
+        letter["attempts"].as_u64().is_some_and(|n| n >= 2),
+        "{letter}"
+    );
+    assert_eq!(letter["last_status"], 503);
+    assert_eq!(ok_requests(&h.sink, "/sms").len(), 0);
+    // Every failed attempt was recorded.
+    let id = letter["id"].as_str().expect("id").to_string();
+    let one = admin_json(&h, &format!("/api/deadletters/{id}")).await;
+    assert_eq!(
+        one["attempts"].as_array().map(Vec::len),
+        letter["attempts"].as_u64().map(|n| n as usize),
+        "{one}"
+    );
+    h.sink.set_mode(SinkMode::Ok);
+    let (status, body) = h
+        .admin_post("/api/deadletters/replay?webhook=crm", "")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(eventually(STEP, || ok_requests(&h.sink, "/sms").len() == 1).await);
+    let body: Value = serde_json::from_slice(&ok_requests(&h.sink, "/sms")[0].body).expect("json");
+    assert_eq!(body["text"], "kept for the operator");
+    assert!(
+        h.smsc.submitted().is_empty(),
+        "nothing texted to the customer"
+    );
+}
