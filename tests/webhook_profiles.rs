@@ -221,6 +221,16 @@ fields = {{ who = "{{from}}", said = "{{args}}", at = "{{received_at}}" }}
         tpl.header("vmnd-signature").expect("signed"),
         &tpl.body
     ));
+    // A first-try success is recorded too.
+    let message_id =
+        u64::from_str_radix(get.header("vmnd-event-id").expect("id"), 16).expect("hex");
+    let attempts = admin_json(&h, &format!("/api/jobs/{:016x}/attempts", message_id << 8)).await;
+    assert_eq!(
+        attempts["attempts"][0]["outcome"], "delivered",
+        "{attempts}"
+    );
+    assert_eq!(attempts["attempts"][0]["status"], 200, "{attempts}");
+    assert!(attempts["attempts"][0]["latency_ms"].as_f64().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

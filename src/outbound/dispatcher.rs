@@ -619,7 +619,7 @@ impl AttemptTask {
     }
 
     /// Delivers a webhook job: to the `url` (unless the circuit is open), then to the
-    /// `fallback_url` if the `url` had an outage. Records the attempts worth keeping.
+    /// `fallback_url` if the `url` had an outage. Records every request it made.
     async fn post_webhook(
         &self,
         job: &Job,
@@ -703,10 +703,6 @@ impl AttemptTask {
         let delivered = tries.iter().any(|(_, _, a)| a.is_delivered());
         let now = clock::now_ms();
         for (fallback, url, attempt) in &tries {
-            // Every failure is kept; a success only after earlier failures (module header).
-            if attempt.is_delivered() && job.attempts == 1 && tries.len() == 1 {
-                continue;
-            }
             let record = AttemptRecord {
                 attempt: job.attempts,
                 at_ms: now,

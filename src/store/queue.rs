@@ -7,9 +7,8 @@
 //! but unfinished before a crash is forgotten.
 //! `dead`: job id (u64 BE) -> [`DeadLetter`] (JSON).
 //! `attempts`: job id (u64 BE) ++ attempt number (u32 BE) ++ try (u8: 0 the `url`, 1 the
-//! `fallback_url`) -> [`AttemptRecord`] (JSON). Failed attempts are all kept, and the one that
-//! delivered after them; a first-try success is only counted in the metrics (one write per
-//! message saved on the hot path, and nothing an operator needs to see).
+//! `fallback_url`) -> [`AttemptRecord`] (JSON): every request a webhook job made, kept with the
+//! messages (no retention yet, like the messages tree).
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
