@@ -55,6 +55,9 @@ pub struct Processor {
     finished: Vec<(u64, MessageRecord, Vec<Job>)>,
     /// Caps on automatic replies and forwards per sender (see [`crate::guard`]).
     guard: AutoActionGuard,
+    /// Journal ids whose processing is written (not yet flushed): released from the journal
+    /// after the next flush of the main database (see `flush`).
+    processed: Vec<u64>,
 }
 
 impl Processor {
@@ -78,6 +81,7 @@ impl Processor {
             scheduler,
             finished: Vec::new(),
             guard: AutoActionGuard::default(),
+            processed: Vec::new(),
         }
     }
 
@@ -128,19 +132,34 @@ impl Processor {
     /// `entry` is the journal entry when the writer hands it over; `None` reads it from the
     /// journal (recovery).
     fn process(&mut self, journal_id: u64, entry: Option<JournalEntry>) {
-        if let Err(e) = self.try_process(journal_id, entry) {
-            metrics::counter!("vmnd_processing_errors_total").increment(1);
-            tracing::error!(journal_id, error = %e, "processing failed; entry stays in the journal");
+        match self.try_process(journal_id, entry) {
+            // A message waiting in `finished` is released with its batch; anything else
+            // (receipt, part, duplicate) is written already.
+            Ok(()) if self.finished.last().map(|f| f.0) == Some(journal_id) => {}
+            Ok(()) => self.processed.push(journal_id),
+            Err(e) => self.process_failed(journal_id, e),
         }
+    }
+
+    fn process_failed(&mut self, journal_id: u64, e: store::StoreError) {
+        metrics::counter!("vmnd_processing_errors_total").increment(1);
+        tracing::error!(journal_id, error = %e, "processing failed; entry stays in the journal");
     }
 
     fn try_process(&mut self, journal_id: u64, entry: Option<JournalEntry>) -> store::Result<()> {
         let entry = match entry {
             Some(entry) => entry,
-            None => match self.store.journal_entry(journal_id)? {
-                Some(entry) => entry,
-                None => return Ok(()), // already processed
-            },
+            None => {
+                // Recovery. An entry whose message is stored was processed, and the crash came
+                // before its release from the journal was durable: do not do it twice.
+                if self.store.message(journal_id)?.is_some() {
+                    return Ok(());
+                }
+                match self.store.journal_entry(journal_id)? {
+                    Some(entry) => entry,
+                    None => return Ok(()), // already processed
+                }
+            }
         };
         let sm = match pdu::decode(&entry.pdu) {
             Ok(pdu::Pdu {
@@ -173,7 +192,8 @@ impl Processor {
         }
         if self.is_duplicate(&entry, &sm, &from, &to) {
             metrics::counter!("vmnd_messages_deduplicated_total").increment(1);
-            return self.store.drop_journal_entry(journal_id);
+            // Nothing to store: its journal entry is released with the batch's.
+            return Ok(());
         }
         let gsm_packed = self
             .gsm_packed
@@ -314,27 +334,45 @@ impl Processor {
         Ok(())
     }
 
-    /// Commits the messages finished since the last flush in one transaction, then hands their
-    /// jobs to the dispatcher. On failure the journal entries stay and are processed again at
-    /// the next start.
+    /// Writes the messages finished since the last flush (one sled batch), makes everything
+    /// processed durable (a flush of the main database, off the acknowledgement path), then
+    /// releases the journal entries it came from and hands the new jobs to the dispatcher. On
+    /// failure the journal entries stay and are processed again at the next start.
     fn flush(&mut self) {
-        if self.finished.is_empty() {
-            return;
-        }
         let batch = std::mem::take(&mut self.finished);
-        match self.store.finish_messages(&batch) {
-            Ok(()) => {
-                // Committed: the dispatcher gets each job with its message in memory.
-                for (_, record, jobs) in batch {
-                    let record = Arc::new(record);
-                    for job in jobs {
-                        self.scheduler.schedule_fresh(job, record.clone());
-                    }
+        let mut written = batch.is_empty();
+        if !batch.is_empty() {
+            match self.store.finish_messages(&batch) {
+                Ok(()) => {
+                    written = true;
+                    self.processed.extend(batch.iter().map(|(id, _, _)| *id));
+                }
+                Err(e) => {
+                    metrics::counter!("vmnd_processing_errors_total").increment(batch.len() as u64);
+                    tracing::error!(error = %e, messages = batch.len(), "cannot store processed messages; they stay in the journal");
                 }
             }
-            Err(e) => {
-                metrics::counter!("vmnd_processing_errors_total").increment(batch.len() as u64);
-                tracing::error!(error = %e, messages = batch.len(), "cannot store processed messages; they stay in the journal");
+        }
+        if !self.processed.is_empty() {
+            let started = std::time::Instant::now();
+            let durable = self
+                .store
+                .flush_main()
+                .and_then(|()| self.store.release_journal(&self.processed));
+            metrics::histogram!("vmnd_store_processed_flush_seconds")
+                .record(started.elapsed().as_secs_f64());
+            if let Err(e) = durable {
+                tracing::error!(error = %e, entries = self.processed.len(), "cannot make processed messages durable; their journal entries stay and are processed again at the next start");
+            }
+            self.processed.clear();
+        }
+        if written {
+            // The dispatcher gets each job with its message in memory.
+            for (_, record, jobs) in batch {
+                let record = Arc::new(record);
+                for job in jobs {
+                    self.scheduler.schedule_fresh(job, record.clone());
+                }
             }
         }
     }

@@ -2,9 +2,16 @@
 //! caveats), the pre-ack inbound journal with group commit, message records, concatenation
 //! parts, receipts, and (in [`queue`]) the durable job queue and dead letters.
 //!
-//! Trees:
+//! Two sled databases. The journal (`<data_dir>/journal`) holds one tree:
 //! - `inbound`:  id (u64 BE) -> journal entry: a deliver_sm exactly as received, written and
-//!   flushed before `deliver_sm_resp` 0 goes out; removed once processed.
+//!   flushed (with an fsync) before `deliver_sm_resp` 0 goes out. Its group commit flushes only
+//!   this database, so its cost does not grow with what processing and delivery write meanwhile.
+//!   An entry is released once the processor's writes for it are flushed in the main database
+//!   ([`Store::flush_main`], then [`Store::release_journal`]); a crash before that only means
+//!   processing it again, which writes the same record and jobs (ids derive from the journal id),
+//!   and recovery skips entries whose message is already stored.
+//!
+//! The main database (`<data_dir>`) holds everything else:
 //! - `messages`: id (u64 BE) -> [`MessageRecord`] (JSON). The id is the journal id of the
 //!   message (of its first part, for a concatenated one), so reprocessing is idempotent.
 //! - `parts`:    reassembly state, see [`parts`].
@@ -241,6 +248,9 @@ struct Inner {
     mail_replies: sled::Tree,
     /// sled's main file, opened by us so a commit can fsync it (sled uses sync_file_range).
     db_file: Option<File>,
+    /// The journal's own database (`<data_dir>/journal`), holding only `inbound`.
+    journal_db: sled::Db,
+    journal_file: Option<File>,
     dir: PathBuf,
     /// When set, every commit fails: lets tests (and a drill on a staging box) prove that a
     /// failing store answers ESME_RX_T_APPN instead of acknowledging.
@@ -252,46 +262,72 @@ struct Inner {
     dead_count: std::sync::atomic::AtomicU64,
 }
 
+/// Opens one sled database. A process that just exited (or, in tests, a daemon just shut down
+/// in this process) may hold sled's file lock for a moment longer while its background flusher
+/// winds down: wait up to five seconds for it rather than fail the start.
+fn open_db(dir: &Path, cache_mb: u64) -> Result<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+            // We flush explicitly; the background flush only bounds the work left for the
+            // next explicit one.
+            .flush_every_ms(Some(1000))
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            // sled wraps the lock's EWOULDBLOCK in an error of its own wording.
+            Err(sled::Error::Io(e))
+                if (e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock"))
+                    && started.elapsed() < std::time::Duration::from_secs(5) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the database in `dir` with a page cache of `cache_mb` MiB.
     /// `fsync`: also fsync sled's file after each flush (sled issue #1452).
     pub fn open(dir: &Path, cache_mb: u64, fsync: bool) -> Result<Store> {
         std::fs::create_dir_all(dir)?;
-        // A process that just exited (or, in tests, a daemon just shut down in this process)
-        // may hold sled's file lock for a moment longer while its background flusher winds
-        // down: wait up to five seconds for it rather than fail the start.
-        let started = std::time::Instant::now();
-        let db = loop {
-            let opened = sled::Config::new()
-                .path(dir)
-                .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
-                // We flush explicitly on every group commit; the background flush only bounds
-                // the work left for the next one.
-                .flush_every_ms(Some(1000))
-                .mode(sled::Mode::HighThroughput)
-                .open();
-            match opened {
-                // sled wraps the lock's EWOULDBLOCK in an error of its own wording.
-                Err(sled::Error::Io(e))
-                    if (e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.to_string().contains("could not acquire lock"))
-                        && started.elapsed() < std::time::Duration::from_secs(5) =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                other => break other?,
+        let db = open_db(dir, cache_mb)?;
+        // The journal is a database of its own, so the flush before each acknowledgement
+        // writes only journal entries, not whatever processing and delivery wrote since the
+        // last one (and never waits on the global lock the main database's transactions take).
+        let journal_dir = dir.join("journal");
+        std::fs::create_dir_all(&journal_dir)?;
+        let journal_db = open_db(&journal_dir, (cache_mb / 4).clamp(4, 64))?;
+        let inbound = journal_db.open_tree("inbound")?;
+        // A store from before the journal had its own database kept it in the main one: move
+        // what is left there, so nothing acknowledged is forgotten.
+        let old_inbound = db.open_tree("inbound")?;
+        if !old_inbound.is_empty() {
+            for kv in old_inbound.iter() {
+                let (k, v) = kv?;
+                inbound.insert(k, v)?;
             }
-        };
-        let db_file = if fsync {
-            Some(File::open(dir.join("db"))?)
+            journal_db.flush()?;
+            old_inbound.clear()?;
+            db.flush()?;
+        }
+        let (db_file, journal_file) = if fsync {
+            (
+                Some(File::open(dir.join("db"))?),
+                Some(File::open(journal_dir.join("db"))?),
+            )
         } else {
-            None
+            (None, None)
         };
         let dead = db.open_tree("dead")?;
         let dead_count = std::sync::atomic::AtomicU64::new(dead.len() as u64);
         Ok(Store {
             inner: Arc::new(Inner {
-                inbound: db.open_tree("inbound")?,
+                inbound,
                 messages: db.open_tree("messages")?,
                 parts: db.open_tree("parts")?,
                 receipts: db.open_tree("receipts")?,
@@ -311,6 +347,8 @@ impl Store {
                 mail_replies: db.open_tree("mail_replies")?,
                 db,
                 db_file,
+                journal_db,
+                journal_file,
                 dir: dir.to_path_buf(),
                 fail_commits: std::sync::atomic::AtomicBool::new(false),
                 opt_out_index: Default::default(),
@@ -345,8 +383,7 @@ impl Store {
         Ok(ids)
     }
 
-    /// Makes everything written so far durable: sled's flush, then our own fsync.
-    pub async fn commit(&self) -> Result<()> {
+    fn check_injected_failure(&self) -> Result<()> {
         if self
             .inner
             .fail_commits
@@ -356,18 +393,66 @@ impl Store {
                 "commit failure injected",
             )));
         }
+        Ok(())
+    }
+
+    /// Makes the journal durable: the group commit before acknowledgements. Only the journal's
+    /// own database is flushed (then fsynced), so its cost does not grow with the processing
+    /// and delivery work going on beside it.
+    pub async fn commit_journal(&self) -> Result<()> {
+        self.check_injected_failure()?;
         // One blocking call for the flush and the fsync: sled's own `flush_async` would hop
         // through its thread pool (waking all of its threads) before our fsync hops again.
         let store = self.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            store.inner.db.flush()?;
-            if let Some(f) = &store.inner.db_file {
-                f.sync_data()?;
-            }
-            Ok(())
+        tokio::task::spawn_blocking(move || store.flush_journal())
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    }
+
+    /// The journal's flush and fsync, blocking.
+    pub(crate) fn flush_journal(&self) -> Result<()> {
+        self.inner.journal_db.flush()?;
+        if let Some(f) = &self.inner.journal_file {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// The main database's flush and fsync, blocking: what processing wrote is durable after
+    /// it, so the journal entries it came from may go.
+    pub fn flush_main(&self) -> Result<()> {
+        self.check_injected_failure()?;
+        self.inner.db.flush()?;
+        if let Some(f) = &self.inner.db_file {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable, in both databases.
+    pub async fn commit(&self) -> Result<()> {
+        self.check_injected_failure()?;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            store.flush_main()?;
+            store.flush_journal()
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    }
+
+    /// Drops journal entries whose processing is durable (after [`Store::flush_main`]), and
+    /// makes that durable too, so a restart does not process them again.
+    pub fn release_journal(&self, ids: &[u64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(&id.to_be_bytes());
+        }
+        self.inner.inbound.apply_batch(batch)?;
+        self.flush_journal()
     }
 
     /// Makes every following commit fail (true) or work again (false). See `fail_commits`.
@@ -453,7 +538,6 @@ impl Store {
 
     pub(crate) fn trees(&self) -> Trees<'_> {
         Trees {
-            inbound: &self.inner.inbound,
             messages: &self.inner.messages,
             parts: &self.inner.parts,
             receipts: &self.inner.receipts,
@@ -477,7 +561,6 @@ impl Store {
 
 /// Borrowed trees for the other store submodules.
 pub(crate) struct Trees<'a> {
-    pub inbound: &'a sled::Tree,
     pub messages: &'a sled::Tree,
     pub parts: &'a sled::Tree,
     pub receipts: &'a sled::Tree,
@@ -519,4 +602,60 @@ pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<
 pub(crate) fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
     // Serialising our own plain structs to a Vec cannot fail.
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8) -> JournalEntry {
+        JournalEntry {
+            carrier: "sim".into(),
+            received_at_ms: 1_000 + u64::from(n),
+            pdu: Bytes::from(vec![n; 20]),
+        }
+    }
+
+    #[test]
+    fn a_journal_left_in_the_main_database_by_an_older_layout_is_moved_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let old = db.open_tree("inbound").unwrap();
+            old.insert(7u64.to_be_bytes(), entry(7).encode()).unwrap();
+            old.insert(9u64.to_be_bytes(), entry(9).encode()).unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 8, true).unwrap();
+        assert_eq!(store.pending_journal_ids().unwrap(), vec![7, 9]);
+        assert_eq!(store.journal_entry(9).unwrap(), Some(entry(9)));
+        drop(store);
+        // Moved once: the main database's old tree is empty now.
+        let store = Store::open(dir.path(), 8, true).unwrap();
+        assert_eq!(store.pending_journal_ids().unwrap(), vec![7, 9]);
+        assert!(store.inner.db.open_tree("inbound").unwrap().is_empty());
+    }
+
+    #[test]
+    fn released_entries_are_gone_after_a_reopen_and_the_rest_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let ids = {
+            let store = Store::open(dir.path(), 8, true).unwrap();
+            let ids = store.journal(&[entry(1), entry(2), entry(3)]).unwrap();
+            rt.block_on(store.commit_journal()).unwrap();
+            store.flush_main().unwrap();
+            store.release_journal(&ids[..2]).unwrap();
+            ids
+        };
+        let store = Store::open(dir.path(), 8, true).unwrap();
+        assert_eq!(store.pending_journal_ids().unwrap(), vec![ids[2]]);
+        assert_eq!(store.journal_depth(), 1);
+        // A failing store refuses both kinds of flush.
+        store.inject_commit_failure(true);
+        assert!(rt.block_on(store.commit_journal()).is_err());
+        assert!(store.flush_main().is_err());
+    }
 }

@@ -85,7 +85,7 @@ pub enum PartAdded {
 }
 
 impl Store {
-    /// Stores one part and consumes its journal entry, atomically.
+    /// Stores one part (its journal entry is released by the processor once this is durable).
     pub fn add_part(
         &self,
         journal_id: u64,
@@ -98,8 +98,7 @@ impl Store {
         let meta_key = group.with(0);
         let part_key = group.with(part.seq);
         let part_value = encode_json(part);
-        let outcome = (t.inbound, t.parts).transaction(|(inbound, parts)| {
-            inbound.remove(&journal_id.to_be_bytes())?;
+        let outcome = t.parts.transaction(|parts| {
             let mut meta = match parts.get(&meta_key)? {
                 Some(raw) => {
                     decode_json::<GroupMeta>(&raw).map_err(ConflictableTransactionError::Abort)?
@@ -179,8 +178,8 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a whole message (or receipt) and its jobs, consuming its journal entry (last, so
-    /// a crash in between only means processing it again). `receipt_index` maps the carrier's
+    /// Stores a whole message (or receipt) and its jobs; the processor releases its journal
+    /// entry once this is durable. `receipt_index` maps the carrier's
     /// message id to this record.
     pub fn finish_message(
         &self,
@@ -196,37 +195,28 @@ impl Store {
         self.finish_messages(&[(journal_id, message.clone(), jobs.to_vec())])
     }
 
-    /// Stores many messages and their jobs, consuming their journal entries, in one
-    /// transaction: the processor's batch path (one sled commit per batch, not per message).
+    /// Stores many messages and their jobs (their journal entries are released later), in
+    /// plain sled batches: the processor's batch path.
     pub fn finish_messages(&self, batch: &[(u64, MessageRecord, Vec<Job>)]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        // Plain writes, the journal entries removed last: a crash in between leaves them in
-        // the journal and they are processed again into the same record and jobs (ids derive
-        // from the journal id). No sled transaction: in sled 0.34 each one flushes its write
-        // buffer twice, and once any has run every sled call takes a global lock.
+        // Plain writes; the journal entries stay until the processor has flushed these and
+        // releases them, so a crash in between only means processing them again into the same
+        // record and jobs (ids derive from the journal id). No sled transaction: in sled 0.34
+        // each one flushes its write buffer twice, and once any has run every sled call takes
+        // a global lock.
         let t = self.trees();
         let mut messages = sled::Batch::default();
         let mut jobs_batch = sled::Batch::default();
-        let mut journal = sled::Batch::default();
         for (id, message, jobs) in batch {
             messages.insert(&id.to_be_bytes(), encode_json(message));
             for job in jobs {
                 jobs_batch.insert(&job.id.to_be_bytes(), encode_json(job));
             }
-            journal.remove(&id.to_be_bytes());
         }
         t.messages.apply_batch(messages)?;
         t.jobs.apply_batch(jobs_batch)?;
-        t.inbound.apply_batch(journal)?;
-        Ok(())
-    }
-
-    /// Drops a journal entry that turned out to be a duplicate (dedup window) or unreadable
-    /// after a restart (kept as a message record instead by the processor).
-    pub fn drop_journal_entry(&self, journal_id: u64) -> Result<()> {
-        self.trees().inbound.remove(journal_id.to_be_bytes())?;
         Ok(())
     }
 }

@@ -75,7 +75,7 @@ async fn run(
         entries.extend(batch.iter().map(|r| r.entry.clone()));
         let started = Instant::now();
         let outcome = match store.journal(&entries) {
-            Ok(ids) => store.commit().await.map(|()| ids),
+            Ok(ids) => store.commit_journal().await.map(|()| ids),
             Err(e) => Err(e),
         };
         metrics::histogram!("vmnd_store_flush_seconds").record(started.elapsed().as_secs_f64());
