@@ -64,5 +64,6 @@ pub mod store;
 /// a node on each write and frees the old one; under glibc's allocator that churn was 40% of
 /// the CPU of a consent fill and fragmented RSS to gigabytes at millions of contacts (see
 /// BENCHMARKS.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
