@@ -14,8 +14,9 @@
 //! itself is stored and still goes to its webhook: only automatic SMS (and e-mail) are held.
 //! Consent confirmations are never held (one per change already, and the law asks for them).
 //!
-//! The history lives in memory: a restart forgets it, which at worst lets one more window's
-//! worth of replies out. It is touched only by the processor thread.
+//! The history lives in memory, only for messages that would trigger an automatic action: a
+//! restart forgets it, which at worst lets one more window's worth of replies out. It is
+//! touched only by the processor thread.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -108,7 +109,13 @@ impl AutoActionGuard {
         jobs: &mut Vec<Job>,
         now_ms: u64,
     ) -> Vec<(Reason, String)> {
-        if config.max_auto_actions == 0 && config.loop_repeats == 0 {
+        // Only messages that would trigger something are remembered: a number that only
+        // forwards to webhooks keeps no history, and memory follows the senders being
+        // answered, not every sender (100,000 senders an hour would otherwise be 100,000
+        // entries for nothing).
+        if (config.max_auto_actions == 0 && config.loop_repeats == 0)
+            || !jobs.iter().any(is_auto_action)
+        {
             return Vec::new();
         }
         let window_ms = config.window.as_millis() as u64;
@@ -348,6 +355,25 @@ mod tests {
             guard
                 .apply(&config, "567678", "bot", "JOIN", &mut jobs, 3)
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn messages_that_trigger_nothing_automatic_leave_no_history() {
+        let mut guard = AutoActionGuard::default();
+        for t in 0..100 {
+            let mut jobs = vec![webhook(), sms("optout_confirmation", "a")];
+            let sender = format!("91980000{t:04}");
+            assert!(
+                guard
+                    .apply(&CAP5, "567678", &sender, "STOP", &mut jobs, t)
+                    .is_empty()
+            );
+            assert_eq!(jobs.len(), 2);
+        }
+        assert!(
+            guard.is_empty(),
+            "nothing remembered for webhook-only traffic"
         );
     }
 
