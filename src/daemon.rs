@@ -120,6 +120,24 @@ impl Daemon {
             })
             .map_err(|e| format!("cannot start the processor thread: {e}"))?;
         let mut others = Vec::new();
+        // Histogram samples wait in the recorder until they are folded into buckets, which
+        // only a scrape of /metrics or this upkeep does: without it, a daemon nobody scrapes
+        // would keep every latency sample it ever recorded.
+        let upkeep = metrics.clone();
+        let mut upkeep_shutdown = shutdown_rx.clone();
+        others.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => upkeep.run_upkeep(),
+                    _ = upkeep_shutdown.changed() => {
+                        if *upkeep_shutdown.borrow() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
         let queue_depth = dispatcher::QueueDepth::default();
         others.push(tokio::spawn(dispatcher::run(
             store.clone(),
