@@ -4366,18 +4366,18 @@ mod tests {
     use super::*;
 
     /// An environment with nothing set.
-    fn no_env(_: &str) -> Option<String> {
+    pub(super) fn no_env(_: &str) -> Option<String> {
         None
     }
 
-    fn errors_of(source: &str) -> Vec<String> {
+    pub(super) fn errors_of(source: &str) -> Vec<String> {
         match parse(source, "t.toml", &no_env) {
             Ok((_, warnings)) => panic!("expected errors, got a config (warnings {warnings:?})"),
             Err(diagnostics) => diagnostics.iter().map(|d| d.to_string()).collect(),
         }
     }
 
-    const VALID: &str = r#"
+    pub(super) const VALID: &str = r#"
 [daemon]
 data_dir = "./var"
 
@@ -5584,18 +5584,8 @@ confirm_reply = "Reply YES"
 
 #[cfg(test)]
 mod smtp_tests {
+    use super::tests::{VALID, errors_of, no_env};
     use super::*;
-
-    fn no_env(_: &str) -> Option<String> {
-        None
-    }
-
-    fn errors_of(source: &str) -> Vec<String> {
-        match parse(source, "t.toml", &no_env) {
-            Ok((_, warnings)) => panic!("expected errors, got a config (warnings {warnings:?})"),
-            Err(diagnostics) => diagnostics.iter().map(|d| d.to_string()).collect(),
-        }
-    }
 
     fn errors_with(extra: &str) -> Vec<String> {
         errors_of(&format!("{VALID}{extra}"))
@@ -5610,27 +5600,6 @@ mod smtp_tests {
             )
         })
     }
-
-    const VALID: &str = r#"
-[daemon]
-data_dir = "./var"
-
-[[carrier]]
-name = "sim"
-host = "127.0.0.1"
-port = 2775
-system_id = "vmnd"
-password = "secret"
-
-[[webhook]]
-name = "crm"
-url = "http://127.0.0.1:8080/sms"
-
-[[number]]
-vmn = "567 678"
-carrier = "sim"
-default = { webhook = "crm" }
-"#;
 
     /// A complete `[smtp]`, appended after the numbers of `VALID`.
     const SMTP: &str = r#"
