@@ -662,3 +662,16 @@ async fn an_endpoint_down_past_retry_for_is_dead_lettered_and_a_replay_delivers(
         "nothing texted to the customer"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_or_408_is_retried_even_with_the_default_4xx_policy() {
+    let h = start_with(SinkMode::FailFirst { n: 1, status: 429 }, |text, _| text).await;
+    h.smsc.enqueue(mo::gsm(ALICE, SHORT_CODE, "slow down"));
+    assert!(eventually(STEP, || ok_requests(&h.sink, "/sms").len() == 1).await);
+    h.sink.set_mode(SinkMode::FailFirst { n: 1, status: 408 });
+    h.smsc.enqueue(mo::gsm(ALICE, SHORT_CODE, "timed out"));
+    assert!(eventually(STEP, || ok_requests(&h.sink, "/sms").len() == 2).await);
+    assert_eq!(h.sink.received(), 4, "each failed once, then delivered");
+    let dead = admin_json(&h, "/api/deadletters").await;
+    assert_eq!(dead["deadletters"].as_array().map(Vec::len), Some(0));
+}
