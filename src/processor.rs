@@ -55,8 +55,8 @@ pub struct Processor {
     finished: Vec<(u64, MessageRecord, Vec<Job>)>,
     /// Caps on automatic replies and forwards per sender (see [`crate::guard`]).
     guard: AutoActionGuard,
-    /// Journal ids whose processing is written (not yet flushed): released from the journal
-    /// after the next flush of the main database (see `flush`).
+    /// Journal ids processed since the last flush (written, or in `finished`): released from
+    /// the journal after the next flush of the main database (see `flush`).
     processed: Vec<u64>,
 }
 
@@ -133,9 +133,7 @@ impl Processor {
     /// journal (recovery).
     fn process(&mut self, journal_id: u64, entry: Option<JournalEntry>) {
         match self.try_process(journal_id, entry) {
-            // A message waiting in `finished` is released with its batch; anything else
-            // (receipt, part, duplicate) is written already.
-            Ok(()) if self.finished.last().map(|f| f.0) == Some(journal_id) => {}
+            // Written, or waiting in `finished` for the batch write (see `flush`).
             Ok(()) => self.processed.push(journal_id),
             Err(e) => self.process_failed(journal_id, e),
         }
@@ -149,17 +147,13 @@ impl Processor {
     fn try_process(&mut self, journal_id: u64, entry: Option<JournalEntry>) -> store::Result<()> {
         let entry = match entry {
             Some(entry) => entry,
-            None => {
-                // Recovery. An entry whose message is stored was processed, and the crash came
-                // before its release from the journal was durable: do not do it twice.
-                if self.store.message(journal_id)?.is_some() {
-                    return Ok(());
-                }
-                match self.store.journal_entry(journal_id)? {
-                    Some(entry) => entry,
-                    None => return Ok(()), // already processed
-                }
-            }
+            // Recovery. An entry may have been processed already, the crash coming before its
+            // release from the journal was durable: processing it again rewrites the same record
+            // and jobs (a stored record alone does not prove its jobs were stored with it).
+            None => match self.store.journal_entry(journal_id)? {
+                Some(entry) => entry,
+                None => return Ok(()), // already processed
+            },
         };
         let sm = match pdu::decode(&entry.pdu) {
             Ok(pdu::Pdu {
@@ -343,13 +337,13 @@ impl Processor {
         let mut written = batch.is_empty();
         if !batch.is_empty() {
             match self.store.finish_messages(&batch) {
-                Ok(()) => {
-                    written = true;
-                    self.processed.extend(batch.iter().map(|(id, _, _)| *id));
-                }
+                Ok(()) => written = true,
                 Err(e) => {
                     metrics::counter!("vmnd_processing_errors_total").increment(batch.len() as u64);
                     tracing::error!(error = %e, messages = batch.len(), "cannot store processed messages; they stay in the journal");
+                    let failed: std::collections::HashSet<u64> =
+                        batch.iter().map(|(id, _, _)| *id).collect();
+                    self.processed.retain(|id| !failed.contains(id));
                 }
             }
         }

@@ -409,22 +409,23 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Largest request body accepted (POST /api/route).
+/// Largest request body accepted (POST /api/route, PUT of a keyword).
 const MAX_BODY: usize = 64 * 1024;
+
+/// A JSON request's body, at most [`MAX_BODY`]; the error is a 400's message.
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, String> {
+    http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .map_err(|e| format!("cannot read the body: {e}"))
+}
 
 /// `POST /api/route` with `{"to": .., "from": .., "text": .., "at": "<RFC 3339>"?}`.
 async fn explain_route(state: &AdminState, req: Request<Incoming>) -> Reply {
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the body: {e}"),
-            );
-        }
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -809,17 +810,9 @@ async fn put_keyword(
     keyword: &str,
     req: Request<Incoming>,
 ) -> Reply {
-    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("cannot read the body: {e}"),
-            );
-        }
+    let body = match read_body(req).await {
+        Ok(b) => b,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     let mut table: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(t) => t,

@@ -241,6 +241,16 @@ pub fn address_key(address: &str) -> Vec<u8> {
     out
 }
 
+/// Calls `f` with the `consent` key of a contact, built on the stack for phone numbers (the
+/// hot path) and on the heap only for other addresses.
+fn with_hot_key<R>(vmn: &str, msisdn: &str, f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut key = [0u8; 2 * MAX_PACKED_BYTES];
+    match pack_digits(vmn, &mut key).and_then(|n| Some(n + pack_digits(msisdn, &mut key[n..])?)) {
+        Some(len) => f(&key[..len]),
+        None => f(&hot_key(vmn, msisdn)),
+    }
+}
+
 /// The `consent` tree's key of a contact.
 fn hot_key(vmn: &str, msisdn: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(24);
@@ -715,17 +725,9 @@ impl Store {
         Ok(self.hot(vmn, msisdn)?.effective(now_ms))
     }
 
-    /// The `consent` value of a contact; the key built on the stack for phone numbers.
+    /// The `consent` value of a contact.
     fn hot(&self, vmn: &str, msisdn: &str) -> Result<Hot> {
-        let tree = self.trees().consent;
-        let mut key = [0u8; 2 * MAX_PACKED_BYTES];
-        let raw = match pack_digits(vmn, &mut key) {
-            Some(n) => match pack_digits(msisdn, &mut key[n..]) {
-                Some(m) => tree.get(&key[..n + m])?,
-                None => tree.get(hot_key(vmn, msisdn))?,
-            },
-            None => tree.get(hot_key(vmn, msisdn))?,
-        };
+        let raw = with_hot_key(vmn, msisdn, |key| self.trees().consent.get(key))?;
         Hot::decode(raw.as_deref())
     }
 
@@ -796,26 +798,13 @@ impl Store {
     /// for the few contacts whose pending double opt-in falls back to opted out. An error means
     /// "cannot tell": do not send.
     pub fn is_opted_out(&self, vmn: &str, msisdn: &str) -> Result<bool> {
-        let mut key = [0u8; 2 * MAX_PACKED_BYTES];
-        let owned;
-        let key = match pack_digits(vmn, &mut key)
-            .and_then(|n| Some(n + pack_digits(msisdn, &mut key[n..])?))
-        {
-            Some(len) => &key[..len],
-            None => {
-                owned = hot_key(vmn, msisdn);
-                owned.as_slice()
-            }
-        };
-        if let Some(answer) = self.inner.opt_out_index.lookup(key_hash(key)) {
-            return Ok(answer);
+        let indexed = with_hot_key(vmn, msisdn, |key| {
+            self.inner.opt_out_index.lookup(key_hash(key))
+        });
+        match indexed {
+            Some(answer) => Ok(answer),
+            None => Ok(self.consent_state(vmn, msisdn)? == ConsentState::OptedOut),
         }
-        let raw = self.trees().consent.get(key)?;
-        let hot = Hot::decode(raw.as_deref())?;
-        Ok(match hot.pending {
-            Some(_) => hot.effective(crate::clock::now_ms()),
-            None => hot.stored,
-        } == ConsentState::OptedOut)
     }
 
     /// Builds the in-memory opt-out index [`Store::is_opted_out`] answers from: one scan of the

@@ -8,8 +8,8 @@
 //!   this database, so its cost does not grow with what processing and delivery write meanwhile.
 //!   An entry is released once the processor's writes for it are flushed in the main database
 //!   ([`Store::flush_main`], then [`Store::release_journal`]); a crash before that only means
-//!   processing it again, which writes the same record and jobs (ids derive from the journal id),
-//!   and recovery skips entries whose message is already stored.
+//!   processing it again, which writes the same record and jobs (ids derive from the journal id;
+//!   a delivered job may then be delivered twice, which the contract's stable ids allow).
 //!
 //! The main database (`<data_dir>`) holds everything else:
 //! - `messages`: id (u64 BE) -> [`MessageRecord`] (JSON). The id is the journal id of the
