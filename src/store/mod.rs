@@ -1,17 +1,19 @@
-//! Everything vmnd keeps on disk, behind one module: sled 0.34 (see DESIGN.md on its durability
-//! caveats), the pre-ack inbound journal with group commit, message records, concatenation
-//! parts, receipts, and (in [`queue`]) the durable job queue and dead letters.
+//! Everything vmnd keeps on disk, behind one module: the pre-ack inbound journal with group
+//! commit ([`journal`], our own append-only segment files) and sled 0.34 for everything else
+//! (see DESIGN.md on its durability caveats): message records, concatenation parts, receipts,
+//! and (in [`queue`]) the durable job queue and dead letters.
 //!
-//! Two sled databases. The journal (`<data_dir>/journal`) holds one tree:
-//! - `inbound`:  id (u64 BE) -> journal entry: a deliver_sm exactly as received, written and
-//!   flushed (with an fsync) before `deliver_sm_resp` 0 goes out. Its group commit flushes only
-//!   this database, so its cost does not grow with what processing and delivery write meanwhile.
-//!   An entry is released once the processor's writes for it are flushed in the main database
-//!   ([`Store::flush_main`], then [`Store::release_journal`]); a crash before that only means
-//!   processing it again, which writes the same record and jobs (ids derive from the journal id;
-//!   a delivered job may then be delivered twice, which the contract's stable ids allow).
+//! The journal (`<data_dir>/wal/`) holds each deliver_sm exactly as received, written and
+//! fdatasynced before `deliver_sm_resp` 0 goes out. Its group commit writes only journal
+//! records, so its cost does not grow with what processing and delivery write meanwhile. An
+//! entry is released once the processor's writes for it are flushed in the main database
+//! ([`Store::flush_main`], then [`Store::release_journal`]); a crash before that only means
+//! processing it again, which writes the same record and jobs (ids derive from the journal id;
+//! a delivered job may then be delivered twice, which the contract's stable ids allow). Older
+//! layouts kept the journal in sled (a tree of the main database, then a database of its own
+//! in `<data_dir>/journal`); what they still hold is moved at open.
 //!
-//! The main database (`<data_dir>`) holds everything else:
+//! The sled database (`<data_dir>`) holds everything else:
 //! - `messages`: id (u64 BE) -> [`MessageRecord`] (JSON). The id is the journal id of the
 //!   message (of its first part, for a concatenated one), so reprocessing is idempotent.
 //! - `parts`:    reassembly state, see [`parts`].
@@ -26,6 +28,7 @@
 //!   back over LMTP, see [`mail`].
 
 pub mod consent;
+pub mod journal;
 pub mod keywords;
 pub mod mail;
 pub mod outbound;
@@ -102,14 +105,19 @@ pub struct JournalEntry {
 impl JournalEntry {
     /// `[received_at_ms u64 BE][carrier len u8][carrier][pdu]`: compact, no serde on the hot path.
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + self.carrier.len() + self.pdu.len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// [`JournalEntry::encode`], appending to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         let carrier = self.carrier.as_bytes();
         let carrier = &carrier[..carrier.len().min(255)];
-        let mut out = Vec::with_capacity(9 + carrier.len() + self.pdu.len());
         out.extend_from_slice(&self.received_at_ms.to_be_bytes());
         out.push(carrier.len() as u8);
         out.extend_from_slice(carrier);
         out.extend_from_slice(&self.pdu);
-        out
     }
 
     pub fn decode(raw: &[u8]) -> Result<JournalEntry> {
@@ -228,7 +236,8 @@ pub struct Store {
 
 struct Inner {
     db: sled::Db,
-    inbound: sled::Tree,
+    /// The pre-ack journal, see [`journal`].
+    journal: journal::Journal,
     messages: sled::Tree,
     parts: sled::Tree,
     receipts: sled::Tree,
@@ -248,9 +257,6 @@ struct Inner {
     mail_replies: sled::Tree,
     /// sled's main file, opened by us so a commit can fsync it (sled uses sync_file_range).
     db_file: Option<File>,
-    /// The journal's own database (`<data_dir>/journal`), holding only `inbound`.
-    journal_db: sled::Db,
-    journal_file: Option<File>,
     dir: PathBuf,
     /// When set, every commit fails: lets tests (and a drill on a staging box) prove that a
     /// failing store answers ESME_RX_T_APPN instead of acknowledging.
@@ -296,38 +302,27 @@ impl Store {
     pub fn open(dir: &Path, cache_mb: u64, fsync: bool) -> Result<Store> {
         std::fs::create_dir_all(dir)?;
         let db = open_db(dir, cache_mb)?;
-        // The journal is a database of its own, so the flush before each acknowledgement
-        // writes only journal entries, not whatever processing and delivery wrote since the
-        // last one (and never waits on the global lock the main database's transactions take).
-        let journal_dir = dir.join("journal");
-        std::fs::create_dir_all(&journal_dir)?;
-        let journal_db = open_db(&journal_dir, (cache_mb / 4).clamp(4, 64))?;
-        let inbound = journal_db.open_tree("inbound")?;
-        // A store from before the journal had its own database kept it in the main one: move
-        // what is left there, so nothing acknowledged is forgotten.
-        let old_inbound = db.open_tree("inbound")?;
-        if !old_inbound.is_empty() {
-            for kv in old_inbound.iter() {
-                let (k, v) = kv?;
-                inbound.insert(k, v)?;
-            }
-            journal_db.flush()?;
-            old_inbound.clear()?;
-            db.flush()?;
+        // sled's lock on `dir` (taken just now) also guards the journal against a second daemon.
+        let (journal, report) = journal::Journal::open(&dir.join("wal"), fsync)?;
+        if report.live_entries > 0 || report.skipped_bytes > 0 {
+            tracing::info!(
+                entries = report.live_entries,
+                segments = report.segments_read,
+                skipped_bytes = report.skipped_bytes,
+                "journal recovered"
+            );
         }
-        let (db_file, journal_file) = if fsync {
-            (
-                Some(File::open(dir.join("db"))?),
-                Some(File::open(journal_dir.join("db"))?),
-            )
+        migrate_sled_journal(&db, dir, &journal, cache_mb)?;
+        let db_file = if fsync {
+            Some(File::open(dir.join("db"))?)
         } else {
-            (None, None)
+            None
         };
         let dead = db.open_tree("dead")?;
         let dead_count = std::sync::atomic::AtomicU64::new(dead.len() as u64);
         Ok(Store {
             inner: Arc::new(Inner {
-                inbound,
+                journal,
                 messages: db.open_tree("messages")?,
                 parts: db.open_tree("parts")?,
                 receipts: db.open_tree("receipts")?,
@@ -347,8 +342,6 @@ impl Store {
                 mail_replies: db.open_tree("mail_replies")?,
                 db,
                 db_file,
-                journal_db,
-                journal_file,
                 dir: dir.to_path_buf(),
                 fail_commits: std::sync::atomic::AtomicBool::new(false),
                 opt_out_index: Default::default(),
@@ -366,21 +359,13 @@ impl Store {
         Ok(self.inner.db.generate_id()?)
     }
 
-    /// Puts journal entries in memory (not yet durable: see [`Store::commit`]) and returns ids.
+    /// Writes journal entries (not yet durable: see [`Store::commit_journal`]) and returns ids.
     pub fn journal(&self, entries: &[JournalEntry]) -> Result<Vec<u64>> {
-        // One sled id per batch, not per entry (each takes sled's id lock): the batch's entries
-        // are `base << 12 | index`, unique and increasing across restarts like the base.
+        // One sled id per batch, not per entry: the batch's entries are `base << 12 | index`,
+        // unique and increasing across restarts like the base.
         debug_assert!(entries.len() <= 1 << 12);
         let base = self.next_id()? << 12;
-        let mut batch = sled::Batch::default();
-        let mut ids = Vec::with_capacity(entries.len());
-        for (i, entry) in entries.iter().enumerate() {
-            let id = base | i as u64;
-            batch.insert(&id.to_be_bytes(), entry.encode());
-            ids.push(id);
-        }
-        self.inner.inbound.apply_batch(batch)?;
-        Ok(ids)
+        self.inner.journal.append(base, entries)
     }
 
     fn check_injected_failure(&self) -> Result<()> {
@@ -396,26 +381,19 @@ impl Store {
         Ok(())
     }
 
-    /// Makes the journal durable: the group commit before acknowledgements. Only the journal's
-    /// own database is flushed (then fsynced), so its cost does not grow with the processing
-    /// and delivery work going on beside it.
+    /// Makes the journal durable: the group commit before acknowledgements (one fdatasync of
+    /// the journal's segment, off the async workers).
     pub async fn commit_journal(&self) -> Result<()> {
         self.check_injected_failure()?;
-        // One blocking call for the flush and the fsync: sled's own `flush_async` would hop
-        // through its thread pool (waking all of its threads) before our fsync hops again.
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.flush_journal())
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
-    /// The journal's flush and fsync, blocking.
+    /// The journal's fsync, blocking.
     pub(crate) fn flush_journal(&self) -> Result<()> {
-        self.inner.journal_db.flush()?;
-        if let Some(f) = &self.inner.journal_file {
-            f.sync_data()?;
-        }
-        Ok(())
+        self.inner.journal.sync()
     }
 
     /// The main database's flush and fsync, blocking: what processing wrote is durable after
@@ -441,18 +419,14 @@ impl Store {
         .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
-    /// Drops journal entries whose processing is durable (after [`Store::flush_main`]), and
-    /// makes that durable too, so a restart does not process them again.
+    /// Drops journal entries whose processing is durable (after [`Store::flush_main`]). The
+    /// release is written at once but not fsynced: a power cut may only bring an entry back
+    /// for processing again.
     pub fn release_journal(&self, ids: &[u64]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        for id in ids {
-            batch.remove(&id.to_be_bytes());
-        }
-        self.inner.inbound.apply_batch(batch)?;
-        self.flush_journal()
+        self.inner.journal.release(ids)
     }
 
     /// Makes every following commit fail (true) or work again (false). See `fail_commits`.
@@ -464,24 +438,17 @@ impl Store {
 
     /// A journal entry by id, if it has not been processed yet.
     pub fn journal_entry(&self, id: u64) -> Result<Option<JournalEntry>> {
-        match self.inner.inbound.get(id.to_be_bytes())? {
-            Some(raw) => Ok(Some(JournalEntry::decode(&raw)?)),
-            None => Ok(None),
-        }
+        self.inner.journal.entry(id)
     }
 
     /// Ids of every journal entry not yet processed (restart recovery), oldest first.
     pub fn pending_journal_ids(&self) -> Result<Vec<u64>> {
-        let mut ids = Vec::new();
-        for kv in self.inner.inbound.iter().keys() {
-            ids.push(key_u64(&kv?)?);
-        }
-        Ok(ids)
+        Ok(self.inner.journal.live_ids())
     }
 
     /// Number of journal entries not yet processed.
     pub fn journal_depth(&self) -> usize {
-        self.inner.inbound.len()
+        self.inner.journal.depth()
     }
 
     /// A stored message by id.
@@ -559,6 +526,48 @@ impl Store {
     }
 }
 
+/// Moves what older layouts left in a sled journal into [`journal`]: the `inbound` tree of the
+/// main database (first layout), then the sled database in `<data_dir>/journal` (second).
+/// The entries keep their ids; the old copies go only once the new ones are durable.
+fn migrate_sled_journal(
+    db: &sled::Db,
+    dir: &Path,
+    journal: &journal::Journal,
+    cache_mb: u64,
+) -> Result<()> {
+    let mut moved = 0usize;
+    let mut move_tree = |tree: &sled::Tree| -> Result<()> {
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            journal.append(key_u64(&k)?, &[JournalEntry::decode(&v)?])?;
+            moved += 1;
+        }
+        journal.sync()
+    };
+    if db.tree_names().iter().any(|n| n.as_ref() == b"inbound") {
+        let old = db.open_tree("inbound")?;
+        move_tree(&old)?;
+        drop(old);
+        db.drop_tree("inbound")?;
+        db.flush()?;
+    }
+    let old_dir = dir.join("journal");
+    if old_dir.join("conf").exists() || old_dir.join("db").exists() {
+        {
+            let old_db = open_db(&old_dir, cache_mb.clamp(4, 64))?;
+            move_tree(&old_db.open_tree("inbound")?)?;
+        }
+        std::fs::remove_dir_all(&old_dir)?;
+    }
+    if moved > 0 {
+        tracing::info!(
+            entries = moved,
+            "moved unprocessed entries from an older sled journal"
+        );
+    }
+    Ok(())
+}
+
 /// Borrowed trees for the other store submodules.
 pub(crate) struct Trees<'a> {
     pub messages: &'a sled::Tree,
@@ -616,6 +625,12 @@ mod tests {
         }
     }
 
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn a_journal_left_in_the_main_database_by_an_older_layout_is_moved_not_lost() {
         let dir = tempfile::tempdir().unwrap();
@@ -630,10 +645,42 @@ mod tests {
         assert_eq!(store.pending_journal_ids().unwrap(), vec![7, 9]);
         assert_eq!(store.journal_entry(9).unwrap(), Some(entry(9)));
         drop(store);
-        // Moved once: the main database's old tree is empty now.
+        // Moved once: the main database's old tree is gone now.
         let store = Store::open(dir.path(), 8, true).unwrap();
         assert_eq!(store.pending_journal_ids().unwrap(), vec![7, 9]);
-        assert!(store.inner.db.open_tree("inbound").unwrap().is_empty());
+        assert!(
+            !store
+                .inner
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == b"inbound")
+        );
+    }
+
+    #[test]
+    fn a_journal_left_in_its_own_sled_database_is_moved_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("journal")).unwrap();
+            let old = db.open_tree("inbound").unwrap();
+            old.insert(3u64.to_be_bytes(), entry(3).encode()).unwrap();
+            old.insert(4u64.to_be_bytes(), entry(4).encode()).unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), 8, true).unwrap();
+        assert_eq!(store.pending_journal_ids().unwrap(), vec![3, 4]);
+        assert_eq!(store.journal_entry(3).unwrap(), Some(entry(3)));
+        assert!(!dir.path().join("journal").exists());
+        // New entries join the moved ones (ids come from the main database, as before).
+        let new = store.journal(&[entry(5)]).unwrap();
+        rt().block_on(store.commit_journal()).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), 8, true).unwrap();
+        let mut want = vec![3, 4, new[0]];
+        want.sort_unstable();
+        assert_eq!(store.pending_journal_ids().unwrap(), want);
+        assert_eq!(store.journal_entry(new[0]).unwrap(), Some(entry(5)));
     }
 
     #[test]

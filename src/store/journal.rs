@@ -1,0 +1,611 @@
+//! The inbound journal: an append-only log of segment files in `<data_dir>/wal/`, written
+//! before every acknowledgement.
+//!
+//! Why not sled: the group commit before `deliver_sm_resp` is the one disk wait on the ack path.
+//! A sled flush there cost a page-cache serialisation, writes through sled's I/O thread pool and
+//! `sync_file_range`, and an allocation-heavy tree insert per entry. Here a batch is one `write`
+//! of already-encoded records and one `fdatasync`.
+//!
+//! Records, little-endian: `[kind u8][len u32][crc32 u32][id u64][payload: len bytes]`. The CRC
+//! covers kind, len, id and payload.
+//! - `ENTRY`: a [`JournalEntry`], as [`JournalEntry::encode`] writes it, under its id.
+//! - `RELEASE`: `len / 8` ids (u64 each) whose processing is durable in the main database.
+//!
+//! Segments are `seg-<n:016x>.log`. A new one starts past [`SEGMENT_BYTES`] and at every open. A
+//! sealed segment is deleted once it and every older segment hold no live entry: release records
+//! live in the same or newer segments than their entries, so deleting only from the oldest end
+//! never resurrects a released entry. At open, every segment is read, the live entries (entries
+//! minus releases) are copied into the new segment and made durable, and the old segments are
+//! deleted; a segment pinned by one failed entry therefore lasts at most until the next start.
+//!
+//! A record that does not check out (a write torn by a crash before its fsync, or a damaged disk
+//! block) is skipped: the reader resynchronises on the next record whose CRC matches. Nothing
+//! acknowledged is lost by a torn tail, because an entry is acknowledged only after its fsync.
+//!
+//! A release is written but not fsynced: losing one in a power cut only means processing that
+//! entry again, which the processor does idempotently (ids derive from the journal id).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{JournalEntry, Result, StoreError};
+
+/// A segment is sealed once it grows past this.
+pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest payload a record may claim; anything larger is damage, not data (a deliver_sm PDU
+/// is at most a few KiB, and a release record holds at most one processor batch of ids).
+const MAX_PAYLOAD: usize = 1 << 20;
+const HEADER: usize = 1 + 4 + 4 + 8;
+const ENTRY: u8 = 1;
+const RELEASE: u8 = 2;
+
+/// Where a live entry's record is: its segment, the payload's offset and length.
+#[derive(Debug, Clone, Copy)]
+struct Location {
+    segment: u64,
+    offset: u64,
+    len: u32,
+}
+
+struct Segment {
+    file: Arc<File>,
+    /// Entries in this segment not yet released.
+    live: u64,
+}
+
+struct State {
+    /// By segment number; the last one is the active segment.
+    segments: BTreeMap<u64, Segment>,
+    active: u64,
+    active_len: u64,
+    /// Every live (unreleased) entry.
+    live: HashMap<u64, Location>,
+    /// Reused encoding buffer.
+    buf: Vec<u8>,
+}
+
+/// The journal. Appends come from one writer (the group commit); releases from the processor.
+pub struct Journal {
+    dir: PathBuf,
+    fsync: bool,
+    state: Mutex<State>,
+}
+
+/// What recovery found, for the log at open.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OpenReport {
+    pub segments_read: usize,
+    pub live_entries: usize,
+    /// Bytes skipped because a record did not check out (torn tail or damage).
+    pub skipped_bytes: u64,
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("seg-{n:016x}.log"))
+}
+
+fn segment_number(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("seg-")?.strip_suffix(".log")?;
+    (hex.len() == 16).then(|| u64::from_str_radix(hex, 16).ok())?
+}
+
+fn encode_record(buf: &mut Vec<u8>, kind: u8, id: u64, payload: &[u8]) {
+    let len = payload.len() as u32;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[kind]);
+    crc.update(&len.to_le_bytes());
+    crc.update(&id.to_le_bytes());
+    crc.update(payload);
+    buf.push(kind);
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&crc.finalize().to_le_bytes());
+    buf.extend_from_slice(&id.to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// One record read back: kind, id, and the payload's range in the segment.
+struct RawRecord {
+    kind: u8,
+    id: u64,
+    payload: std::ops::Range<usize>,
+}
+
+/// The record at `at`, if it is whole and its CRC matches.
+fn parse_record(data: &[u8], at: usize) -> Option<RawRecord> {
+    let header = data.get(at..at + HEADER)?;
+    let kind = header[0];
+    if kind != ENTRY && kind != RELEASE {
+        return None;
+    }
+    let len = u32::from_le_bytes(header[1..5].try_into().ok()?) as usize;
+    if len > MAX_PAYLOAD || (kind == RELEASE && len % 8 != 0) {
+        return None;
+    }
+    let crc = u32::from_le_bytes(header[5..9].try_into().ok()?);
+    let id = u64::from_le_bytes(header[9..17].try_into().ok()?);
+    let payload = at + HEADER..at + HEADER + len;
+    let body = data.get(payload.clone())?;
+    let mut check = crc32fast::Hasher::new();
+    check.update(&[kind]);
+    check.update(&header[1..5]);
+    check.update(&header[9..17]);
+    check.update(body);
+    (check.finalize() == crc).then_some(RawRecord { kind, id, payload })
+}
+
+/// fsyncs a directory, so a file created or deleted in it stays so after a power cut.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+impl Journal {
+    /// Opens the journal in `dir` (created if missing), recovers what older segments hold into
+    /// a fresh segment, and deletes them. `fsync`: fdatasync on every [`Journal::sync`].
+    pub fn open(dir: &Path, fsync: bool) -> Result<(Journal, OpenReport)> {
+        std::fs::create_dir_all(dir)?;
+        let mut numbers: Vec<u64> = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if let Some(n) = entry.file_name().to_str().and_then(segment_number) {
+                numbers.push(n);
+            }
+        }
+        numbers.sort_unstable();
+        let mut report = OpenReport {
+            segments_read: numbers.len(),
+            ..OpenReport::default()
+        };
+        // Every entry's payload, then releases applied, in log order.
+        let mut entries: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        for &n in &numbers {
+            let data = std::fs::read(segment_path(dir, n))?;
+            let mut at = 0;
+            while at < data.len() {
+                let Some(record) = parse_record(&data, at) else {
+                    // Resynchronise: the next offset where a whole record checks out.
+                    report.skipped_bytes += 1;
+                    at += 1;
+                    continue;
+                };
+                let payload = &data[record.payload.clone()];
+                match record.kind {
+                    ENTRY => {
+                        entries.insert(record.id, payload.to_vec());
+                    }
+                    _ => {
+                        for id in payload.chunks_exact(8) {
+                            // chunks_exact(8) yields 8-byte slices.
+                            let id = u64::from_le_bytes(id.try_into().unwrap_or_default());
+                            entries.remove(&id);
+                        }
+                    }
+                }
+                at = record.payload.end;
+            }
+        }
+        if report.skipped_bytes > 0 {
+            tracing::warn!(
+                bytes = report.skipped_bytes,
+                "journal: skipped bytes that are not whole records (a write torn by a crash before its fsync, or damage)"
+            );
+        }
+        report.live_entries = entries.len();
+        let first = numbers.last().map_or(0, |n| n + 1);
+        let journal = Journal {
+            dir: dir.to_path_buf(),
+            fsync,
+            state: Mutex::new(State {
+                segments: BTreeMap::new(),
+                active: first,
+                active_len: 0,
+                live: HashMap::new(),
+                buf: Vec::new(),
+            }),
+        };
+        {
+            let mut state = journal.lock();
+            journal.start_segment(&mut state, first)?;
+            for (id, payload) in &entries {
+                journal.append_raw(&mut state, *id, payload);
+            }
+            journal.write_buffered(&mut state)?;
+            let file = state.segments[&first].file.clone();
+            drop(state);
+            // The copies must be durable before the originals go.
+            file.sync_data()?;
+        }
+        for &n in &numbers {
+            std::fs::remove_file(segment_path(dir, n))?;
+        }
+        if !numbers.is_empty() {
+            sync_dir(dir)?;
+        }
+        Ok((journal, report))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-updated in a way that
+        // matters more than stopping would: keep going with it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn start_segment(&self, state: &mut State, n: u64) -> Result<()> {
+        let path = segment_path(&self.dir, n);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)?;
+        sync_dir(&self.dir)?;
+        state.segments.insert(
+            n,
+            Segment {
+                file: Arc::new(file),
+                live: 0,
+            },
+        );
+        state.active = n;
+        state.active_len = 0;
+        Ok(())
+    }
+
+    /// Encodes an entry record into the buffer and notes where it will land.
+    fn append_raw(&self, state: &mut State, id: u64, payload: &[u8]) {
+        let offset = state.active_len + state.buf.len() as u64 + HEADER as u64;
+        let mut buf = std::mem::take(&mut state.buf);
+        encode_record(&mut buf, ENTRY, id, payload);
+        state.buf = buf;
+        let active = state.active;
+        state.live.insert(
+            id,
+            Location {
+                segment: active,
+                offset,
+                len: payload.len() as u32,
+            },
+        );
+        if let Some(segment) = state.segments.get_mut(&active) {
+            segment.live += 1;
+        }
+    }
+
+    /// Writes the buffer to the active segment. On failure the entries it held are forgotten
+    /// (their writer answers ESME_RX_T_APPN), and the segment is sealed: what follows must not
+    /// land after a partial write.
+    fn write_buffered(&self, state: &mut State) -> Result<()> {
+        if state.buf.is_empty() {
+            return Ok(());
+        }
+        let active = state.active;
+        let file = state.segments[&active].file.clone();
+        let written = (&*file).write_all(&state.buf);
+        let len = state.buf.len() as u64;
+        state.buf.clear();
+        match written {
+            Ok(()) => {
+                state.active_len += len;
+                Ok(())
+            }
+            Err(e) => {
+                let start = state.active_len;
+                let lost: Vec<u64> = state
+                    .live
+                    .iter()
+                    .filter(|(_, l)| l.segment == active && l.offset >= start)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in lost {
+                    state.live.remove(&id);
+                    if let Some(s) = state.segments.get_mut(&active) {
+                        s.live = s.live.saturating_sub(1);
+                    }
+                }
+                // Best effort: a new segment, so the next batch does not follow the torn one.
+                if let Err(e2) = self.start_segment(state, active + 1) {
+                    tracing::error!(error = %e2, "journal: cannot start a new segment");
+                }
+                Err(StoreError::Io(e))
+            }
+        }
+    }
+
+    /// Appends entries under `first_id`, `first_id + 1`, ... (written to the file, not yet
+    /// durable: see [`Journal::sync`]). Returns their ids.
+    pub fn append(&self, first_id: u64, entries: &[JournalEntry]) -> Result<Vec<u64>> {
+        let mut state = self.lock();
+        if state.active_len >= SEGMENT_BYTES {
+            let next = state.active + 1;
+            // The sealed segment's last batch was synced by its own commit.
+            self.start_segment(&mut state, next)?;
+            self.drop_released_segments(&mut state)?;
+        }
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut payload = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let id = first_id + i as u64;
+            payload.clear();
+            entry.encode_into(&mut payload);
+            self.append_raw(&mut state, id, &payload);
+            ids.push(id);
+        }
+        self.write_buffered(&mut state)?;
+        Ok(ids)
+    }
+
+    /// Makes everything appended so far durable (fdatasync of the active segment; nothing when
+    /// the journal was opened without fsync). Runs without holding the journal's lock.
+    pub fn sync(&self) -> Result<()> {
+        if !self.fsync {
+            return Ok(());
+        }
+        let file = {
+            let state = self.lock();
+            state.segments[&state.active].file.clone()
+        };
+        file.sync_data()?;
+        Ok(())
+    }
+
+    /// Marks entries processed: written at once (not fsynced, see the module header). Unknown
+    /// ids (released before, or never journaled) are ignored.
+    pub fn release(&self, ids: &[u64]) -> Result<()> {
+        let mut state = self.lock();
+        let mut payload = Vec::with_capacity(ids.len() * 8);
+        for id in ids {
+            if let Some(location) = state.live.remove(id) {
+                if let Some(segment) = state.segments.get_mut(&location.segment) {
+                    segment.live = segment.live.saturating_sub(1);
+                }
+                payload.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+        for chunk in payload.chunks(MAX_PAYLOAD) {
+            let mut buf = std::mem::take(&mut state.buf);
+            encode_record(&mut buf, RELEASE, 0, chunk);
+            state.buf = buf;
+        }
+        self.write_buffered(&mut state)?;
+        self.drop_released_segments(&mut state)
+    }
+
+    /// Deletes sealed segments from the oldest end while they hold no live entry.
+    fn drop_released_segments(&self, state: &mut State) -> Result<()> {
+        let mut dropped = false;
+        while let Some((&n, segment)) = state.segments.first_key_value() {
+            if n == state.active || segment.live > 0 {
+                break;
+            }
+            state.segments.remove(&n);
+            std::fs::remove_file(segment_path(&self.dir, n))?;
+            dropped = true;
+        }
+        if dropped {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// A live entry, read back from its segment (recovery; fresh entries reach the processor
+    /// in memory).
+    pub fn entry(&self, id: u64) -> Result<Option<JournalEntry>> {
+        let (file, location) = {
+            let state = self.lock();
+            let Some(location) = state.live.get(&id).copied() else {
+                return Ok(None);
+            };
+            (state.segments[&location.segment].file.clone(), location)
+        };
+        let mut payload = vec![0; location.len as usize];
+        file.read_exact_at(&mut payload, location.offset)?;
+        Ok(Some(JournalEntry::decode(&payload)?))
+    }
+
+    /// Ids of every live entry, oldest first.
+    pub fn live_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.lock().live.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Number of live entries.
+    pub fn depth(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    /// Number of segment files (for tests and the log).
+    pub fn segment_count(&self) -> usize {
+        self.lock().segments.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn entry(n: u32) -> JournalEntry {
+        JournalEntry {
+            carrier: format!("carrier-{}", n % 3),
+            received_at_ms: 1_700_000_000_000 + u64::from(n),
+            pdu: Bytes::from(n.to_be_bytes().repeat(5 + (n % 7) as usize)),
+        }
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn entries_survive_a_reopen_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = {
+            let (journal, report) = Journal::open(dir.path(), true).unwrap();
+            assert_eq!(report, OpenReport::default());
+            let ids = journal
+                .append(100, &[entry(1), entry(2), entry(3)])
+                .unwrap();
+            assert_eq!(ids, vec![100, 101, 102]);
+            journal.sync().unwrap();
+            journal.release(&[101]).unwrap();
+            // Releasing twice, or an id never journaled, changes nothing.
+            journal.release(&[101, 999]).unwrap();
+            assert_eq!(journal.depth(), 2);
+            ids
+        };
+        let (journal, report) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(report.live_entries, 2);
+        assert_eq!(report.skipped_bytes, 0);
+        assert_eq!(journal.live_ids(), vec![ids[0], ids[2]]);
+        assert_eq!(journal.entry(ids[0]).unwrap(), Some(entry(1)));
+        assert_eq!(journal.entry(ids[2]).unwrap(), Some(entry(3)));
+        assert_eq!(journal.entry(ids[1]).unwrap(), None);
+        // Recovery copied the live entries into one fresh segment and deleted the old one.
+        assert_eq!(segment_files(dir.path()).len(), 1);
+        journal.release(&journal.live_ids()).unwrap();
+        drop(journal);
+        let (journal, report) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(report.live_entries, 0);
+        assert_eq!(journal.depth(), 0);
+    }
+
+    #[test]
+    fn a_torn_tail_is_skipped_and_everything_before_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (journal, _) = Journal::open(dir.path(), true).unwrap();
+            journal.append(1, &[entry(1), entry(2)]).unwrap();
+            journal.sync().unwrap();
+        }
+        let file = segment_files(dir.path()).pop().unwrap();
+        // A third record cut short mid-payload, as a crash during its write leaves it.
+        let mut torn = Vec::new();
+        let mut payload = Vec::new();
+        entry(3).encode_into(&mut payload);
+        encode_record(&mut torn, ENTRY, 3, &payload);
+        torn.truncate(torn.len() - 4);
+        let mut f = OpenOptions::new().append(true).open(&file).unwrap();
+        f.write_all(&torn).unwrap();
+        drop(f);
+        let (journal, report) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(journal.live_ids(), vec![1, 2]);
+        assert_eq!(report.skipped_bytes, torn.len() as u64);
+        assert_eq!(journal.entry(2).unwrap(), Some(entry(2)));
+    }
+
+    #[test]
+    fn a_damaged_record_is_skipped_and_the_records_after_it_found() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (journal, _) = Journal::open(dir.path(), true).unwrap();
+            journal.append(1, &[entry(1), entry(2), entry(3)]).unwrap();
+            journal.sync().unwrap();
+        }
+        let file = segment_files(dir.path()).pop().unwrap();
+        let mut data = std::fs::read(&file).unwrap();
+        // Flip a byte inside the second record's payload: its CRC no longer matches.
+        let mut first = Vec::new();
+        let mut payload = Vec::new();
+        entry(1).encode_into(&mut payload);
+        encode_record(&mut first, ENTRY, 1, &payload);
+        data[first.len() + HEADER + 3] ^= 0xff;
+        std::fs::write(&file, &data).unwrap();
+        let (journal, report) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(journal.live_ids(), vec![1, 3]);
+        assert!(report.skipped_bytes > 0);
+        assert_eq!(journal.entry(3).unwrap(), Some(entry(3)));
+    }
+
+    #[test]
+    fn garbage_and_zeros_in_a_segment_never_panic_and_never_invent_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let mut junk = vec![0u8; 4096];
+        let mut seed = 7u64;
+        for b in junk.iter_mut().skip(1000) {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (seed >> 56) as u8;
+        }
+        // A header claiming a huge payload, and a release record of a ragged length.
+        junk[10] = ENTRY;
+        junk[11..15].copy_from_slice(&u32::MAX.to_le_bytes());
+        junk[40] = RELEASE;
+        junk[41..45].copy_from_slice(&7u32.to_le_bytes());
+        std::fs::write(segment_path(dir.path(), 5), &junk).unwrap();
+        std::fs::write(segment_path(dir.path(), 6), b"").unwrap();
+        let (journal, report) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(journal.depth(), 0);
+        assert_eq!(report.skipped_bytes, 4096);
+        assert_eq!(report.segments_read, 2);
+        // The new segment follows the highest number found; the junk is gone.
+        assert_eq!(segment_files(dir.path()), vec![segment_path(dir.path(), 7)]);
+    }
+
+    #[test]
+    fn sealed_segments_go_only_from_the_oldest_end_once_fully_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), false).unwrap();
+        // Force rotation by pretending the active segment is full.
+        let a = journal.append(10, &[entry(1), entry(2)]).unwrap();
+        journal.lock().active_len = SEGMENT_BYTES;
+        let b = journal.append(20, &[entry(3)]).unwrap();
+        journal.lock().active_len = SEGMENT_BYTES;
+        let c = journal.append(30, &[entry(4)]).unwrap();
+        assert_eq!(journal.segment_count(), 3);
+        // The middle segment is fully released, but the oldest still holds entry 10: both stay,
+        // or a restart would see 10's segment without the release records of the middle one.
+        journal.release(&b).unwrap();
+        assert_eq!(journal.segment_count(), 3);
+        journal.release(&a[..1]).unwrap();
+        assert_eq!(journal.segment_count(), 3);
+        journal.release(&a[1..]).unwrap();
+        // Both sealed segments are released now; the active one stays.
+        assert_eq!(journal.segment_count(), 1);
+        assert_eq!(journal.live_ids(), c);
+        drop(journal);
+        let (journal, _) = Journal::open(dir.path(), false).unwrap();
+        assert_eq!(journal.live_ids(), c);
+        assert_eq!(journal.entry(30).unwrap(), Some(entry(4)));
+    }
+
+    #[test]
+    fn many_batches_round_trip_through_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kept = Vec::new();
+        {
+            let (journal, _) = Journal::open(dir.path(), false).unwrap();
+            for batch in 0..50u32 {
+                let entries: Vec<JournalEntry> = (0..40).map(|i| entry(batch * 40 + i)).collect();
+                let ids = journal.append(u64::from(batch) << 12, &entries).unwrap();
+                // Release all but every seventh entry.
+                let (keep, go): (Vec<_>, Vec<_>) =
+                    ids.iter().zip(&entries).partition(|(id, _)| **id % 7 == 0);
+                journal
+                    .release(&go.iter().map(|(id, _)| **id).collect::<Vec<_>>())
+                    .unwrap();
+                kept.extend(keep.into_iter().map(|(id, e)| (*id, e.clone())));
+            }
+        }
+        let (journal, report) = Journal::open(dir.path(), false).unwrap();
+        assert_eq!(report.live_entries, kept.len());
+        assert_eq!(
+            journal.live_ids(),
+            kept.iter().map(|(id, _)| *id).collect::<Vec<_>>()
+        );
+        for (id, e) in &kept {
+            assert_eq!(journal.entry(*id).unwrap().as_ref(), Some(e));
+        }
+    }
+}
