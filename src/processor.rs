@@ -1,11 +1,13 @@
 //! After the ack: turns journaled deliver_sm PDUs into message records and queued jobs.
 //!
-//! One task, fed with the committed journal entries by the group-commit writer (in memory: no
-//! read-back), and at startup with whatever the journal still holds. For each entry: a receipt is parsed and indexed by the carrier's
-//! message id; a part of a concatenated message (UDH or `sar_*` TLVs) goes to durable
-//! reassembly; anything else is decoded and stored with its jobs in one transaction that also
-//! removes the journal entry. Reprocessing an entry after a crash writes the same record and the
-//! same jobs (ids derive from the journal id), so it is idempotent.
+//! One task on its own thread, fed with the committed journal entries by the group-commit
+//! writer (in memory: no read-back), and at startup with whatever the journal still holds. For
+//! each entry: a receipt is parsed and indexed by the carrier's message id; a part of a
+//! concatenated message (UDH or `sar_*` TLVs) goes to durable reassembly; anything else is
+//! decoded, routed and stored with its jobs, one sled batch per group of entries, and the jobs
+//! go to the dispatcher in memory. At most every 100 ms the main database is flushed and the
+//! journal entries behind it are released. Reprocessing an entry after a crash writes the same
+//! record and the same jobs (ids derive from the journal id), so it is idempotent.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,9 +58,15 @@ pub struct Processor {
     /// Caps on automatic replies and forwards per sender (see [`crate::guard`]).
     guard: AutoActionGuard,
     /// Journal ids processed since the last flush (written, or in `finished`): released from
-    /// the journal after the next flush of the main database (see `flush`).
+    /// the journal after the next flush of the main database (see `make_durable`).
     processed: Vec<u64>,
+    last_durable: std::time::Instant,
 }
+
+/// How often processed work is made durable and its journal entries released, at most.
+const DURABLE_INTERVAL: Duration = Duration::from_millis(100);
+/// ... or sooner, once this many entries wait for it (bounds what a crash makes us redo).
+const DURABLE_ENTRIES: usize = 8192;
 
 impl Processor {
     pub fn new(
@@ -82,6 +90,7 @@ impl Processor {
             finished: Vec::new(),
             guard: AutoActionGuard::default(),
             processed: Vec::new(),
+            last_durable: std::time::Instant::now(),
         }
     }
 
@@ -106,17 +115,30 @@ impl Processor {
             (self.reassembly_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         let mut sweep = tokio::time::interval(sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut durable_tick = tokio::time::interval(DURABLE_INTERVAL);
+        durable_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(1024);
         loop {
             tokio::select! {
                 n = journal_ids.recv_many(&mut batch, 1024) => {
                     if n == 0 {
+                        self.flush();
                         return;
                     }
                     for (id, entry) in batch.drain(..) {
                         self.process(id, Some(entry));
                     }
-                    self.flush();
+                    self.write_finished();
+                    if self.processed.len() >= DURABLE_ENTRIES
+                        || self.last_durable.elapsed() >= DURABLE_INTERVAL
+                    {
+                        self.make_durable();
+                    }
+                }
+                _ = durable_tick.tick() => {
+                    if self.last_durable.elapsed() >= DURABLE_INTERVAL {
+                        self.make_durable();
+                    }
                 }
                 _ = sweep.tick() => {
                     self.sweep_groups(clock::now_ms());
@@ -328,47 +350,59 @@ impl Processor {
         Ok(())
     }
 
-    /// Writes the messages finished since the last flush (one sled batch), makes everything
-    /// processed durable (a flush of the main database, off the acknowledgement path), then
-    /// releases the journal entries it came from and hands the new jobs to the dispatcher. On
-    /// failure the journal entries stay and are processed again at the next start.
+    /// Writes what was processed and makes it durable at once (recovery's path).
     fn flush(&mut self) {
+        self.write_finished();
+        self.make_durable();
+    }
+
+    /// Writes the messages finished since the last call (one sled batch) and hands their jobs to
+    /// the dispatcher in memory. Not yet durable: their journal entries stay until
+    /// [`Processor::make_durable`], so a crash before it means processing them again into the
+    /// same records and jobs (a job delivered meanwhile may then be delivered twice, which the
+    /// stable ids allow). On failure the entries stay and are processed again at the next start.
+    fn write_finished(&mut self) {
         let batch = std::mem::take(&mut self.finished);
-        let mut written = batch.is_empty();
-        if !batch.is_empty() {
-            match self.store.finish_messages(&batch) {
-                Ok(()) => written = true,
-                Err(e) => {
-                    metrics::counter!("vmnd_processing_errors_total").increment(batch.len() as u64);
-                    tracing::error!(error = %e, messages = batch.len(), "cannot store processed messages; they stay in the journal");
-                    let failed: std::collections::HashSet<u64> =
-                        batch.iter().map(|(id, _, _)| *id).collect();
-                    self.processed.retain(|id| !failed.contains(id));
-                }
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.finish_messages(&batch) {
+            metrics::counter!("vmnd_processing_errors_total").increment(batch.len() as u64);
+            tracing::error!(error = %e, messages = batch.len(), "cannot store processed messages; they stay in the journal");
+            let failed: std::collections::HashSet<u64> =
+                batch.iter().map(|(id, _, _)| *id).collect();
+            self.processed.retain(|id| !failed.contains(id));
+            return;
+        }
+        // The dispatcher gets each job with its message in memory.
+        for (_, record, jobs) in batch {
+            let record = Arc::new(record);
+            for job in jobs {
+                self.scheduler.schedule_fresh(job, record.clone());
             }
         }
-        if !self.processed.is_empty() {
-            let started = std::time::Instant::now();
-            let durable = self
-                .store
-                .flush_main()
-                .and_then(|()| self.store.release_journal(&self.processed));
-            metrics::histogram!("vmnd_store_processed_flush_seconds")
-                .record(started.elapsed().as_secs_f64());
-            if let Err(e) = durable {
-                tracing::error!(error = %e, entries = self.processed.len(), "cannot make processed messages durable; their journal entries stay and are processed again at the next start");
-            }
-            self.processed.clear();
+    }
+
+    /// Makes everything processed durable (a flush and fsync of the main database, off the
+    /// acknowledgement path), then releases the journal entries it came from. Run on a timer
+    /// and after large batches, not after every batch: at a low rate each batch is a message or
+    /// two, and a main-database fsync for each would compete with the journal's for the disk.
+    fn make_durable(&mut self) {
+        self.last_durable = std::time::Instant::now();
+        if self.processed.is_empty() {
+            return;
         }
-        if written {
-            // The dispatcher gets each job with its message in memory.
-            for (_, record, jobs) in batch {
-                let record = Arc::new(record);
-                for job in jobs {
-                    self.scheduler.schedule_fresh(job, record.clone());
-                }
-            }
+        let started = std::time::Instant::now();
+        let durable = self
+            .store
+            .flush_main()
+            .and_then(|()| self.store.release_journal(&self.processed));
+        metrics::histogram!("vmnd_store_processed_flush_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if let Err(e) = durable {
+            tracing::error!(error = %e, entries = self.processed.len(), "cannot make processed messages durable; their journal entries stay and are processed again at the next start");
         }
+        self.processed.clear();
     }
 
     fn finish_receipt(
