@@ -14,7 +14,7 @@
 //! (utime + stime from `/proc/<pid>/stat`) and peak RSS (`VmHWM` from `/proc/<pid>/status`) are
 //! the daemon's alone. Every run starts a fresh daemon with an empty store; durable group commit
 //! (`fsync = true`, the default) is on throughout. `VMND_PERF="ARGS"` runs `perf ARGS -p <pid>`
-//! on the daemon of the first end-to-end run and stops it with SIGINT when the run ends, e.g.
+//! on the daemon of the first end-to-end run (or latency run, without `e2e`) and stops it with SIGINT when the run ends, e.g.
 //! `VMND_PERF="record -e cpu-clock -g -o /tmp/vmnd.perf"` or
 //! `VMND_PERF="stat -e task-clock,context-switches,cpu-migrations,page-faults"`.
 //! `VMND_DAEMON_EXTRA="fsync = false"` (lines separated by `\n`) adds keys to the daemon's
@@ -133,6 +133,8 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
     let started = Instant::now();
     let mut summary = Summary::default();
 
+    // Attached to the first end-to-end run, or to the first latency run without one.
+    let mut perf = std::env::var("VMND_PERF").ok();
     if only.contains(&"disk") {
         let (p50, p99) = disk_sync_cost();
         println!(
@@ -187,7 +189,6 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
             "| binds | messages | run | delivered/s | acks done after s | all delivered after s | daemon CPU µs/msg | bench CPU µs/msg | daemon VmHWM MiB |"
         );
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let mut perf = std::env::var("VMND_PERF").ok();
         for binds in [1usize, 4] {
             let mut rates = Vec::new();
             let mut cpus = Vec::new();
@@ -225,7 +226,7 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
         let mut v: [Vec<f64>; 5] = Default::default();
         for r in 0..sizes.runs {
-            let res = latency_run(&bin, 2_000, sizes.latency_secs).await;
+            let res = latency_run(&bin, 2_000, sizes.latency_secs, perf.take()).await;
             println!(
                 "| {} | {} | {} | {} | {} | {} | {} | {:.1} |",
                 r + 1,
@@ -719,19 +720,7 @@ async fn e2e_run(
 ) -> E2eResult {
     let (smsc, sink) = start_parts(window, None, false).await;
     let daemon = Daemon::start(bin, &smsc, binds, &sink.url("/sms")).await;
-    let mut perf_child = perf.and_then(|args| {
-        eprintln!("perf {args} -p {}", daemon.pid());
-        Command::new("perf")
-            .args(args.split_whitespace())
-            .args(["-p", &daemon.pid().to_string()])
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| eprintln!("cannot start perf: {e}"))
-            .ok()
-    });
-    if perf_child.is_some() {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let perf_child = PerfAttach::start(perf, &daemon).await;
     let cpu0 = daemon.cpu_secs();
     let bench0 = proc_cpu_ticks("/proc/self/stat") as f64 / daemon.clk_tck;
     let t0 = Instant::now();
@@ -768,13 +757,7 @@ async fn e2e_run(
     let all_done = t0.elapsed();
     let cpu = daemon.cpu_secs() - cpu0;
     let bench_cpu = proc_cpu_ticks("/proc/self/stat") as f64 / daemon.clk_tck - bench0;
-    if let Some(p) = perf_child.as_mut() {
-        let _ = Command::new("kill")
-            .arg("-INT")
-            .arg(p.id().to_string())
-            .status();
-        let _ = p.wait();
-    }
+    perf_child.stop();
     let res = E2eResult {
         rate: n as f64 / all_done.as_secs_f64(),
         acks_done: acks_done.unwrap_or(all_done),
@@ -791,6 +774,39 @@ async fn e2e_run(
     res
 }
 
+/// `perf ARGS -p <daemon pid>` for the length of one run (`VMND_PERF`).
+struct PerfAttach(Option<std::process::Child>);
+
+impl PerfAttach {
+    async fn start(perf: Option<String>, daemon: &Daemon) -> PerfAttach {
+        let child = perf.and_then(|args| {
+            eprintln!("perf {args} -p {}", daemon.pid());
+            Command::new("perf")
+                .args(args.split_whitespace())
+                .args(["-p", &daemon.pid().to_string()])
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| eprintln!("cannot start perf: {e}"))
+                .ok()
+        });
+        if child.is_some() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        PerfAttach(child)
+    }
+
+    /// SIGINT, so perf writes its data, then wait for it.
+    fn stop(mut self) {
+        if let Some(p) = self.0.as_mut() {
+            let _ = Command::new("kill")
+                .arg("-INT")
+                .arg(p.id().to_string())
+                .status();
+            let _ = p.wait();
+        }
+    }
+}
+
 struct LatencyResult {
     n: usize,
     ack_p50: u32,
@@ -802,9 +818,10 @@ struct LatencyResult {
 }
 
 /// Enqueue each message when due at `rate`/s, its enqueue time (ns since `epoch`) in its text.
-async fn latency_run(bin: &Path, rate: u32, secs: u64) -> LatencyResult {
+async fn latency_run(bin: &Path, rate: u32, secs: u64, perf: Option<String>) -> LatencyResult {
     let (smsc, sink) = start_parts(100, Some(rate), true).await;
     let daemon = Daemon::start(bin, &smsc, 1, &sink.url("/sms")).await;
+    let perf_child = PerfAttach::start(perf, &daemon).await;
     let n = u64::from(rate) * secs;
     let cpu0 = daemon.cpu_secs();
     let epoch = Instant::now();
@@ -826,6 +843,7 @@ async fn latency_run(bin: &Path, rate: u32, secs: u64) -> LatencyResult {
     let ok = sink.wait_for(n as usize, Duration::from_secs(120)).await;
     assert!(ok, "latency run: only {} of {n} webhooks", sink.count());
     let cpu = daemon.cpu_secs() - cpu0;
+    perf_child.stop();
     let mut acks = smsc.ack_latencies_us();
     acks.sort_unstable();
     let mut hooks: Vec<u32> = sink
