@@ -113,9 +113,13 @@ pub struct Daemon {
     pub dedup_window: Option<Duration>,
     /// sled page cache in MiB (`cache_mb`, default 32): sled's own default is 1 GiB.
     pub cache_mb: u64,
-    /// Also fsync sled's files through our own fd after each group commit (`fsync`, default
-    /// true): sled issue #1452.
+    /// fdatasync the journal at each group commit and fsync sled's files after its flushes
+    /// (`fsync`, default true; sled issue #1452). False trusts the OS page cache: a crash of
+    /// the process loses nothing, a power cut may.
     pub fsync: bool,
+    /// Committed messages waiting for processing that are kept in memory (`backlog_in_memory`,
+    /// default 16384); beyond them, they wait in the journal on disk and are read back.
+    pub backlog_in_memory: usize,
 }
 
 /// `bind = "transceiver" | "receiver"`
@@ -780,6 +784,7 @@ struct RawDaemon {
     // would stop the section at the first one and name a Rust type.
     cache_mb: Option<Spanned<i64>>,
     fsync: Option<bool>,
+    backlog_in_memory: Option<Spanned<i64>>,
 }
 
 /// Keys of `[daemon]`, to recognise one written above the `[daemon]` header.
@@ -792,6 +797,7 @@ const DAEMON_KEYS: &[&str] = &[
     "dedup_window",
     "cache_mb",
     "fsync",
+    "backlog_in_memory",
 ];
 
 /// One `[[carrier]]` as written.
@@ -1619,6 +1625,13 @@ fn validate_daemon(
         }
     };
     let cache_mb = validate_integer(raw.cache_mb.as_ref(), "cache_mb", 32, 1..=65536, p);
+    let backlog_in_memory = validate_integer(
+        raw.backlog_in_memory.as_ref(),
+        "backlog_in_memory",
+        16_384,
+        1..=1_000_000,
+        p,
+    );
 
     Some(Daemon {
         data_dir: data_dir?,
@@ -1628,6 +1641,7 @@ fn validate_daemon(
         dedup_window: dedup_window?,
         cache_mb: u64::try_from(cache_mb?).ok()?,
         fsync: raw.fsync.unwrap_or(true),
+        backlog_in_memory: usize::try_from(backlog_in_memory?).ok()?,
     })
 }
 
@@ -4409,7 +4423,10 @@ receipts = "crm"
         assert_eq!(d.admin_token, None);
         assert_eq!(d.reassembly_timeout, Duration::from_secs(600));
         assert_eq!(d.dedup_window, None);
-        assert_eq!((d.cache_mb, d.fsync), (32, true));
+        assert_eq!(
+            (d.cache_mb, d.fsync, d.backlog_in_memory),
+            (32, true, 16_384)
+        );
         let c = config.carrier("sim").unwrap();
         assert_eq!(c.system_type, "");
         assert_eq!(c.bind, BindMode::Transceiver);

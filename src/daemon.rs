@@ -103,7 +103,7 @@ impl Daemon {
             submit_senders.insert(carrier.name.clone(), tx);
             submit_receivers.push(rx);
         }
-        let (journal_ids_tx, journal_ids_rx) = mpsc::unbounded_channel();
+        let (journal_ids_tx, journal_ids_rx) = writer::handoff(config.daemon.backlog_in_memory);
         let journal = writer::spawn(store.clone(), journal_ids_tx);
         // The processor does blocking sled work in bursts of up to a thousand messages: on its
         // own thread it cannot hold up the sessions' acknowledgements or the dispatcher.

@@ -13,8 +13,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 use crate::actions;
 use crate::clock;
 use crate::config::Config;
@@ -27,7 +25,7 @@ use crate::smpp::text::{self, Encoding};
 use crate::smpp::udh;
 use crate::store::parts::{GroupKey, GroupMeta, PartAdded, PartRecord};
 use crate::store::queue::Job;
-use crate::store::writer::Committed;
+use crate::store::writer::Handoff;
 use crate::store::{self, JournalEntry, MessageRecord, Store, receipt_key};
 use arc_swap::ArcSwap;
 
@@ -110,7 +108,7 @@ impl Processor {
     }
 
     /// Runs until the writer's channel closes.
-    pub async fn run(mut self, mut journal_ids: mpsc::UnboundedReceiver<Committed>) {
+    pub async fn run(mut self, mut handoff: Handoff) {
         let sweep_every =
             (self.reassembly_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         let mut sweep = tokio::time::interval(sweep_every);
@@ -119,8 +117,18 @@ impl Processor {
         durable_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(1024);
         loop {
+            // Entries that did not fit in memory, read back from the journal (see
+            // `writer::Handoff`); only once the channel's older entries are done.
+            let spilled = handoff.take_spilled(1024);
+            if !spilled.is_empty() {
+                for id in spilled {
+                    self.process(id, None);
+                }
+                self.after_batch();
+                continue;
+            }
             tokio::select! {
-                n = journal_ids.recv_many(&mut batch, 1024) => {
+                n = handoff.rx.recv_many(&mut batch, 1024) => {
                     if n == 0 {
                         self.flush();
                         return;
@@ -128,13 +136,9 @@ impl Processor {
                     for (id, entry) in batch.drain(..) {
                         self.process(id, Some(entry));
                     }
-                    self.write_finished();
-                    if self.processed.len() >= DURABLE_ENTRIES
-                        || self.last_durable.elapsed() >= DURABLE_INTERVAL
-                    {
-                        self.make_durable();
-                    }
+                    self.after_batch();
                 }
+                () = handoff.spill.notified() => {}
                 _ = durable_tick.tick() => {
                     if self.last_durable.elapsed() >= DURABLE_INTERVAL {
                         self.make_durable();
@@ -146,6 +150,16 @@ impl Processor {
                     self.guard.expire(clock::now_ms());
                 }
             }
+        }
+    }
+
+    /// After each batch: write it, and make it durable when due.
+    fn after_batch(&mut self) {
+        self.write_finished();
+        if self.processed.len() >= DURABLE_ENTRIES
+            || self.last_durable.elapsed() >= DURABLE_INTERVAL
+        {
+            self.make_durable();
         }
     }
 

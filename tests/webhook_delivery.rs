@@ -616,3 +616,51 @@ async fn a_recovered_journal_entry_is_posted_exactly_once() {
     assert_eq!(daemon.store.queue_depth(), 0);
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_beyond_memory_waits_in_the_journal_and_nothing_is_lost() {
+    // Eight entries in memory at most: a window of 100 spills at once, so most messages reach
+    // the processor by id, read back from the journal.
+    let mut h = start_with(SinkMode::Ok, |text| {
+        text.replace(
+            "reassembly_timeout = \"2s\"",
+            "reassembly_timeout = \"2s\"\nbacklog_in_memory = 8",
+        )
+    })
+    .await;
+    let n = 3000u64;
+    h.smsc
+        .enqueue_many((0..n).map(|i| mo::gsm(ALICE, SHORT_CODE, &format!("burst {i}"))));
+    let smsc = h.smsc.clone();
+    assert!(
+        smsc.wait_until(STEP, |s| s.acked_ok == n).await,
+        "only {:?} acknowledged",
+        smsc.stats()
+    );
+    let sink = h.sink.clone();
+    assert!(
+        eventually(STEP, || sink.count() as u64 >= n).await,
+        "only {} of {n} delivered",
+        sink.count()
+    );
+    let texts: std::collections::HashSet<String> = sink_bodies(&h.sink)
+        .iter()
+        .map(|b| b["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(texts.len() as u64, n, "every message once at least");
+    let store = h.daemon().store.clone();
+    assert_eq!(store.message_count() as u64, n);
+    assert!(
+        eventually(STEP, || store.journal_depth() == 0).await,
+        "journal depth {}",
+        store.journal_depth()
+    );
+    let (_, metrics) = h.admin_get("/metrics").await;
+    let spilled: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vmnd_backlog_spilled_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(spilled > 0.0, "nothing spilled:\n{metrics}");
+    h.stop_daemon().await;
+}

@@ -124,6 +124,10 @@ fn describe() {
         "vmnd_journal_depth",
         "acknowledged deliver_sm not yet processed"
     );
+    describe_counter!(
+        "vmnd_backlog_spilled_total",
+        "acknowledged deliver_sm that waited for processing in the journal on disk, not in memory (backlog_in_memory was full)"
+    );
     describe_gauge!("vmnd_dead_letters", "jobs given up on");
     describe_gauge!("vmnd_bind_up", "1 while the carrier's session is bound");
     describe_counter!(

@@ -298,7 +298,8 @@ fn open_db(dir: &Path, cache_mb: u64) -> Result<sled::Db> {
 
 impl Store {
     /// Opens (or creates) the database in `dir` with a page cache of `cache_mb` MiB.
-    /// `fsync`: also fsync sled's file after each flush (sled issue #1452).
+    /// `fsync`: fdatasync the journal at each commit and fsync sled's file after each flush
+    /// (sled issue #1452).
     pub fn open(dir: &Path, cache_mb: u64, fsync: bool) -> Result<Store> {
         std::fs::create_dir_all(dir)?;
         let db = open_db(dir, cache_mb)?;

@@ -5,10 +5,18 @@
 //! `deliver_sm_resp` 0. While one flush runs the next batch gathers, so the flush cost is shared
 //! by everything that arrived meanwhile. If the store fails, every PDU of the batch is answered
 //! ESME_RX_T_APPN so the carrier retries (DESIGN.md promise 1).
+//!
+//! Committed entries go on to the processor through a [`Handoff`]: in memory while it keeps up,
+//! and as bare ids once it is `backlog_in_memory` entries behind, for it to read back from the
+//! journal.
+//! So a burst that the carrier's windows deliver faster than processing runs is absorbed by the
+//! journal on disk, and memory stays bounded, without slowing acknowledgements.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::{JournalEntry, Store};
 use crate::smpp::pdu::status;
@@ -52,18 +60,137 @@ impl JournalWriter {
 /// was just written.
 pub type Committed = (u64, JournalEntry);
 
-/// Starts the writer. Committed entries go to `processed` for decoding after the ack.
-pub fn spawn(store: Store, processed: mpsc::UnboundedSender<Committed>) -> JournalWriter {
+/// The writer's side of the way to the processor: see [`Handoff`].
+pub struct HandoffSender {
+    tx: mpsc::Sender<Committed>,
+    shared: Arc<HandoffShared>,
+}
+
+/// The processor's side: committed entries in memory, in journal order, then the ids of those
+/// that did not fit, to be read back from the journal.
+pub struct Handoff {
+    pub rx: mpsc::Receiver<Committed>,
+    pub spill: SpillReader,
+}
+
+/// The processor's view of the spilled ids.
+pub struct SpillReader {
+    shared: Arc<HandoffShared>,
+}
+
+struct HandoffShared {
+    spill: Mutex<Spill>,
+    /// Wakes the processor when ids are spilled (nothing arrives on the channel then).
+    spilled: Notify,
+}
+
+#[derive(Default)]
+struct Spill {
+    /// Set while entries go by id: from the first entry that did not fit until the processor
+    /// has taken every spilled id. The channel then holds only entries older than them.
+    active: bool,
+    ids: VecDeque<u64>,
+}
+
+/// A bounded way from the writer to the processor.
+pub fn handoff(capacity: usize) -> (HandoffSender, Handoff) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let shared = Arc::new(HandoffShared {
+        spill: Mutex::new(Spill::default()),
+        spilled: Notify::new(),
+    });
+    (
+        HandoffSender {
+            tx,
+            shared: shared.clone(),
+        },
+        Handoff {
+            rx,
+            spill: SpillReader { shared },
+        },
+    )
+}
+
+impl HandoffSender {
+    /// Hands committed entries over; never waits (the acknowledgements must not).
+    pub fn send(&self, committed: impl IntoIterator<Item = Committed>) {
+        let mut spill = self.shared.spill.lock().unwrap_or_else(|e| e.into_inner());
+        let before = spill.ids.len();
+        for (id, entry) in committed {
+            if spill.active {
+                spill.ids.push_back(id);
+                continue;
+            }
+            match self.tx.try_send((id, entry)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full((id, _))) => {
+                    spill.active = true;
+                    spill.ids.push_back(id);
+                }
+                // The processor is gone (shutdown): the entries stay in the journal.
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+        if spill.ids.len() > before {
+            metrics::counter!("vmnd_backlog_spilled_total")
+                .increment((spill.ids.len() - before) as u64);
+            drop(spill);
+            self.shared.spilled.notify_one();
+        }
+    }
+}
+
+impl Handoff {
+    /// Up to `max` spilled ids, oldest first, once the channel is empty (its entries are older).
+    /// Ends the spill when none are left.
+    pub fn take_spilled(&self, max: usize) -> Vec<u64> {
+        if !self.rx.is_empty() {
+            return Vec::new();
+        }
+        self.spill.take(max)
+    }
+}
+
+impl SpillReader {
+    fn take(&self, max: usize) -> Vec<u64> {
+        let mut spill = self.shared.spill.lock().unwrap_or_else(|e| e.into_inner());
+        let n = spill.ids.len().min(max);
+        let ids: Vec<u64> = spill.ids.drain(..n).collect();
+        if spill.ids.is_empty() {
+            spill.active = false;
+        }
+        ids
+    }
+
+    /// Waits until ids are spilled.
+    pub async fn notified(&self) {
+        self.shared.spilled.notified().await
+    }
+
+    /// True when no spilled id waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Spilled ids not yet taken.
+    pub fn len(&self) -> usize {
+        self.shared
+            .spill
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .len()
+    }
+}
+
+/// Starts the writer. Committed entries go to the processor through `processed`.
+pub fn spawn(store: Store, processed: HandoffSender) -> JournalWriter {
     let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
     tokio::spawn(run(store, rx, processed));
     JournalWriter { tx }
 }
 
-async fn run(
-    store: Store,
-    mut rx: mpsc::Receiver<JournalRequest>,
-    processed: mpsc::UnboundedSender<Committed>,
-) {
+async fn run(store: Store, mut rx: mpsc::Receiver<JournalRequest>, processed: HandoffSender) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut entries = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -82,6 +209,7 @@ async fn run(
         metrics::histogram!("vmnd_store_batch_size").record(batch.len() as f64);
         match outcome {
             Ok(ids) => {
+                let mut committed = Vec::with_capacity(batch.len());
                 for (request, id) in batch.drain(..).zip(ids) {
                     // A session that went away just misses its ack: the carrier redelivers and
                     // the message is already safe.
@@ -91,8 +219,9 @@ async fn run(
                         status: status::ESME_ROK,
                         id: Some(id),
                     });
-                    let _ = processed.send((id, request.entry));
+                    committed.push((id, request.entry));
                 }
+                processed.send(committed);
             }
             Err(e) => {
                 tracing::error!(error = %e, batch = batch.len(), "journal commit failed; answering ESME_RX_T_APPN");
@@ -107,5 +236,69 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn committed(id: u64) -> Committed {
+        let entry = JournalEntry {
+            carrier: "sim".into(),
+            received_at_ms: id,
+            pdu: Bytes::from_static(b"pdu"),
+        };
+        (id, entry)
+    }
+
+    #[tokio::test]
+    async fn entries_beyond_the_capacity_go_by_id_in_order_after_the_ones_in_memory() {
+        let (tx, mut rx) = handoff(3);
+        tx.send((1..=2).map(committed));
+        assert!(rx.take_spilled(10).is_empty());
+        // 3 fits; 4 and 5 do not, and once spilling, 6 follows them even though 1 was taken.
+        tx.send((3..=5).map(committed));
+        assert_eq!(rx.rx.recv().await.map(|c| c.0), Some(1));
+        tx.send([committed(6)]);
+        assert_eq!(rx.spill.len(), 3);
+        // While older entries wait in memory, the spilled ones wait behind them.
+        assert!(rx.take_spilled(10).is_empty());
+        let mut got = Vec::new();
+        rx.rx.recv_many(&mut got, 10).await;
+        assert_eq!(got.iter().map(|c| c.0).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(rx.take_spilled(2), vec![4, 5]);
+        // Still spilling until the last one is taken: 7 goes by id too.
+        tx.send([committed(7)]);
+        assert_eq!(rx.take_spilled(10), vec![6, 7]);
+        assert!(rx.spill.is_empty());
+        // The spill is over: back to memory.
+        tx.send([committed(8)]);
+        assert_eq!(rx.rx.recv().await.map(|c| c.0), Some(8));
+        assert!(rx.take_spilled(10).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_spill_wakes_the_processor() {
+        let (tx, rx) = handoff(1);
+        tx.send([committed(1)]);
+        let waiter = tokio::spawn(async move {
+            rx.spill.notified().await;
+            rx.spill.len()
+        });
+        tx.send([committed(2)]);
+        let spilled = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("joined");
+        assert_eq!(spilled, 1);
+    }
+
+    #[tokio::test]
+    async fn a_closed_processor_side_does_not_fail_the_writer() {
+        let (tx, rx) = handoff(4);
+        drop(rx);
+        tx.send((1..=10).map(committed));
     }
 }
