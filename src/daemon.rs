@@ -110,6 +110,7 @@ impl Daemon {
         let processor_thread = std::thread::Builder::new()
             .name("vmnd-processor".into())
             .spawn(move || {
+                yield_cpu_to_acknowledgements();
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -335,6 +336,24 @@ pub async fn wait_for_signal() {
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Lowers the calling thread's CPU priority (nice +5). The processor calls it: when the CPU is
+/// short, acknowledging what carriers deliver comes first, and processing catches up from the
+/// journal a moment later. Best effort: a failure only leaves the default priority.
+fn yield_cpu_to_acknowledgements() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take plain integers and touch no memory of ours; on
+        // Linux, PRIO_PROCESS with a thread id applies to that thread alone.
+        let outcome = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 5)
+        };
+        if outcome != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the processor's priority");
         }
     }
 }

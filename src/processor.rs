@@ -61,6 +61,10 @@ pub struct Processor {
     last_durable: std::time::Instant,
 }
 
+/// After a batch smaller than this, the processor waits [`LINGER`] before the next one.
+const LINGER_BELOW: usize = 32;
+const LINGER: Duration = Duration::from_millis(2);
+
 /// How often processed work is made durable and its journal entries released, at most.
 const DURABLE_INTERVAL: Duration = Duration::from_millis(100);
 /// ... or sooner, once this many entries wait for it (bounds what a crash makes us redo).
@@ -137,6 +141,12 @@ impl Processor {
                         self.process(id, Some(entry));
                     }
                     self.after_batch();
+                    if n < LINGER_BELOW {
+                        // A light load hands over a message or two per wake-up, and each
+                        // wake-up and sled write costs more than the message itself: let a few
+                        // gather (webhooks go out up to LINGER later; acks are not affected).
+                        tokio::time::sleep(LINGER).await;
+                    }
                 }
                 () = handoff.spill.notified() => {}
                 _ = durable_tick.tick() => {

@@ -392,6 +392,12 @@ impl Store {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
+    /// [`Store::commit_journal`] on the calling thread (the journal writer's own).
+    pub(crate) fn commit_journal_blocking(&self) -> Result<()> {
+        self.check_injected_failure()?;
+        self.flush_journal()
+    }
+
     /// The journal's fsync, blocking.
     pub(crate) fn flush_journal(&self) -> Result<()> {
         self.inner.journal.sync()
