@@ -20,7 +20,7 @@
 //!   so insertion order is random in key order, as real opt-outs are. Every run builds the same
 //!   data. The directory defaults to a temporary one under `VMND_BENCH_DIR` (or the system's);
 //!   with `dir=` it is kept, marked as filled, and reused by later runs.
-//! - Lookups: for each sled cache size (`caches=`, MiB; the daemon's default `cache_mb` is 32),
+//! - Lookups: for each sled cache size (`caches=`, MiB; the daemon's default `cache_mb` is 16; the figures in BENCHMARKS.md were taken at 32),
 //!   `runs=` times (default 3, quick 1), a fresh process (so RSS is the store's, not the fill's
 //!   leftovers) opens the store (an empty sled cache; the OS page cache as earlier runs left it)
 //!   and times 100,000 random `consent_state` calls one by one with `Instant::now()` (the timer's

@@ -111,7 +111,8 @@ pub struct Daemon {
     pub reassembly_timeout: Duration,
     /// Optional de-duplication window for carrier redeliveries (`dedup_window`, default off).
     pub dedup_window: Option<Duration>,
-    /// sled page cache in MiB (`cache_mb`, default 32): sled's own default is 1 GiB.
+    /// sled page cache in MiB (`cache_mb`, default 16): sled's own default is 1 GiB. sled
+    /// overshoots it by about as much again, so the default keeps the daemon near 100 MiB.
     pub cache_mb: u64,
     /// fdatasync the journal at each group commit and fsync sled's files after its flushes
     /// (`fsync`, default true; sled issue #1452). False trusts the OS page cache: a crash of
@@ -1624,7 +1625,7 @@ fn validate_daemon(
             validate_duration(Some(text), "dedup_window", Duration::ZERO, false, p).map(Some)
         }
     };
-    let cache_mb = validate_integer(raw.cache_mb.as_ref(), "cache_mb", 32, 1..=65536, p);
+    let cache_mb = validate_integer(raw.cache_mb.as_ref(), "cache_mb", 16, 1..=65536, p);
     let backlog_in_memory = validate_integer(
         raw.backlog_in_memory.as_ref(),
         "backlog_in_memory",
@@ -4425,7 +4426,7 @@ receipts = "crm"
         assert_eq!(d.dedup_window, None);
         assert_eq!(
             (d.cache_mb, d.fsync, d.backlog_in_memory),
-            (32, true, 16_384)
+            (16, true, 16_384)
         );
         let c = config.carrier("sim").unwrap();
         assert_eq!(c.system_type, "");
