@@ -34,6 +34,8 @@ pub struct Daemon {
     pub carriers: Arc<Vec<(String, Arc<CarrierState>)>>,
     shutdown: watch::Sender<bool>,
     supervisors: Vec<JoinHandle<()>>,
+    /// The SMPP sessions' own runtime (see `SessionRuntime`).
+    sessions: SessionRuntime,
     /// Ends once every session's journal handle is gone (the writer stops, then its channel to
     /// the processor closes); joined at shutdown so the store is really closed afterwards.
     processor: std::thread::JoinHandle<()>,
@@ -185,6 +187,7 @@ impl Daemon {
                 .map(|c| (c.name.clone(), Arc::new(CarrierState::default())))
                 .collect(),
         );
+        let sessions = SessionRuntime::start()?;
         let mut supervisors = Vec::new();
         for ((carrier, (_, state)), submits) in config
             .carriers
@@ -198,7 +201,7 @@ impl Daemon {
                 journal: journal.clone(),
                 state: state.clone(),
             };
-            supervisors.push(tokio::spawn(supervisor::supervise(
+            supervisors.push(sessions.spawn(supervisor::supervise(
                 ctx,
                 submits,
                 shutdown_rx.clone(),
@@ -229,6 +232,7 @@ impl Daemon {
             carriers,
             shutdown,
             supervisors,
+            sessions,
             processor: processor_thread,
             others,
         })
@@ -256,6 +260,7 @@ impl Daemon {
         for t in self.others {
             t.abort();
         }
+        drop(self.sessions);
         tracing::info!("vmnd stopped");
     }
 }
@@ -336,6 +341,47 @@ pub async fn wait_for_signal() {
         }
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// A runtime with one worker thread of its own ("vmnd-smpp") for the carriers' sessions. The
+/// acknowledgement path then never waits in a run queue behind the dispatcher's and the admin's
+/// tasks: on two cores, a burst of webhook work on the main runtime's workers was where the
+/// ack latency's tail came from. Sessions need little CPU (a few µs a PDU), so one worker
+/// serves every bind.
+struct SessionRuntime(Option<tokio::runtime::Runtime>);
+
+impl SessionRuntime {
+    fn start() -> Result<SessionRuntime, String> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("vmnd-smpp")
+            .enable_all()
+            .build()
+            .map(|rt| SessionRuntime(Some(rt)))
+            .map_err(|e| format!("cannot start the sessions' runtime: {e}"))
+    }
+
+    fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.0 {
+            Some(rt) => rt.spawn(task),
+            // Only after drop, which takes the runtime; never reached.
+            None => tokio::spawn(task),
+        }
+    }
+}
+
+impl Drop for SessionRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks until its tasks end, which is not allowed inside another
+        // runtime (a daemon is dropped in async code): let its thread wind down on its own.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
         }
     }
 }
