@@ -11,8 +11,10 @@
 //! | [`smpp::udh`] | user data headers with several information elements; concatenation |
 //! | [`smpp::receipt`] | delivery receipt text (`id:... stat:... err:...`) |
 //! | [`smpp::session`] | one bound SMPP session: bind, enquire_link, window, unbind, acks after commit |
-//! | [`smpp::supervisor`] | one per carrier: reconnects with backoff and jitter, publishes bind state |
-//! | [`store`] | sled behind one module: group commit, inbound journal, messages, parts, receipts |
+//! | [`smpp::supervisor`] | one per carrier (on the sessions' own runtime): reconnects with backoff and jitter, publishes bind state |
+//! | [`store::writer`] | the group commit: a thread that journals PDUs and releases their acks; bounded handoff to the processor |
+//! | [`store::journal`] | the inbound journal: append-only CRC-checked segment files, fdatasync per commit, recovery |
+//! | [`store`] | everything on disk behind one module: the journal, and sled for messages, parts, receipts and the rest |
 //! | [`store::queue`] | the durable job queue: due-time ordered, retries, dead letters |
 //! | [`store::outbound`] | SMS vmnd sent and their state; receipts correlated by carrier message id |
 //! | [`store::polls`] | poll votes, one per sender per poll |
@@ -20,7 +22,7 @@
 //! | [`store::keywords`] | keywords added at run time through the admin API |
 //! | [`actions`] | a routing decision turned into jobs: webhook events, replies, forwards, poll votes |
 //! | [`guard`] | caps on auto-replies and forwards per sender, and autoresponder loop detection |
-//! | [`processor`] | after the ack: receipts, reassembly, text decoding, the message record, jobs |
+//! | [`processor`] | after the ack (own thread, lower priority): receipts, reassembly, text decoding, the message record, jobs |
 //! | [`routing::keywords`] | keyword normalisation and the word-level trie index matched on the hot path |
 //! | [`routing::router`] | which rule of a number a message matches (reserved words first), and why others did not |
 //! | [`consent::intent`] | opt-out written in words ("please stop texting me"), recognised conservatively |
