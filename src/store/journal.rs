@@ -25,7 +25,7 @@
 //! A release is written but not fsynced: losing one in a power cut only means processing that
 //! entry again, which the processor does idempotently (ids derive from the journal id).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -36,6 +36,8 @@ use super::{JournalEntry, Result, StoreError};
 
 /// A segment is sealed once it grows past this.
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// ... and never grows past this, even within one batch (see `Journal::append_raw`).
+const MAX_SEGMENT_BYTES: u64 = 2 * SEGMENT_BYTES;
 /// Largest payload a record may claim; anything larger is damage, not data (a deliver_sm PDU
 /// is at most a few KiB, and a release record holds at most one processor batch of ids).
 const MAX_PAYLOAD: usize = 1 << 20;
@@ -47,8 +49,98 @@ const RELEASE: u8 = 2;
 #[derive(Debug, Clone, Copy)]
 struct Location {
     segment: u64,
-    offset: u64,
+    offset: u32,
     len: u32,
+}
+
+/// Every live (unreleased) entry, in id order: 24 bytes an entry, where a hash map took about
+/// 40 and twice that while it grew. A backlog of a million acknowledged messages is the case
+/// this is sized for. Ids only grow within a run (a batch's ids derive from sled's
+/// `generate_id`), so appends go at the back; a released entry becomes a hole, and holes at the
+/// front are dropped, so the deque spans the oldest live entry to the newest.
+#[derive(Default)]
+struct LiveIndex {
+    slots: VecDeque<(u64, Location)>,
+    live: usize,
+}
+
+/// `len` of a released slot (no payload is this long: see [`MAX_PAYLOAD`]).
+const RELEASED: u32 = u32::MAX;
+
+impl LiveIndex {
+    fn insert(&mut self, id: u64, location: Location) {
+        match self.slots.back() {
+            Some((last, _)) if *last >= id => {
+                // Not in order (only an entry moved from an older layout at open): keep the
+                // order by placing it, or replace a slot with the same id.
+                match self.slots.binary_search_by_key(&id, |(i, _)| *i) {
+                    Ok(at) => {
+                        if self.slots[at].1.len == RELEASED {
+                            self.live += 1;
+                        }
+                        self.slots[at].1 = location;
+                    }
+                    Err(at) => {
+                        self.slots.insert(at, (id, location));
+                        self.live += 1;
+                    }
+                }
+            }
+            _ => {
+                self.slots.push_back((id, location));
+                self.live += 1;
+            }
+        }
+    }
+
+    fn get(&self, id: u64) -> Option<Location> {
+        let at = self.slots.binary_search_by_key(&id, |(i, _)| *i).ok()?;
+        let location = self.slots[at].1;
+        (location.len != RELEASED).then_some(location)
+    }
+
+    /// Marks an entry released; returns where it was, if it was live.
+    fn remove(&mut self, id: u64) -> Option<Location> {
+        let at = self.slots.binary_search_by_key(&id, |(i, _)| *i).ok()?;
+        let location = self.slots[at].1;
+        if location.len == RELEASED {
+            return None;
+        }
+        self.slots[at].1.len = RELEASED;
+        self.live -= 1;
+        while self.slots.front().is_some_and(|(_, l)| l.len == RELEASED) {
+            self.slots.pop_front();
+        }
+        if self.slots.len() < self.slots.capacity() / 4 {
+            // A burst is over: give the memory back.
+            self.slots.shrink_to(self.slots.len() * 2);
+        }
+        Some(location)
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.slots
+            .iter()
+            .filter(|(_, l)| l.len != RELEASED)
+            .map(|(id, _)| *id)
+    }
+
+    /// Drops the live entries of `segment` at or past `offset` (a write that failed there).
+    fn forget_from(&mut self, segment: u64, offset: u32) -> u64 {
+        let mut forgotten = 0;
+        for (_, location) in self.slots.iter_mut() {
+            if location.segment == segment && location.offset >= offset && location.len != RELEASED
+            {
+                location.len = RELEASED;
+                self.live -= 1;
+                forgotten += 1;
+            }
+        }
+        while self.slots.back().is_some_and(|(_, l)| l.len == RELEASED) {
+            self.slots.pop_back();
+        }
+        forgotten
+    }
 }
 
 struct Segment {
@@ -63,7 +155,7 @@ struct State {
     active: u64,
     active_len: u64,
     /// Every live (unreleased) entry.
-    live: HashMap<u64, Location>,
+    live: LiveIndex,
     /// Reused encoding buffer.
     buf: Vec<u8>,
 }
@@ -72,6 +164,9 @@ struct State {
 pub struct Journal {
     dir: PathBuf,
     fsync: bool,
+    /// [`SEGMENT_BYTES`] and [`MAX_SEGMENT_BYTES`]; smaller in tests.
+    segment_bytes: u64,
+    max_segment_bytes: u64,
     state: Mutex<State>,
 }
 
@@ -195,15 +290,17 @@ impl Journal {
             );
         }
         report.live_entries = entries.len();
-        let first = numbers.last().map_or(0, |n| n + 1);
+        let first = numbers.last().map_or(0, |n| n.saturating_add(1));
         let journal = Journal {
             dir: dir.to_path_buf(),
             fsync,
+            segment_bytes: SEGMENT_BYTES,
+            max_segment_bytes: MAX_SEGMENT_BYTES,
             state: Mutex::new(State {
                 segments: BTreeMap::new(),
                 active: first,
                 active_len: 0,
-                live: HashMap::new(),
+                live: LiveIndex::default(),
                 buf: Vec::new(),
             }),
         };
@@ -211,7 +308,7 @@ impl Journal {
             let mut state = journal.lock();
             journal.start_segment(&mut state, first)?;
             for (id, payload) in &entries {
-                journal.append_raw(&mut state, *id, payload);
+                journal.append_raw(&mut state, *id, payload)?;
             }
             journal.write_buffered(&mut state)?;
             let file = state.segments[&first].file.clone();
@@ -254,8 +351,21 @@ impl Journal {
         Ok(())
     }
 
-    /// Encodes an entry record into the buffer and notes where it will land.
-    fn append_raw(&self, state: &mut State, id: u64, payload: &[u8]) {
+    /// Encodes an entry record into the buffer and notes where it will land. A segment never
+    /// grows past [`MAX_SEGMENT_BYTES`] (offsets are kept in 32 bits): a batch, or a recovery,
+    /// that would take it further continues in a new one.
+    fn append_raw(&self, state: &mut State, id: u64, payload: &[u8]) -> Result<()> {
+        let record_len = (HEADER + payload.len()) as u64;
+        if state.active_len + state.buf.len() as u64 + record_len > self.max_segment_bytes {
+            self.write_buffered(state)?;
+            if self.fsync {
+                // What this segment holds is acknowledged only after the commit's sync, and
+                // that sync will see the next segment: make this one durable now.
+                state.segments[&state.active].file.sync_data()?;
+            }
+            let next = state.active + 1;
+            self.start_segment(state, next)?;
+        }
         let offset = state.active_len + state.buf.len() as u64 + HEADER as u64;
         let mut buf = std::mem::take(&mut state.buf);
         encode_record(&mut buf, ENTRY, id, payload);
@@ -265,13 +375,15 @@ impl Journal {
             id,
             Location {
                 segment: active,
-                offset,
+                // Below MAX_SEGMENT_BYTES, checked above.
+                offset: offset as u32,
                 len: payload.len() as u32,
             },
         );
         if let Some(segment) = state.segments.get_mut(&active) {
             segment.live += 1;
         }
+        Ok(())
     }
 
     /// Writes the buffer to the active segment. On failure the entries it held are forgotten
@@ -292,18 +404,10 @@ impl Journal {
                 Ok(())
             }
             Err(e) => {
-                let start = state.active_len;
-                let lost: Vec<u64> = state
-                    .live
-                    .iter()
-                    .filter(|(_, l)| l.segment == active && l.offset >= start)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in lost {
-                    state.live.remove(&id);
-                    if let Some(s) = state.segments.get_mut(&active) {
-                        s.live = s.live.saturating_sub(1);
-                    }
+                let start = state.active_len as u32;
+                let lost = state.live.forget_from(active, start);
+                if let Some(s) = state.segments.get_mut(&active) {
+                    s.live = s.live.saturating_sub(lost);
                 }
                 // Best effort: a new segment, so the next batch does not follow the torn one.
                 if let Err(e2) = self.start_segment(state, active + 1) {
@@ -318,7 +422,7 @@ impl Journal {
     /// durable: see [`Journal::sync`]). Returns their ids.
     pub fn append(&self, first_id: u64, entries: &[JournalEntry]) -> Result<Vec<u64>> {
         let mut state = self.lock();
-        if state.active_len >= SEGMENT_BYTES {
+        if state.active_len >= self.segment_bytes {
             let next = state.active + 1;
             // The sealed segment's last batch was synced by its own commit.
             self.start_segment(&mut state, next)?;
@@ -330,7 +434,7 @@ impl Journal {
             let id = first_id + i as u64;
             payload.clear();
             entry.encode_into(&mut payload);
-            self.append_raw(&mut state, id, &payload);
+            self.append_raw(&mut state, id, &payload)?;
             ids.push(id);
         }
         self.write_buffered(&mut state)?;
@@ -357,7 +461,7 @@ impl Journal {
         let mut state = self.lock();
         let mut payload = Vec::with_capacity(ids.len() * 8);
         for id in ids {
-            if let Some(location) = state.live.remove(id) {
+            if let Some(location) = state.live.remove(*id) {
                 if let Some(segment) = state.segments.get_mut(&location.segment) {
                     segment.live = segment.live.saturating_sub(1);
                 }
@@ -395,26 +499,24 @@ impl Journal {
     pub fn entry(&self, id: u64) -> Result<Option<JournalEntry>> {
         let (file, location) = {
             let state = self.lock();
-            let Some(location) = state.live.get(&id).copied() else {
+            let Some(location) = state.live.get(id) else {
                 return Ok(None);
             };
             (state.segments[&location.segment].file.clone(), location)
         };
         let mut payload = vec![0; location.len as usize];
-        file.read_exact_at(&mut payload, location.offset)?;
+        file.read_exact_at(&mut payload, u64::from(location.offset))?;
         Ok(Some(JournalEntry::decode(&payload)?))
     }
 
     /// Ids of every live entry, oldest first.
     pub fn live_ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.lock().live.keys().copied().collect();
-        ids.sort_unstable();
-        ids
+        self.lock().live.ids().collect()
     }
 
     /// Number of live entries.
     pub fn depth(&self) -> usize {
-        self.lock().live.len()
+        self.lock().live.live
     }
 
     /// Number of segment files (for tests and the log).
@@ -607,5 +709,66 @@ mod tests {
         for (id, e) in &kept {
             assert_eq!(journal.entry(*id).unwrap().as_ref(), Some(e));
         }
+    }
+
+    fn at(segment: u64, offset: u32) -> Location {
+        Location {
+            segment,
+            offset,
+            len: 10,
+        }
+    }
+
+    #[test]
+    fn the_live_index_keeps_id_order_drops_released_fronts_and_places_stragglers() {
+        let mut index = LiveIndex::default();
+        for id in [10, 11, 12, 13] {
+            index.insert(id, at(1, id as u32));
+        }
+        // An id below the newest (an entry moved from an older layout) goes in its place.
+        index.insert(5, at(0, 5));
+        assert_eq!(index.ids().collect::<Vec<_>>(), vec![5, 10, 11, 12, 13]);
+        assert_eq!(index.get(11).map(|l| l.offset), Some(11));
+        assert!(index.remove(11).is_some());
+        assert!(index.remove(11).is_none(), "released twice");
+        assert!(index.get(11).is_none());
+        assert!(index.remove(99).is_none(), "never there");
+        assert_eq!(index.live, 4);
+        // Releasing the front drops it and the hole behind it.
+        index.remove(5);
+        index.remove(10);
+        assert_eq!(index.slots.len(), 2);
+        assert_eq!(index.ids().collect::<Vec<_>>(), vec![12, 13]);
+        // A failed write forgets what it would have held.
+        index.insert(14, at(2, 0));
+        index.insert(15, at(2, 40));
+        assert_eq!(index.forget_from(2, 40), 1);
+        assert_eq!(index.ids().collect::<Vec<_>>(), vec![12, 13, 14]);
+        assert_eq!(index.live, 3);
+    }
+
+    #[test]
+    fn a_batch_that_would_outgrow_the_segment_continues_in_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(dir.path(), true).unwrap();
+        // Records here are 40-70 bytes: a 100-entry batch cannot fit under a 1,000-byte cap.
+        journal.segment_bytes = 500;
+        journal.max_segment_bytes = 1_000;
+        let entries: Vec<JournalEntry> = (0..100).map(entry).collect();
+        let ids = journal.append(1_000, &entries).unwrap();
+        journal.sync().unwrap();
+        assert!(journal.segment_count() >= 5, "{}", journal.segment_count());
+        for file in segment_files(dir.path()) {
+            let len = std::fs::metadata(&file).unwrap().len();
+            assert!(len <= 1_000, "{} has {len} bytes", file.display());
+        }
+        for (id, e) in ids.iter().zip(&entries) {
+            assert_eq!(journal.entry(*id).unwrap().as_ref(), Some(e));
+        }
+        drop(journal);
+        let (journal, report) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(report.live_entries, 100);
+        assert_eq!(journal.live_ids(), ids);
+        assert_eq!(journal.entry(ids[99]).unwrap().as_ref(), Some(&entries[99]));
     }
 }
