@@ -870,47 +870,52 @@ impl Store {
         // Compare-and-swap, not a transaction: a consent change of the same contact running at
         // the same time must not be overwritten with the state read before it, and a sled
         // transaction (one per message here) would put every sled call in the process behind
-        // sled's global transaction lock.
+        // sled's global transaction lock. The first attempt assumes a new contact (one tree
+        // lookup instead of a read and then a swap); a failed swap hands back what is stored.
+        let fresh = Contact {
+            vmn: vmn.clone(),
+            msisdn: msisdn.clone(),
+            state: ConsentState::Unknown,
+            first_seen_ms: at_ms,
+            last_seen_ms: at_ms,
+            source_keyword: None,
+            attributes: BTreeMap::new(),
+            pending_until_ms: None,
+            updated_ms: at_ms,
+        };
+        let mut current: Option<sled::IVec> = None;
+        let mut next = encode_json(&fresh);
         loop {
-            let current = t.contacts.get(&ckey)?;
-            let contact = match &current {
-                Some(raw) => {
+            match t
+                .contacts
+                .compare_and_swap(ckey.as_slice(), current.as_ref(), Some(next))?
+            {
+                Ok(()) => {
+                    if current.is_none() {
+                        t.contact_states.insert(
+                            state_key(&vmn, ConsentState::Unknown, &msisdn),
+                            &[] as &[u8],
+                        )?;
+                    }
+                    return Ok(());
+                }
+                Err(conflict) => {
+                    current = conflict.current;
+                    let Some(raw) = &current else {
+                        // Deleted meanwhile: create it again.
+                        next = encode_json(&fresh);
+                        continue;
+                    };
                     let mut c: Contact = decode_json(raw)?;
                     if c.first_seen_ms <= at_ms && c.last_seen_ms >= at_ms {
                         return Ok(());
                     }
                     c.first_seen_ms = c.first_seen_ms.min(at_ms);
                     c.last_seen_ms = c.last_seen_ms.max(at_ms);
-                    c
+                    next = encode_json(&c);
                 }
-                None => Contact {
-                    vmn: vmn.clone(),
-                    msisdn: msisdn.clone(),
-                    state: ConsentState::Unknown,
-                    first_seen_ms: at_ms,
-                    last_seen_ms: at_ms,
-                    source_keyword: None,
-                    attributes: BTreeMap::new(),
-                    pending_until_ms: None,
-                    updated_ms: at_ms,
-                },
-            };
-            let swapped = t.contacts.compare_and_swap(
-                ckey.as_slice(),
-                current.as_ref(),
-                Some(encode_json(&contact)),
-            )?;
-            if swapped.is_ok() {
-                if current.is_none() {
-                    t.contact_states.insert(
-                        state_key(&vmn, ConsentState::Unknown, &msisdn),
-                        &[] as &[u8],
-                    )?;
-                }
-                break;
             }
         }
-        Ok(())
     }
 
     /// One contact, with the state in force now.
