@@ -160,6 +160,17 @@ struct State {
     buf: Vec<u8>,
 }
 
+impl State {
+    /// A segment's file. Every live entry's segment and the active one are kept open, so a
+    /// miss is a bug in this module, reported as an error rather than a panic.
+    fn segment_file(&self, n: u64) -> Result<Arc<File>> {
+        self.segments
+            .get(&n)
+            .map(|s| s.file.clone())
+            .ok_or_else(|| StoreError::Corrupt(format!("journal segment {n} is not open")))
+    }
+}
+
 /// The journal. Appends come from one writer (the group commit); releases from the processor.
 pub struct Journal {
     dir: PathBuf,
@@ -311,7 +322,7 @@ impl Journal {
                 journal.append_raw(&mut state, *id, payload)?;
             }
             journal.write_buffered(&mut state)?;
-            let file = state.segments[&first].file.clone();
+            let file = state.segment_file(first)?;
             drop(state);
             // The copies must be durable before the originals go.
             file.sync_data()?;
@@ -361,7 +372,7 @@ impl Journal {
             if self.fsync {
                 // What this segment holds is acknowledged only after the commit's sync, and
                 // that sync will see the next segment: make this one durable now.
-                state.segments[&state.active].file.sync_data()?;
+                state.segment_file(state.active)?.sync_data()?;
             }
             let next = state.active + 1;
             self.start_segment(state, next)?;
@@ -394,7 +405,7 @@ impl Journal {
             return Ok(());
         }
         let active = state.active;
-        let file = state.segments[&active].file.clone();
+        let file = state.segment_file(active)?;
         let written = (&*file).write_all(&state.buf);
         let len = state.buf.len() as u64;
         state.buf.clear();
@@ -449,7 +460,7 @@ impl Journal {
         }
         let file = {
             let state = self.lock();
-            state.segments[&state.active].file.clone()
+            state.segment_file(state.active)?
         };
         file.sync_data()?;
         Ok(())
@@ -502,7 +513,7 @@ impl Journal {
             let Some(location) = state.live.get(id) else {
                 return Ok(None);
             };
-            (state.segments[&location.segment].file.clone(), location)
+            (state.segment_file(location.segment)?, location)
         };
         let mut payload = vec![0; location.len as usize];
         file.read_exact_at(&mut payload, u64::from(location.offset))?;
