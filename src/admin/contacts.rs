@@ -19,7 +19,7 @@ use hyper::header::{CONTENT_LENGTH, HeaderValue};
 use hyper::{Request, StatusCode};
 use serde_json::json;
 
-use super::{AdminState, MAX_PAGE, Reply, csv_field, error, json_reply, reply};
+use super::{AdminState, MAX_PAGE, Reply, csv_field, error, json_reply, parse_limit, reply};
 use crate::clock;
 use crate::store::consent::{ConsentChange, ConsentState, Contact};
 use crate::store::{self, Store};
@@ -38,24 +38,6 @@ const MAX_REPORTED_ERRORS: usize = 1000;
 const FUTURE_SLACK_MS: u64 = 24 * 3600 * 1000;
 /// The CSV header of an export; an import recognises it (and any header naming `msisdn`).
 pub const CSV_HEADER: &str = "msisdn,state,first_seen,last_seen,source_keyword,attributes";
-
-/// `limit`: `default` when absent, an error reply when out of `1..=max`.
-fn parse_limit(
-    q: &HashMap<String, String>,
-    default: usize,
-    max: usize,
-) -> Result<usize, Box<Reply>> {
-    match q.get("limit") {
-        None => Ok(default),
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(Box::new(error(
-                StatusCode::BAD_REQUEST,
-                &format!("limit: expected 1..={max}, got {text:?}"),
-            ))),
-        },
-    }
-}
 
 /// `GET /api/numbers/{vmn}/contacts`.
 pub(super) fn list(state: &AdminState, vmn: &str, q: &HashMap<String, String>) -> Reply {

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use hyper::StatusCode;
 use serde_json::json;
 
-use super::{AdminState, MAX_PAGE, Reply, error, json_reply, parse_time};
+use super::{AdminState, MAX_PAGE, Reply, error, json_reply, parse_limit, parse_time};
 use crate::clock;
 use crate::store::queue::DeadLetterFilter;
 use crate::store::{self};
@@ -49,17 +49,9 @@ fn filter(q: &HashMap<String, String>) -> Result<DeadLetterFilter, String> {
 
 /// `GET /api/deadletters`.
 pub(super) fn list(state: &AdminState, q: &HashMap<String, String>) -> Reply {
-    let limit = match q.get("limit") {
-        None => 100,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("limit: expected 1..={MAX_PAGE}, got {l:?}"),
-                );
-            }
-        },
+    let limit = match parse_limit(q, 100, MAX_PAGE) {
+        Ok(n) => n,
+        Err(e) => return *e,
     };
     let filter = match filter(q) {
         Ok(f) => f,

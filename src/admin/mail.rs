@@ -11,19 +11,13 @@ use serde_json::json;
 use std::fmt::Write;
 
 use super::page::escape;
-use super::{AdminState, MAX_PAGE, Reply, error, json_reply};
+use super::{AdminState, MAX_PAGE, Reply, error, json_reply, parse_limit};
 use crate::store;
 
 pub(super) fn list_replies(state: &AdminState, q: &HashMap<String, String>) -> Reply {
-    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("limit: expected 1..={MAX_PAGE}"),
-            );
-        }
+    let limit = match parse_limit(q, 100, MAX_PAGE) {
+        Ok(n) => n,
+        Err(e) => return *e,
     };
     let before = match q.get("before") {
         None => None,

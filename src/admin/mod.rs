@@ -331,6 +331,24 @@ fn healthz(state: &AdminState) -> Reply {
     )
 }
 
+/// `limit`: `default` when absent, an error reply when out of `1..=max`.
+pub(super) fn parse_limit(
+    q: &HashMap<String, String>,
+    default: usize,
+    max: usize,
+) -> Result<usize, Box<Reply>> {
+    match q.get("limit") {
+        None => Ok(default),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                &format!("limit: expected 1..={max}, got {text:?}"),
+            ))),
+        },
+    }
+}
+
 /// `since`/`until`: RFC 3339, or Unix seconds.
 fn parse_time(text: &str) -> Option<u64> {
     clock::parse_rfc3339_ms(text).or_else(|| text.parse::<u64>().ok().map(|s| s * 1000))
@@ -361,17 +379,10 @@ fn list_messages(state: &AdminState, q: &HashMap<String, String>) -> Reply {
             }
         }
     }
-    if let Some(limit) = q.get("limit") {
-        match limit.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => filter.limit = n,
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("limit: expected 1..={MAX_PAGE}, got {limit:?}"),
-                );
-            }
-        }
-    }
+    filter.limit = match parse_limit(q, filter.limit, MAX_PAGE) {
+        Ok(n) => n,
+        Err(e) => return *e,
+    };
     if let Some(before) = q.get("before") {
         match store::parse_id(before) {
             Some(id) => filter.before = Some(id),
@@ -474,15 +485,9 @@ async fn explain_route(state: &AdminState, req: Request<Incoming>) -> Reply {
 }
 
 fn list_outbound(state: &AdminState, q: &HashMap<String, String>) -> Reply {
-    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("limit: expected 1..={MAX_PAGE}"),
-            );
-        }
+    let limit = match parse_limit(q, 100, MAX_PAGE) {
+        Ok(n) => n,
+        Err(e) => return *e,
     };
     match state
         .store
