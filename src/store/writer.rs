@@ -202,48 +202,50 @@ pub fn spawn(store: Store, processed: HandoffSender) -> JournalWriter {
 
 fn run(store: Store, mut rx: mpsc::Receiver<JournalRequest>, processed: HandoffSender) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // The batch split in two, so the entries are journaled and then handed on without a copy.
     let mut entries = Vec::with_capacity(MAX_BATCH);
+    let mut waiting = Vec::with_capacity(MAX_BATCH);
     loop {
         batch.clear();
         if rx.blocking_recv_many(&mut batch, MAX_BATCH) == 0 {
             return; // every session and the daemon dropped their handles
         }
         entries.clear();
-        entries.extend(batch.iter().map(|r| r.entry.clone()));
+        waiting.clear();
+        for request in batch.drain(..) {
+            entries.push(request.entry);
+            waiting.push((request.sequence_number, request.received, request.reply));
+        }
         let started = Instant::now();
         let outcome = store
             .journal(&entries)
             .and_then(|ids| store.commit_journal_blocking().map(|()| ids));
         metrics::histogram!("vmnd_store_flush_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("vmnd_store_batch_size").record(batch.len() as f64);
-        match outcome {
-            Ok(ids) => {
-                let mut committed = Vec::with_capacity(batch.len());
-                for (request, id) in batch.drain(..).zip(ids) {
-                    // A session that went away just misses its ack: the carrier redelivers and
-                    // the message is already safe.
-                    let _ = request.reply.send(AckOutcome {
-                        sequence_number: request.sequence_number,
-                        received: request.received,
-                        status: status::ESME_ROK,
-                        id: Some(id),
-                    });
-                    committed.push((id, request.entry));
-                }
-                processed.send(committed);
-            }
+        metrics::histogram!("vmnd_store_batch_size").record(entries.len() as f64);
+        let ids = match outcome {
+            Ok(ids) => ids.into_iter().map(Some).collect(),
             Err(e) => {
-                tracing::error!(error = %e, batch = batch.len(), "journal commit failed; answering ESME_RX_T_APPN");
+                tracing::error!(error = %e, batch = entries.len(), "journal commit failed; answering ESME_RX_T_APPN");
                 metrics::counter!("vmnd_store_commit_failures_total").increment(1);
-                for request in &batch {
-                    let _ = request.reply.send(AckOutcome {
-                        sequence_number: request.sequence_number,
-                        received: request.received,
-                        status: status::ESME_RX_T_APPN,
-                        id: None,
-                    });
-                }
+                vec![None; entries.len()]
             }
+        };
+        for ((sequence_number, received, reply), id) in waiting.drain(..).zip(&ids) {
+            // A session that went away just misses its ack: the carrier redelivers and the
+            // message is already safe (or, on a failed commit, never was).
+            let _ = reply.send(AckOutcome {
+                sequence_number,
+                received,
+                status: if id.is_some() {
+                    status::ESME_ROK
+                } else {
+                    status::ESME_RX_T_APPN
+                },
+                id: *id,
+            });
+        }
+        if ids.first().is_some_and(Option::is_some) {
+            processed.send(ids.into_iter().flatten().zip(entries.drain(..)));
         }
     }
 }
