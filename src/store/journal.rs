@@ -25,7 +25,7 @@
 //! A release is written but not fsynced: losing one in a power cut only means processing that
 //! entry again, which the processor does idempotently (ids derive from the journal id).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -243,6 +243,26 @@ fn parse_record(data: &[u8], at: usize) -> Option<RawRecord> {
     (check.finalize() == crc).then_some(RawRecord { kind, id, payload })
 }
 
+/// Calls `f(kind, id, payload)` for every record in `data` that checks out, in order, and
+/// returns how many bytes it skipped to resynchronise (a torn tail, or damage).
+fn scan_records(data: &[u8], mut f: impl FnMut(u8, u64, &[u8])) -> u64 {
+    let mut skipped = 0;
+    let mut at = 0;
+    while at < data.len() {
+        match parse_record(data, at) {
+            Some(record) => {
+                f(record.kind, record.id, &data[record.payload.clone()]);
+                at = record.payload.end;
+            }
+            None => {
+                skipped += 1;
+                at += 1;
+            }
+        }
+    }
+    skipped
+}
+
 /// fsyncs a directory, so a file created or deleted in it stays so after a power cut.
 fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)?.sync_all()?;
@@ -266,33 +286,21 @@ impl Journal {
             segments_read: numbers.len(),
             ..OpenReport::default()
         };
-        // Every entry's payload, then releases applied, in log order.
-        let mut entries: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        // Two passes, so a large backlog is never held in memory whole: first which ids are
+        // live (entries minus releases, in log order), then those entries copied over.
+        let mut live: HashSet<u64> = HashSet::new();
         for &n in &numbers {
             let data = std::fs::read(segment_path(dir, n))?;
-            let mut at = 0;
-            while at < data.len() {
-                let Some(record) = parse_record(&data, at) else {
-                    // Resynchronise: the next offset where a whole record checks out.
-                    report.skipped_bytes += 1;
-                    at += 1;
-                    continue;
-                };
-                let payload = &data[record.payload.clone()];
-                match record.kind {
-                    ENTRY => {
-                        entries.insert(record.id, payload.to_vec());
-                    }
-                    _ => {
-                        for id in payload.chunks_exact(8) {
-                            // chunks_exact(8) yields 8-byte slices.
-                            let id = u64::from_le_bytes(id.try_into().unwrap_or_default());
-                            entries.remove(&id);
-                        }
+            report.skipped_bytes += scan_records(&data, |kind, id, payload| {
+                if kind == ENTRY {
+                    live.insert(id);
+                } else {
+                    for id in payload.chunks_exact(8) {
+                        // chunks_exact(8) yields 8-byte slices.
+                        live.remove(&u64::from_le_bytes(id.try_into().unwrap_or_default()));
                     }
                 }
-                at = record.payload.end;
-            }
+            });
         }
         if report.skipped_bytes > 0 {
             tracing::warn!(
@@ -300,7 +308,7 @@ impl Journal {
                 "journal: skipped bytes that are not whole records (a write torn by a crash before its fsync, or damage)"
             );
         }
-        report.live_entries = entries.len();
+        report.live_entries = live.len();
         let first = numbers.last().map_or(0, |n| n.saturating_add(1));
         let journal = Journal {
             dir: dir.to_path_buf(),
@@ -318,11 +326,25 @@ impl Journal {
         {
             let mut state = journal.lock();
             journal.start_segment(&mut state, first)?;
-            for (id, payload) in &entries {
-                journal.append_raw(&mut state, *id, payload)?;
+            for &n in &numbers {
+                if live.is_empty() {
+                    break;
+                }
+                let data = std::fs::read(segment_path(dir, n))?;
+                let mut copied = Ok(());
+                scan_records(&data, |kind, id, payload| {
+                    // `remove`: an entry found twice (a copy whose original outlived a crash)
+                    // is copied once.
+                    if kind == ENTRY && copied.is_ok() && live.remove(&id) {
+                        copied = journal.append_raw(&mut state, id, payload);
+                    }
+                });
+                copied?;
+                journal.write_buffered(&mut state)?;
             }
-            journal.write_buffered(&mut state)?;
-            let file = state.segment_file(first)?;
+            // The last segment the copies went to (earlier ones, past the hard cap, were synced
+            // as they were sealed).
+            let file = state.segment_file(state.active)?;
             drop(state);
             // The copies must be durable before the originals go.
             file.sync_data()?;
@@ -781,5 +803,26 @@ mod tests {
         assert_eq!(report.live_entries, 100);
         assert_eq!(journal.live_ids(), ids);
         assert_eq!(journal.entry(ids[99]).unwrap().as_ref(), Some(&entries[99]));
+    }
+
+    #[test]
+    fn an_entry_found_in_two_segments_is_recovered_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (journal, _) = Journal::open(dir.path(), true).unwrap();
+            journal.append(1, &[entry(1), entry(2)]).unwrap();
+            journal.sync().unwrap();
+        }
+        // A crash after recovery copied a segment but before it deleted the original.
+        let original = segment_files(dir.path()).pop().unwrap();
+        std::fs::copy(&original, segment_path(dir.path(), 1_000)).unwrap();
+        let (journal, report) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(report.live_entries, 2);
+        assert_eq!(journal.live_ids(), vec![1, 2]);
+        assert_eq!(journal.depth(), 2);
+        journal.release(&[1, 2]).unwrap();
+        drop(journal);
+        let (journal, _) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(journal.depth(), 0);
     }
 }
