@@ -20,6 +20,7 @@ use crate::processor::Processor;
 use crate::routing::router::Router;
 use crate::smpp::session::{SessionContext, SubmitRequest};
 use crate::smpp::supervisor::{self, CarrierState};
+use crate::store::hold::HoldBook;
 use crate::store::{Store, writer};
 use arc_swap::ArcSwap;
 
@@ -39,6 +40,9 @@ pub struct Daemon {
     /// Ends once every session's journal handle is gone (the writer stops, then its channel to
     /// the processor closes); joined at shutdown so the store is really closed afterwards.
     processor: std::thread::JoinHandle<()>,
+    /// Journal entries whose in-memory jobs the dispatcher settled after the processor's last
+    /// flush are released at shutdown (see [`crate::store::hold`]).
+    holds: HoldBook,
     others: Vec<JoinHandle<()>>,
 }
 
@@ -87,6 +91,7 @@ impl Daemon {
         )));
         let admin_scheduler = scheduler.clone();
         let mut processor = Processor::new(store.clone(), &config, router.clone(), scheduler);
+        let holds = processor.holds();
         let recovered = processor
             .recover()
             .map_err(|e| format!("cannot recover the journal: {e}"))?;
@@ -234,6 +239,7 @@ impl Daemon {
             supervisors,
             sessions,
             processor: processor_thread,
+            holds,
             others,
         })
     }
@@ -254,8 +260,15 @@ impl Daemon {
         {
             tracing::error!("the processor did not stop within 30 s");
         }
-        if let Err(e) = self.store.commit().await {
-            tracing::error!(error = %e, "final flush failed");
+        // Taken before the flush, which then covers what was written before each settle.
+        let settled = self.holds.take_settled();
+        match self.store.commit().await {
+            Ok(()) => {
+                if let Err(e) = self.store.release_journal(&settled) {
+                    tracing::warn!(error = %e, "cannot release settled journal entries; they are processed again at the next start");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "final flush failed"),
         }
         for t in self.others {
             t.abort();

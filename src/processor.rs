@@ -4,9 +4,10 @@
 //! writer (in memory: no read-back), and at startup with whatever the journal still holds. For
 //! each entry: a receipt is parsed and indexed by the carrier's message id; a part of a
 //! concatenated message (UDH or `sar_*` TLVs) goes to durable reassembly; anything else is
-//! decoded, routed and stored with its jobs, one sled batch per group of entries, and the jobs
-//! go to the dispatcher in memory. At most every 100 ms the main database is flushed and the
-//! journal entries behind it are released. Reprocessing an entry after a crash writes the same
+//! decoded, routed and stored with its jobs, per group of entries, and the jobs go to the
+//! dispatcher in memory (a webhook job due now only there, held by its journal entry: see
+//! [`crate::store::hold`]). At most every 100 ms the main database is flushed and the journal
+//! entries behind it, and those whose held jobs were settled, are released. Reprocessing an entry after a crash writes the same
 //! record and the same jobs (ids derive from the journal id), so it is idempotent.
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use crate::smpp::pdu::{self, Address, Body, ShortMessage, tlv_tag};
 use crate::smpp::receipt;
 use crate::smpp::text::{self, Encoding};
 use crate::smpp::udh;
+use crate::store::hold::HoldBook;
 use crate::store::parts::{GroupKey, GroupMeta, PartAdded, PartRecord};
 use crate::store::queue::Job;
 use crate::store::writer::Handoff;
@@ -58,8 +60,24 @@ pub struct Processor {
     /// Journal ids processed since the last flush (written, or in `finished`): released from
     /// the journal after the next flush of the main database (see `make_durable`).
     processed: Vec<u64>,
+    /// Journal entries whose webhook jobs the dispatcher holds in memory; released once
+    /// settled (see [`crate::store::hold`]).
+    holds: HoldBook,
     last_durable: std::time::Instant,
 }
+
+/// What became of one journal entry.
+enum Processed {
+    /// Stored (or nothing to store): its entry goes with the next flush.
+    Written,
+    /// Waiting in `finished` for the batch write, which decides (see `write_finished`).
+    Finishing,
+}
+
+/// A webhook job due within this long is handed to the dispatcher in memory only, held by its
+/// journal entry (see [`crate::store::hold`]); one due later is written to the `jobs` tree, so
+/// that a far-off job never keeps a journal segment alive.
+const IN_MEMORY_DUE_WITHIN_MS: u64 = 1_000;
 
 /// After a batch smaller than this, the processor waits [`LINGER`] before the next one.
 const LINGER_BELOW: usize = 32;
@@ -92,8 +110,15 @@ impl Processor {
             finished: Vec::new(),
             guard: AutoActionGuard::default(),
             processed: Vec::new(),
+            holds: HoldBook::default(),
             last_durable: std::time::Instant::now(),
         }
+    }
+
+    /// The holds this processor hands out with in-memory jobs: the daemon releases the last
+    /// settled ones at shutdown, after the processor's final flush.
+    pub fn holds(&self) -> HoldBook {
+        self.holds.clone()
     }
 
     /// Processes what a previous run journaled but did not finish, and groups that completed
@@ -179,8 +204,9 @@ impl Processor {
     /// journal (recovery).
     fn process(&mut self, journal_id: u64, entry: Option<JournalEntry>) {
         match self.try_process(journal_id, entry) {
-            // Written, or waiting in `finished` for the batch write (see `flush`).
-            Ok(()) => self.processed.push(journal_id),
+            Ok(Processed::Written) => self.processed.push(journal_id),
+            // `write_finished` decides when its journal entry can go.
+            Ok(Processed::Finishing) => {}
             Err(e) => self.process_failed(journal_id, e),
         }
     }
@@ -190,7 +216,11 @@ impl Processor {
         tracing::error!(journal_id, error = %e, "processing failed; entry stays in the journal");
     }
 
-    fn try_process(&mut self, journal_id: u64, entry: Option<JournalEntry>) -> store::Result<()> {
+    fn try_process(
+        &mut self,
+        journal_id: u64,
+        entry: Option<JournalEntry>,
+    ) -> store::Result<Processed> {
         let entry = match entry {
             Some(entry) => entry,
             // Recovery. An entry may have been processed already, the crash coming before its
@@ -198,7 +228,7 @@ impl Processor {
             // and jobs (a stored record alone does not prove its jobs were stored with it).
             None => match self.store.journal_entry(journal_id)? {
                 Some(entry) => entry,
-                None => return Ok(()), // already processed
+                None => return Ok(Processed::Written), // already processed
             },
         };
         let sm = match pdu::decode(&entry.pdu) {
@@ -220,7 +250,8 @@ impl Processor {
                     routed: false,
                     ..record
                 };
-                return self.store.finish_message(journal_id, &record, &[], None);
+                self.store.finish_message(journal_id, &record, &[], None)?;
+                return Ok(Processed::Written);
             }
         };
         let from = normalize_address(&sm.source);
@@ -228,12 +259,13 @@ impl Processor {
         metrics::counter!("vmnd_messages_processed_total", "carrier" => entry.carrier.clone())
             .increment(1);
         if sm.is_receipt() {
-            return self.finish_receipt(journal_id, &entry, &sm, from, to);
+            self.finish_receipt(journal_id, &entry, &sm, from, to)?;
+            return Ok(Processed::Written);
         }
         if self.is_duplicate(&entry, &sm, &from, &to) {
             metrics::counter!("vmnd_messages_deduplicated_total").increment(1);
             // Nothing to store: its journal entry is released with the batch's.
-            return Ok(());
+            return Ok(Processed::Written);
         }
         let gsm_packed = self
             .gsm_packed
@@ -257,7 +289,8 @@ impl Processor {
                         text: hex::encode(&user_data),
                         encoding: Encoding::Binary,
                     };
-                    return self.finish_single(journal_id, &entry, from, to, decoded, 1);
+                    self.finish_single(journal_id, &entry, from, to, decoded, 1)?;
+                    return Ok(Processed::Finishing);
                 }
             }
         } else {
@@ -276,17 +309,18 @@ impl Processor {
                     .store
                     .add_part(journal_id, entry.received_at_ms, &group, total, &part)?
                 {
-                    PartAdded::Waiting => Ok(()),
+                    PartAdded::Waiting => {}
                     PartAdded::Duplicate => {
                         metrics::counter!("vmnd_parts_duplicate_total").increment(1);
-                        Ok(())
                     }
-                    PartAdded::Complete(meta) => self.finish_group(&group, &meta, true),
+                    PartAdded::Complete(meta) => self.finish_group(&group, &meta, true)?,
                 }
+                Ok(Processed::Written)
             }
             _ => {
                 let decoded = text::decode_text(sm.data_coding, &body, gsm_packed, udh_octets);
-                self.finish_single(journal_id, &entry, from, to, decoded, 1)
+                self.finish_single(journal_id, &entry, from, to, decoded, 1)?;
+                Ok(Processed::Finishing)
             }
         }
     }
@@ -380,42 +414,68 @@ impl Processor {
         self.make_durable();
     }
 
-    /// Writes the messages finished since the last call (one sled batch) and hands their jobs to
-    /// the dispatcher in memory. Not yet durable: their journal entries stay until
-    /// [`Processor::make_durable`], so a crash before it means processing them again into the
-    /// same records and jobs (a job delivered meanwhile may then be delivered twice, which the
-    /// stable ids allow). On failure the entries stay and are processed again at the next start.
+    /// Writes the messages finished since the last call and hands their jobs to the dispatcher
+    /// in memory. Not yet durable: their journal entries stay until [`Processor::make_durable`],
+    /// so a crash before it means processing them again into the same records and jobs (a job
+    /// delivered meanwhile may then be delivered twice, which the stable ids allow).
+    ///
+    /// A webhook job due now is not written at all: the dispatcher gets it with a hold on the
+    /// journal entry, which stays until the job is delivered or written by the dispatcher (see
+    /// [`crate::store::hold`]). Other jobs (SMS, e-mail, later ones) go to the `jobs` tree.
+    /// On failure the entries stay and are processed again at the next start.
     fn write_finished(&mut self) {
         let batch = std::mem::take(&mut self.finished);
         if batch.is_empty() {
             return;
         }
+        let now = clock::now_ms();
+        let mut in_memory: Vec<Vec<Job>> = Vec::with_capacity(batch.len());
+        let batch: Vec<(u64, MessageRecord, Vec<Job>)> = batch
+            .into_iter()
+            .map(|(id, record, jobs)| {
+                let (held, stored): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| {
+                    is_webhook_job(job) && job.due_ms <= now + IN_MEMORY_DUE_WITHIN_MS
+                });
+                in_memory.push(held);
+                (id, record, stored)
+            })
+            .collect();
         if let Err(e) = self.store.finish_messages(&batch) {
             metrics::counter!("vmnd_processing_errors_total").increment(batch.len() as u64);
             tracing::error!(error = %e, messages = batch.len(), "cannot store processed messages; they stay in the journal");
-            let failed: std::collections::HashSet<u64> =
-                batch.iter().map(|(id, _, _)| *id).collect();
-            self.processed.retain(|id| !failed.contains(id));
             return;
         }
         // The dispatcher gets each job with its message in memory.
-        for (_, record, jobs) in batch {
+        for ((id, record, stored), held) in batch.into_iter().zip(in_memory) {
             let record = Arc::new(record);
-            for job in jobs {
-                self.scheduler.schedule_fresh(job, record.clone());
+            if held.is_empty() {
+                self.processed.push(id);
+            }
+            let holds = self.holds.hold(id, held.len());
+            for (job, hold) in held.into_iter().zip(holds) {
+                self.scheduler
+                    .schedule_fresh(job, record.clone(), Some(hold));
+            }
+            for job in stored {
+                self.scheduler.schedule_fresh(job, record.clone(), None);
             }
         }
     }
 
     /// Makes everything processed durable (a flush and fsync of the main database, off the
-    /// acknowledgement path), then releases the journal entries it came from. Run on a timer
-    /// and after large batches, not after every batch: at a low rate each batch is a message or
-    /// two, and a main-database fsync for each would compete with the journal's for the disk.
+    /// acknowledgement path), then releases the journal entries it came from, with those whose
+    /// in-memory jobs were settled. Run on a timer and after large batches, not after every
+    /// batch: at a low rate each batch is a message or two, and a main-database fsync for each
+    /// would compete with the journal's for the disk.
     fn make_durable(&mut self) {
         self.last_durable = std::time::Instant::now();
-        if self.processed.is_empty() {
+        // Before the flush: what the dispatcher wrote before settling is then covered by it.
+        let settled = self.holds.take_settled();
+        metrics::gauge!("vmnd_jobs_held_in_memory").set(self.holds.open() as f64);
+        if self.processed.is_empty() && settled.is_empty() {
             return;
         }
+        self.processed.extend(settled);
         let started = std::time::Instant::now();
         let durable = self
             .store
@@ -603,6 +663,12 @@ impl Processor {
             self.scheduler.schedule(job);
         }
     }
+}
+
+/// A job that POSTs to a webhook (not an SMS, not an e-mail): the only kind held in memory,
+/// since its attempt writes nothing to the `jobs` tree until it fails.
+fn is_webhook_job(job: &Job) -> bool {
+    job.sms.is_none() && job.email.is_none()
 }
 
 /// carrier, from, to back out of a group key.

@@ -661,6 +661,73 @@ async fn sigkill_while_webhook_down_resumes_deliveries() {
     );
 }
 
+/// Webhook jobs in their first attempt exist only in memory, their journal entries being
+/// their durable copies (see `store::hold`). A SIGKILL while every request hangs must find
+/// them again at the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_first_attempts_hang_loses_none_of_them() {
+    const N: usize = 1000;
+    const IN_FLIGHT: usize = 64;
+    let started = Instant::now();
+    let smsc = Smsc::start(SmscConfig {
+        window: 10,
+        rate_per_sec: Some(1000),
+        ..SmscConfig::default()
+    })
+    .await
+    .expect("sim");
+    let sink = HttpSink::start(SinkMode::NeverAnswer).await.expect("sink");
+    let mut vmnd = Vmnd::new(&smsc, &sink, |t| {
+        t.replacen(
+            "retry_for = \"1h\"\n",
+            &format!("retry_for = \"1h\"\ntimeout = \"60s\"\nconcurrency = {IN_FLIGHT}\n"),
+            1,
+        )
+    });
+    let texts = enqueue_numbered(&smsc, N);
+    let all: BTreeSet<String> = texts.values().cloned().collect();
+
+    vmnd.start();
+    wait_for(
+        &mut vmnd,
+        "hanging first attempts",
+        || sink.received() >= IN_FLIGHT,
+        || format!("sim {:?}; sink received {}", smsc.stats(), sink.received()),
+    )
+    .await;
+    let hanging: BTreeSet<String> = sink
+        .requests()
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+        .map(|b| b["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let acked = kill_now(&mut vmnd, &smsc, &texts).await;
+    assert_eq!(sink.count(), 0, "nothing was answered before the kill");
+
+    sink.set_mode(SinkMode::Ok);
+    vmnd.start();
+    wait_all_delivered(&mut vmnd, &smsc, &sink, &all).await;
+    let got = delivered(&sink);
+    let gone = missing(&hanging, &got);
+    assert!(
+        gone.is_empty(),
+        "jobs whose first attempt hung at the kill were lost: {gone:?}"
+    );
+    let gone = missing(&acked, &got);
+    assert!(
+        gone.is_empty(),
+        "acked before the kill, never delivered: {gone:?}"
+    );
+    println!(
+        "{N} messages, {} acked and {} hanging at the kill, {} journal entries recovered: {}; {:.1?}",
+        acked.len(),
+        hanging.len(),
+        vmnd.recovered(2),
+        duplicates(&got),
+        started.elapsed()
+    );
+}
+
 /// A reply scheduled with `reply_after` lives in the durable queue: a SIGKILL before it is due
 /// does not lose it, and after the restart it is sent exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -664,3 +664,145 @@ async fn a_backlog_beyond_memory_waits_in_the_journal_and_nothing_is_lost() {
     assert!(spilled > 0.0, "nothing spilled:\n{metrics}");
     h.stop_daemon().await;
 }
+
+/// The one stored message's id, once the processor has written it.
+async fn only_message_id(h: &Harness) -> u64 {
+    let store = h.daemon().store.clone();
+    assert!(
+        eventually(STEP, || store.message_count() == 1).await,
+        "the message was never stored"
+    );
+    let page = store
+        .list_messages(&MessageFilter {
+            limit: 1,
+            ..MessageFilter::default()
+        })
+        .expect("list");
+    store::parse_id(&page[0].id).expect("a message id")
+}
+
+/// Polls `/metrics` until the unlabelled sample `name` reads `want` (0 when absent); false
+/// if it never does within [`STEP`].
+async fn metric_becomes(h: &Harness, name: &str, want: f64) -> bool {
+    let started = std::time::Instant::now();
+    loop {
+        let (_, metrics) = h.admin_get("/metrics").await;
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        if value == want {
+            return true;
+        }
+        if started.elapsed() > STEP {
+            eprintln!("{name} is {value}, not {want}");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A webhook job due now is never written to the `jobs` tree while its first attempt runs:
+/// the message's journal entry is its durable copy and stays until the attempt settles it.
+/// A failed attempt writes the job (for its retry) and lets the journal entry go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_in_its_first_attempt_is_held_by_its_journal_entry_until_it_is_written() {
+    let mut h = start_with(SinkMode::NeverAnswer, |text| {
+        text.replacen(
+            "retry_for = \"1h\"\n",
+            "retry_for = \"1h\"\ntimeout = \"2s\"\n",
+            1,
+        )
+    })
+    .await;
+    h.smsc.enqueue(mo::gsm(ALICE, SHORT_CODE, "held"));
+    let sink = h.sink.clone();
+    assert!(eventually(STEP, || sink.received() >= 1).await);
+    let message_id = only_message_id(&h).await;
+    let job_id = message_id << 8;
+    let store = h.daemon().store.clone();
+    // The request hangs: the job is in flight and exists only in memory.
+    assert_eq!(store.job(job_id).expect("read"), None, "written too early");
+    assert_eq!(
+        store.journal_depth(),
+        1,
+        "the journal entry must hold the job"
+    );
+    assert!(metric_becomes(&h, "vmnd_jobs_held_in_memory", 1.0).await);
+    // The attempt times out: the job is written for its retry, the entry released.
+    sink.set_mode(SinkMode::Ok);
+    assert!(
+        eventually(STEP, || store.journal_depth() == 0).await,
+        "journal depth {} after the failed attempt",
+        store.journal_depth()
+    );
+    assert!(
+        eventually(STEP, || sink.count() == 1).await,
+        "never delivered"
+    );
+    assert!(
+        eventually(STEP, || store.queue_depth() == 0
+            && store.job(job_id).ok() == Some(None))
+        .await
+    );
+    let outcomes: Vec<String> = store
+        .attempts(job_id)
+        .expect("attempts")
+        .into_iter()
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(outcomes, ["failed", "delivered"]);
+    assert!(metric_becomes(&h, "vmnd_jobs_held_in_memory", 0.0).await);
+    h.stop_daemon().await;
+}
+
+/// A held job that cannot start (its webhook's circuit is open, no fallback) is written to the
+/// `jobs` tree after a short wait, so its journal entry does not stay for the whole outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_job_that_waits_is_written_and_releases_its_journal_entry() {
+    let mut h = start_with(SinkMode::Status(503), |text| {
+        text.replacen(
+            "retry_for = \"1h\"\n",
+            "retry_for = \"1h\"\nbreaker_failures = 1\nbreaker_probe = \"1h\"\n",
+            1,
+        )
+    })
+    .await;
+    h.smsc
+        .enqueue(mo::gsm(ALICE, SHORT_CODE, "opens the circuit"));
+    let sink = h.sink.clone();
+    assert!(eventually(STEP, || sink.received() >= 1).await);
+    let store = h.daemon().store.clone();
+    assert!(eventually(STEP, || store.journal_depth() == 0).await);
+    h.smsc
+        .enqueue_many((0..3).map(|i| mo::gsm(BOB, SHORT_CODE, &format!("waits {i}"))));
+    assert!(eventually(STEP, || store.message_count() == 4).await);
+    // Untried (the circuit is open for an hour), yet written and released within seconds.
+    assert!(
+        eventually(STEP, || store.journal_depth() == 0).await,
+        "journal depth {}: waiting jobs still hold their entries",
+        store.journal_depth()
+    );
+    let stored = store
+        .list_messages(&MessageFilter {
+            limit: 10,
+            ..MessageFilter::default()
+        })
+        .expect("list")
+        .into_iter()
+        .filter(|m| m.text.starts_with("waits"))
+        .filter(|m| {
+            let id = store::parse_id(&m.id).expect("id");
+            store
+                .job(id << 8)
+                .ok()
+                .flatten()
+                .is_some_and(|j| j.attempts == 0)
+        })
+        .count();
+    assert_eq!(stored, 3, "each waiting job is in the jobs tree, untried");
+    assert_eq!(sink.received(), 1, "the open circuit let nothing through");
+    assert!(metric_becomes(&h, "vmnd_jobs_held_in_memory", 0.0).await);
+    h.stop_daemon().await;
+}

@@ -118,11 +118,15 @@ fn describe() {
     describe_histogram!("vmnd_webhook_latency_seconds", "webhook request latency");
     describe_gauge!(
         "vmnd_queue_depth",
-        "jobs waiting in the durable queue (queued, due for a retry or in flight), per queue"
+        "jobs waiting (queued, due for a retry or in flight), per queue: in the durable queue, or in memory before their first attempt"
     );
     describe_gauge!(
         "vmnd_journal_depth",
-        "acknowledged deliver_sm not yet processed"
+        "acknowledged deliver_sm not yet processed, or whose webhook jobs are still held in memory"
+    );
+    describe_gauge!(
+        "vmnd_jobs_held_in_memory",
+        "webhook jobs in or before their first attempt, whose durable copy is their message's journal entry"
     );
     describe_counter!(
         "vmnd_backlog_spilled_total",

@@ -5,7 +5,10 @@
 //! and its message, builds the contract's JSON, posts it signed, and writes the outcome back:
 //! done (removed), retry (new due time with exponential backoff and jitter) or dead letter
 //! (after `retry_for` since the first attempt). The schedule is rebuilt from the `jobs` tree at
-//! startup, so a restart resumes everything that was pending.
+//! startup, so a restart resumes everything that was pending. A webhook job handed over with a
+//! journal hold is in memory only: every path that finishes with it (done, retry, dead letter,
+//! the memory cap, a wait of more than two seconds) writes what it must and then settles the hold
+//! (see [`crate::store::hold`]).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -24,6 +27,7 @@ use crate::outbound::webhook::{self, Attempt, SendOptions, WebhookClient};
 use crate::outbound::webhook_format;
 use crate::smpp::pdu::{self, Address, ShortMessage, status};
 use crate::smpp::session::SubmitRequest;
+use crate::store::hold::JournalHold;
 use crate::store::outbound::{OutboundRecord, OutboundSegment};
 use crate::store::queue::{AttemptRecord, DeadLetter, EMAIL_QUEUE, Job, SmsJob};
 use crate::store::{self, MessageRecord, Store};
@@ -46,17 +50,46 @@ pub struct Scheduled {
     pub fresh: Option<Arc<Fresh>>,
 }
 
-/// A committed job and its message, as the processor wrote them.
+/// A job and its message, as the processor handed them over.
 #[derive(Debug)]
 pub struct Fresh {
     pub job: Job,
     pub record: Arc<MessageRecord>,
+    /// Some: the job is in memory only, its journal entry kept for it until this is settled
+    /// (see [`crate::store::hold`]). None: it is in the `jobs` tree.
+    pub hold: Option<JournalHold>,
+    /// When it was handed over: a held job waiting longer than `HOLD_AT_MOST` is written to
+    /// the `jobs` tree.
+    pub since_ms: u64,
+}
+
+impl Fresh {
+    /// True while the job exists nowhere but here (and in its unreleased journal entry).
+    fn only_in_memory(&self) -> bool {
+        self.hold.as_ref().is_some_and(|h| !h.is_settled())
+    }
+
+    /// Writes a held job to the `jobs` tree and settles its hold; the job stays in memory too.
+    fn persist(&self, store: &Store) -> store::Result<()> {
+        if let Some(hold) = &self.hold {
+            if !hold.is_settled() {
+                store.job_update(&self.job)?;
+                hold.settle();
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Most fresh jobs an endpoint keeps in memory. Beyond this (an endpoint that is down while
 /// messages keep coming), jobs wait in sled only and are read back when their turn comes, so a
 /// backlog costs disk, not memory.
 const MAX_FRESH: usize = 4096;
+
+/// Longest a held job waits for its first attempt before it is written to the `jobs` tree:
+/// its journal entry (and the segment holding it) is kept until then, so an endpoint whose
+/// circuit is open, or a long queue, must not keep entries for long.
+const HOLD_AT_MOST: Duration = Duration::from_secs(2);
 
 /// Jobs the dispatcher holds (queued, scheduled for a retry, or in flight): every job in the
 /// durable `jobs` tree, once the startup scan has run. Kept in memory so `/healthz`, `/metrics`
@@ -96,13 +129,19 @@ impl Scheduler {
         });
     }
 
-    /// Announces a job just committed with its message, handing both over in memory.
-    pub fn schedule_fresh(&self, job: Job, record: Arc<MessageRecord>) {
+    /// Announces a job with its message, handing both over in memory: a job the processor
+    /// wrote (`hold` None), or one that exists only here until the dispatcher settles `hold`.
+    pub fn schedule_fresh(&self, job: Job, record: Arc<MessageRecord>, hold: Option<JournalHold>) {
         let _ = self.tx.send(Scheduled {
             due_ms: job.due_ms,
             id: job.id,
             webhook: Arc::from(job.queue_key().as_str()),
-            fresh: Some(Arc::new(Fresh { job, record })),
+            fresh: Some(Arc::new(Fresh {
+                job,
+                record,
+                hold,
+                since_ms: clock::now_ms(),
+            })),
         });
     }
 }
@@ -223,6 +262,9 @@ struct Finished {
     primary_ok: Option<bool>,
     /// The job was the open circuit's probe.
     probe: bool,
+    /// A held job whose attempt could not record its outcome (the store failed): it exists
+    /// only in memory still, so its retry must get it back.
+    unsettled: Option<Arc<Fresh>>,
 }
 
 /// Runs jobs until `shutdown` turns true.
@@ -317,6 +359,8 @@ pub async fn run(
         }
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+    let mut hold_sweep = tokio::time::interval(HOLD_AT_MOST / 2);
+    hold_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut total = 0;
         for ep in endpoints.values() {
@@ -390,6 +434,7 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep(sleep) => {}
+            _ = hold_sweep.tick() => persist_waiting_holds(&store, &mut endpoints),
             _ = shutdown.changed() => {
                 if *shutdown.borrow() {
                     return;
@@ -418,28 +463,66 @@ impl Endpoint {
 fn enqueue(store: &Store, endpoints: &mut HashMap<Arc<str>, Endpoint>, s: Scheduled) {
     match endpoints.get_mut(&s.webhook) {
         Some(ep) => {
-            if ep.known.insert(s.id) {
-                ep.queue.push(Reverse((s.due_ms, s.id)));
-                if let Some(fresh) = s.fresh {
-                    if ep.fresh.len() < MAX_FRESH {
-                        ep.fresh.insert(s.id, fresh);
-                    }
+            if !ep.known.insert(s.id) {
+                // Announced twice (a crash left the job in the `jobs` tree and its journal
+                // entry unreleased): the copy already known is durable or held itself.
+                if let Some(hold) = s.fresh.as_ref().and_then(|f| f.hold.as_ref()) {
+                    hold.settle();
                 }
+                return;
+            }
+            ep.queue.push(Reverse((s.due_ms, s.id)));
+            let Some(fresh) = s.fresh else {
+                return;
+            };
+            if ep.fresh.len() < MAX_FRESH {
+                ep.fresh.insert(s.id, fresh);
+                return;
+            }
+            // Over the cap: the job waits in sled only. A held one is written there first.
+            if let Err(e) = fresh.persist(store) {
+                tracing::error!(job = s.id, error = %e, "cannot write a job to the queue; kept in memory");
+                ep.fresh.insert(s.id, fresh);
             }
         }
         None => {
             // The config that queued it named a webhook this config lacks: keep it for an
             // operator instead of dropping it.
-            let Ok(Some(job)) = store.job(s.id) else {
-                return;
+            let job = match &s.fresh {
+                Some(fresh) => fresh.job.clone(),
+                None => match store.job(s.id) {
+                    Ok(Some(job)) => job,
+                    _ => return,
+                },
             };
             let letter = DeadLetter {
                 job,
                 dead_at_ms: clock::now_ms(),
                 reason: format!("{:?} is no longer configured", s.webhook),
             };
-            if let Err(e) = store.job_dead(&letter) {
-                tracing::error!(error = %e, "cannot dead-letter job");
+            match store.job_dead(&letter) {
+                Ok(()) => {
+                    if let Some(hold) = s.fresh.as_ref().and_then(|f| f.hold.as_ref()) {
+                        hold.settle();
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot dead-letter job"),
+            }
+        }
+    }
+}
+
+/// Writes to the `jobs` tree every held job that has waited [`HOLD_AT_MOST`] for its first
+/// attempt (a queue behind a slow endpoint, an open circuit), so its journal entry can go.
+fn persist_waiting_holds(store: &Store, endpoints: &mut HashMap<Arc<str>, Endpoint>) {
+    let oldest_allowed = clock::now_ms().saturating_sub(HOLD_AT_MOST.as_millis() as u64);
+    for ep in endpoints.values_mut() {
+        for fresh in ep.fresh.values() {
+            if fresh.since_ms <= oldest_allowed && fresh.only_in_memory() {
+                if let Err(e) = fresh.persist(store) {
+                    tracing::error!(job = fresh.job.id, error = %e, "cannot write a waiting job to the queue; its journal entry stays");
+                    return;
+                }
             }
         }
     }
@@ -457,7 +540,12 @@ fn finished(endpoints: &mut HashMap<Arc<str>, Endpoint>, f: Finished) {
             }
         }
         match f.retry_at {
-            Some(due) => ep.queue.push(Reverse((due, f.id))),
+            Some(due) => {
+                ep.queue.push(Reverse((due, f.id)));
+                if let Some(fresh) = f.unsettled {
+                    ep.fresh.insert(f.id, fresh);
+                }
+            }
             None => {
                 ep.known.remove(&f.id);
             }
@@ -498,11 +586,20 @@ enum Outcome {
 impl AttemptTask {
     async fn run(self) {
         let mut primary_ok = None;
+        let mut unsettled = None;
         let retry_at = match self.attempt(&mut primary_ok).await {
-            Ok(r) => r,
+            Ok(r) => {
+                // Done, dead-lettered or written for its retry: whatever it needed is stored.
+                if let Some(hold) = self.fresh.as_ref().and_then(|f| f.hold.as_ref()) {
+                    hold.settle();
+                }
+                r
+            }
             Err(e) => {
-                // The store failed: try again later rather than lose the job.
+                // The store failed: try again later rather than lose the job. A job held in
+                // memory goes back with its hold, since the store may not have it.
                 tracing::error!(job = self.id, error = %e, "job bookkeeping failed; will retry");
+                unsettled = self.fresh.clone().filter(|f| f.only_in_memory());
                 Some(clock::now_ms() + BASE_BACKOFF.as_millis() as u64 * 5)
             }
         };
@@ -512,6 +609,7 @@ impl AttemptTask {
             retry_at,
             primary_ok,
             probe: self.probe,
+            unsettled,
         });
     }
 
@@ -562,7 +660,10 @@ impl AttemptTask {
         let name = self.name.to_string();
         match outcome {
             Outcome::Done => {
-                self.store.job_done(job.id)?;
+                // A job held in memory was never written: nothing to remove.
+                if !self.fresh.as_ref().is_some_and(|f| f.only_in_memory()) {
+                    self.store.job_done(job.id)?;
+                }
                 Ok(None)
             }
             Outcome::GiveUp { error, status } => {
@@ -921,5 +1022,193 @@ pub fn source_address(vmn: &str) -> Address {
         ton,
         npi,
         addr: vmn.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::hold::HoldBook;
+
+    fn job(id: u64, webhook: &str) -> Job {
+        Job {
+            id,
+            message_id: id >> 8,
+            webhook: webhook.to_string(),
+            event: "message".to_string(),
+            attempts: 0,
+            created_ms: 1,
+            due_ms: 1,
+            first_attempt_ms: None,
+            last_error: None,
+            last_status: None,
+            sms: None,
+            email: None,
+        }
+    }
+
+    fn record() -> Arc<MessageRecord> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "id": "1", "event": "message", "to": "567678", "from": "919800000011",
+                "text": "hi", "encoding": "gsm7", "carrier": "sim",
+                "received_at": "2026-11-28T00:00:00.000Z", "received_at_ms": 1,
+                "keyword": null, "inbox": null, "args": null, "parts": 1, "complete": true,
+                "missing_parts": [], "routed": true, "receipt": null, "webhooks": ["crm"],
+                "consent": null, "guarded": [],
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// A held job announced to `webhook`.
+    fn held(book: &HoldBook, id: u64, webhook: &str) -> (Scheduled, Arc<Fresh>) {
+        let hold = book.hold(id >> 8, 1).pop();
+        let fresh = Arc::new(Fresh {
+            job: job(id, webhook),
+            record: record(),
+            hold,
+            since_ms: clock::now_ms(),
+        });
+        let s = Scheduled {
+            due_ms: 1,
+            id,
+            webhook: Arc::from(webhook),
+            fresh: Some(fresh.clone()),
+        };
+        (s, fresh)
+    }
+
+    fn endpoints() -> HashMap<Arc<str>, Endpoint> {
+        let (sender, _) = mpsc::channel(1);
+        let target = Target::Sms {
+            carrier: "sim".into(),
+            sender,
+            response_timeout: Duration::from_secs(1),
+        };
+        let mut map = HashMap::new();
+        map.insert(
+            Arc::from("crm"),
+            Endpoint::new("crm", target, 1, Duration::from_secs(60)),
+        );
+        map
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 16, false).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn a_held_job_past_the_memory_cap_is_written_before_its_hold_is_settled() {
+        let (_dir, store) = store();
+        let book = HoldBook::default();
+        let mut eps = endpoints();
+        let mut kept = Vec::new();
+        for n in 0..MAX_FRESH as u64 {
+            let (s, fresh) = held(&book, (n + 1) << 8, "crm");
+            enqueue(&store, &mut eps, s);
+            kept.push(fresh);
+        }
+        assert!(kept.iter().all(|f| f.only_in_memory()));
+        assert_eq!(
+            store.job(1 << 8).unwrap(),
+            None,
+            "within the cap: memory only"
+        );
+        let over = ((MAX_FRESH as u64) + 1) << 8;
+        let (s, fresh) = held(&book, over, "crm");
+        enqueue(&store, &mut eps, s);
+        assert_eq!(store.job(over).unwrap(), Some(fresh.job.clone()));
+        assert!(!fresh.only_in_memory());
+        assert_eq!(book.take_settled(), vec![MAX_FRESH as u64 + 1]);
+        assert_eq!(eps["crm"].queue.len(), MAX_FRESH + 1, "still queued");
+    }
+
+    #[test]
+    fn a_job_announced_twice_runs_once_and_the_second_hold_is_settled() {
+        let (_dir, store) = store();
+        let book = HoldBook::default();
+        let mut eps = endpoints();
+        let (first, first_fresh) = held(&book, 5 << 8, "crm");
+        enqueue(&store, &mut eps, first);
+        let (again, again_fresh) = held(&book, 5 << 8, "crm");
+        enqueue(&store, &mut eps, again);
+        assert_eq!(eps["crm"].queue.len(), 1);
+        assert!(first_fresh.only_in_memory(), "the first copy still holds");
+        assert!(!again_fresh.only_in_memory());
+    }
+
+    #[test]
+    fn a_held_job_for_a_webhook_no_longer_configured_is_dead_lettered_from_memory() {
+        let (_dir, store) = store();
+        let book = HoldBook::default();
+        let mut eps = endpoints();
+        let (s, fresh) = held(&book, 9 << 8, "gone");
+        enqueue(&store, &mut eps, s);
+        let letter = store.dead_letter(9 << 8).unwrap().expect("dead letter");
+        assert_eq!(letter.job, fresh.job);
+        assert!(letter.reason.contains("no longer configured"));
+        assert_eq!(book.take_settled(), vec![9]);
+    }
+
+    #[test]
+    fn only_held_jobs_that_waited_too_long_are_written() {
+        let (_dir, store) = store();
+        let book = HoldBook::default();
+        let mut eps = endpoints();
+        let (s, young) = held(&book, 1 << 8, "crm");
+        enqueue(&store, &mut eps, s);
+        let hold = book.hold(2, 1).pop();
+        let old = Arc::new(Fresh {
+            job: job(2 << 8, "crm"),
+            record: record(),
+            hold,
+            since_ms: clock::now_ms() - HOLD_AT_MOST.as_millis() as u64 - 1,
+        });
+        enqueue(
+            &store,
+            &mut eps,
+            Scheduled {
+                due_ms: 1,
+                id: 2 << 8,
+                webhook: Arc::from("crm"),
+                fresh: Some(old.clone()),
+            },
+        );
+        persist_waiting_holds(&store, &mut eps);
+        assert!(young.only_in_memory());
+        assert_eq!(store.job(1 << 8).unwrap(), None);
+        assert!(!old.only_in_memory());
+        assert_eq!(store.job(2 << 8).unwrap(), Some(old.job.clone()));
+        assert_eq!(book.take_settled(), vec![2]);
+        assert!(
+            eps["crm"].fresh.contains_key(&(2 << 8)),
+            "kept for its attempt"
+        );
+    }
+
+    #[test]
+    fn a_held_job_whose_bookkeeping_failed_comes_back_for_its_retry() {
+        let book = HoldBook::default();
+        let mut eps = endpoints();
+        let (_, fresh) = held(&book, 3 << 8, "crm");
+        eps.get_mut("crm").unwrap().in_flight = 1;
+        finished(
+            &mut eps,
+            Finished {
+                webhook: Arc::from("crm"),
+                id: 3 << 8,
+                retry_at: Some(10),
+                primary_ok: None,
+                probe: false,
+                unsettled: Some(fresh),
+            },
+        );
+        let ep = &eps["crm"];
+        assert_eq!(ep.in_flight, 0);
+        assert!(ep.fresh.contains_key(&(3 << 8)));
+        assert_eq!(ep.queue.peek(), Some(&Reverse((10, 3 << 8))));
     }
 }

@@ -28,6 +28,7 @@
 //!   back over LMTP, see [`mail`].
 
 pub mod consent;
+pub mod hold;
 pub mod journal;
 pub mod keywords;
 pub mod mail;

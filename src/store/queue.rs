@@ -1,6 +1,8 @@
-//! The durable job queue: every action of an acknowledged message is a `Job` written in the
-//! same transaction as the message (DESIGN.md promise 2), kept until it succeeds, and moved to
-//! the `dead` tree once it has been retried for its webhook's `retry_for`.
+//! The durable job queue: every action of an acknowledged message is a `Job`, kept until it
+//! succeeds (DESIGN.md promise 2), and moved to the `dead` tree once it has been retried for
+//! its webhook's `retry_for`. A webhook job due at once is written here only if its first
+//! attempt fails or waits: until then its message's journal entry is its durable copy (see
+//! [`crate::store::hold`]). Every other job is written with its message.
 //!
 //! `jobs`: job id (u64 BE) -> [`Job`] (JSON). The due time lives in the record; the dispatcher
 //! keeps the schedule in memory and rebuilds it from this tree at startup, so nothing claimed
