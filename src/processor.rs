@@ -79,6 +79,12 @@ enum Processed {
 /// that a far-off job never keeps a journal segment alive.
 const IN_MEMORY_DUE_WITHIN_MS: u64 = 1_000;
 
+/// Held jobs in memory at which the processor waits for the dispatcher (see
+/// `keep_pace_with_the_dispatcher`): the dispatcher's own cap per endpoint.
+const MAX_HELD: usize = crate::outbound::dispatcher::MAX_FRESH;
+/// ... unless the dispatcher settled none of them for this long.
+const STALLED_AFTER: Duration = Duration::from_millis(50);
+
 /// After a batch smaller than this, the processor waits [`LINGER`] before the next one.
 const LINGER_BELOW: usize = 32;
 const LINGER: Duration = Duration::from_millis(2);
@@ -146,6 +152,7 @@ impl Processor {
         durable_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(1024);
         loop {
+            self.keep_pace_with_the_dispatcher().await;
             // Entries that did not fit in memory, read back from the journal (see
             // `writer::Handoff`); only once the channel's older entries are done.
             let spilled = handoff.take_spilled(1024);
@@ -186,6 +193,22 @@ impl Processor {
                 }
             }
         }
+    }
+
+    /// Waits while the dispatcher holds [`MAX_HELD`] jobs in memory and keeps settling them:
+    /// an endpoint that is busy but answering then sets the pace, and the backlog stays in the
+    /// journal (already on disk, read back in order) instead of going through the `jobs` tree
+    /// (a write, a read and a removal per job). An endpoint that settles nothing for
+    /// [`STALLED_AFTER`] (hung, or behind an open circuit) no longer holds processing up: its
+    /// jobs past the dispatcher's cap are then written to the `jobs` tree.
+    async fn keep_pace_with_the_dispatcher(&mut self) {
+        let holds = self.holds.clone();
+        wait_for_settles(&holds, MAX_HELD, STALLED_AFTER, || {
+            if self.last_durable.elapsed() >= DURABLE_INTERVAL {
+                self.make_durable();
+            }
+        })
+        .await;
     }
 
     /// After each batch: write it, and make it durable when due.
@@ -665,6 +688,31 @@ impl Processor {
     }
 }
 
+/// Waits while `holds` has `limit` or more holds open, calling `meanwhile` every millisecond;
+/// gives up once none was settled for `stalled_after`. True if the count fell below `limit`.
+async fn wait_for_settles(
+    holds: &HoldBook,
+    limit: usize,
+    stalled_after: Duration,
+    mut meanwhile: impl FnMut(),
+) -> bool {
+    let mut open = holds.open();
+    let mut progress_at = std::time::Instant::now();
+    while open >= limit {
+        if progress_at.elapsed() >= stalled_after {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        meanwhile();
+        let now_open = holds.open();
+        if now_open < open {
+            progress_at = std::time::Instant::now();
+        }
+        open = now_open;
+    }
+    true
+}
+
 /// A job that POSTs to a webhook (not an SMS, not an e-mail): the only kind held in memory,
 /// since its attempt writes nothing to the `jobs` tree until it fails.
 fn is_webhook_job(job: &Job) -> bool {
@@ -694,5 +742,47 @@ fn message_state_name(state: u8) -> &'static str {
         6 => "ACCEPTD",
         8 => "REJECTD",
         _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_processor_waits_for_the_dispatcher_while_it_settles_holds() {
+        let book = HoldBook::default();
+        let holds = book.hold(1, 4);
+        let settler = tokio::spawn(async move {
+            // One settle every 10 ms: well inside the stall limit below, even on a busy machine.
+            for hold in &holds {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                hold.settle();
+            }
+        });
+        let mut turns = 0;
+        let below = wait_for_settles(&book, 2, Duration::from_secs(5), || turns += 1).await;
+        assert!(
+            below,
+            "the dispatcher kept settling: wait until under the limit"
+        );
+        assert!(book.open() < 2);
+        assert!(turns > 0, "durability upkeep runs while waiting");
+        settler.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dispatcher_that_settles_nothing_does_not_hold_the_processor_up() {
+        let book = HoldBook::default();
+        let _stuck = book.hold(1, 3);
+        let below = wait_for_settles(&book, 2, Duration::from_millis(50), || {}).await;
+        assert!(
+            !below,
+            "gives up once nothing is settled for the stall limit"
+        );
+        assert!(
+            wait_for_settles(&book, 4, Duration::from_millis(50), || {}).await,
+            "under the limit: no wait"
+        );
     }
 }

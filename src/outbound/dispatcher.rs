@@ -84,7 +84,7 @@ impl Fresh {
 /// Most fresh jobs an endpoint keeps in memory. Beyond this (an endpoint that is down while
 /// messages keep coming), jobs wait in sled only and are read back when their turn comes, so a
 /// backlog costs disk, not memory.
-const MAX_FRESH: usize = 4096;
+pub const MAX_FRESH: usize = 4096;
 
 /// Longest a held job waits for its first attempt before it is written to the `jobs` tree:
 /// its journal entry (and the segment holding it) is kept until then, so an endpoint whose
