@@ -63,6 +63,8 @@ pub struct Processor {
     /// Journal entries whose webhook jobs the dispatcher holds in memory; released once
     /// settled (see [`crate::store::hold`]).
     holds: HoldBook,
+    /// In [`Processor::recover`]: jobs are written, not handed over.
+    recovering: bool,
     last_durable: std::time::Instant,
 }
 
@@ -117,6 +119,7 @@ impl Processor {
             guard: AutoActionGuard::default(),
             processed: Vec::new(),
             holds: HoldBook::default(),
+            recovering: false,
             last_durable: std::time::Instant::now(),
         }
     }
@@ -129,9 +132,14 @@ impl Processor {
 
     /// Processes what a previous run journaled but did not finish, and groups that completed
     /// or timed out meanwhile. Call before the sessions start.
+    ///
+    /// The dispatcher is not running yet: every job is written to the `jobs` tree, where its
+    /// startup scan finds it, and none is handed over in memory (a backlog of a million
+    /// entries would otherwise wait in the scheduler's channel, records and all).
     pub fn recover(&mut self) -> store::Result<usize> {
         let ids = self.store.pending_journal_ids()?;
         let n = ids.len();
+        self.recovering = true;
         for chunk in ids.chunks(1024) {
             for &id in chunk {
                 self.process(id, None);
@@ -139,6 +147,7 @@ impl Processor {
             self.flush();
         }
         self.sweep_groups(clock::now_ms());
+        self.recovering = false;
         Ok(n)
     }
 
@@ -452,12 +461,15 @@ impl Processor {
             return;
         }
         let now = clock::now_ms();
+        let recovering = self.recovering;
         let mut in_memory: Vec<Vec<Job>> = Vec::with_capacity(batch.len());
         let batch: Vec<(u64, MessageRecord, Vec<Job>)> = batch
             .into_iter()
             .map(|(id, record, jobs)| {
                 let (held, stored): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|job| {
-                    is_webhook_job(job) && job.due_ms <= now + IN_MEMORY_DUE_WITHIN_MS
+                    !recovering
+                        && is_webhook_job(job)
+                        && job.due_ms <= now + IN_MEMORY_DUE_WITHIN_MS
                 });
                 in_memory.push(held);
                 (id, record, stored)
@@ -466,6 +478,11 @@ impl Processor {
         if let Err(e) = self.store.finish_messages(&batch) {
             metrics::counter!("vmnd_processing_errors_total").increment(batch.len() as u64);
             tracing::error!(error = %e, messages = batch.len(), "cannot store processed messages; they stay in the journal");
+            return;
+        }
+        if recovering {
+            // The dispatcher's startup scan of the jobs tree finds them.
+            self.processed.extend(batch.iter().map(|(id, _, _)| *id));
             return;
         }
         // The dispatcher gets each job with its message in memory.

@@ -806,3 +806,57 @@ async fn a_held_job_that_waits_is_written_and_releases_its_journal_entry() {
     assert!(metric_becomes(&h, "vmnd_jobs_held_in_memory", 0.0).await);
     h.stop_daemon().await;
 }
+
+/// Recovery runs before the dispatcher: a webhook job of a recovered entry is written to the
+/// `jobs` tree (the dispatcher's startup scan finds it) and not handed over in memory, so a
+/// large backlog at startup cannot pile up records in the scheduler's channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_writes_its_webhook_jobs_instead_of_holding_them() {
+    use std::sync::Arc;
+    use vmnd::outbound::dispatcher::Scheduler;
+    use vmnd::processor::Processor;
+    use vmnd::routing::router::Router;
+    use vmnd::smpp::pdu::{self, Body, Pdu};
+    use vmnd::store::{JournalEntry, Store};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("var");
+    let config = Arc::new(parse_config(&common::config_text(
+        &data_dir,
+        2775,
+        "http://127.0.0.1:9/sms",
+        "",
+    )));
+    let store = Store::open(&data_dir, 16, true).expect("store");
+    let frame = pdu::encode_to_bytes(&Pdu {
+        command_status: 0,
+        sequence_number: 7,
+        body: Body::DeliverSm(Box::new(mo::gsm(ALICE, SHORT_CODE, "left behind"))),
+    });
+    let ids = store
+        .journal(&[JournalEntry {
+            carrier: "sim".into(),
+            received_at_ms: clock::now_ms(),
+            pdu: frame,
+        }])
+        .expect("journal");
+    store.commit().await.expect("commit");
+    let (scheduler, mut announced) = Scheduler::channel();
+    let router = Arc::new(arc_swap::ArcSwap::from_pointee(Router::new(&config)));
+    let mut processor = Processor::new(store.clone(), &config, router, scheduler);
+    assert_eq!(processor.recover().expect("recover"), 1);
+    let job = store
+        .job(ids[0] << 8)
+        .expect("read")
+        .expect("the job is written");
+    assert_eq!(job.webhook, "crm");
+    assert!(
+        announced.try_recv().is_err(),
+        "nothing is handed over in memory during recovery"
+    );
+    assert_eq!(processor.holds().open(), 0);
+    assert_eq!(
+        store.journal_depth(),
+        0,
+        "released once written and flushed"
+    );
+}
