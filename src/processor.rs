@@ -7,8 +7,9 @@
 //! decoded, routed and stored with its jobs, per group of entries, and the jobs go to the
 //! dispatcher in memory (a webhook job due now only there, held by its journal entry: see
 //! [`crate::store::hold`]). At most every 100 ms the main database is flushed and the journal
-//! entries behind it, and those whose held jobs were settled, are released. Reprocessing an entry after a crash writes the same
-//! record and the same jobs (ids derive from the journal id), so it is idempotent.
+//! entries behind it, and those whose held jobs were settled, are released. Reprocessing an
+//! entry after a crash writes the same record and the same jobs (ids derive from the journal
+//! id), so it is idempotent.
 
 use std::collections::HashMap;
 use std::sync::Arc;
