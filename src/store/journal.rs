@@ -22,6 +22,15 @@
 //! block) is skipped: the reader resynchronises on the next record whose CRC matches. Nothing
 //! acknowledged is lost by a torn tail, because an entry is acknowledged only after its fsync.
 //!
+//! The active segment is zero-filled a little ahead of its last record, and synced, by the
+//! writer after it has answered a batch ([`Journal::fill_ahead`]). An `fdatasync` after a write
+//! into blocks that already exist only flushes data; after an append it must also commit the
+//! file's new size and block map through ext4's journal. On the machine measured that took the
+//! commit's sync from about 360-510 µs to 215-260 µs at the median, and roughly halved its p99
+//! (`fallocate` does not help: its unwritten extents need the same metadata commit). The
+//! zeros are never mistaken for records: a record starts with a non-zero kind byte, and the
+//! reader skips a run of zeros whole, counting a trailing one as free space, not damage.
+//!
 //! A release is written but not fsynced: losing one in a power cut only means processing that
 //! entry again, which the processor does idempotently (ids derive from the journal id).
 
@@ -42,6 +51,9 @@ const MAX_SEGMENT_BYTES: u64 = 2 * SEGMENT_BYTES;
 /// is at most a few KiB, and a release record holds at most one processor batch of ids).
 const MAX_PAYLOAD: usize = 1 << 20;
 const HEADER: usize = 1 + 4 + 4 + 8;
+/// How far ahead of the last record the active segment is zero-filled, at most (see the module
+/// header); refilled once less than half of it is left.
+const FILL_AHEAD: u64 = 2 * 1024 * 1024;
 const ENTRY: u8 = 1;
 const RELEASE: u8 = 2;
 
@@ -154,6 +166,8 @@ struct State {
     segments: BTreeMap<u64, Segment>,
     active: u64,
     active_len: u64,
+    /// Bytes of the active segment zero-filled and synced ahead of `active_len` ends.
+    filled: u64,
     /// Every live (unreleased) entry.
     live: LiveIndex,
     /// Reused encoding buffer.
@@ -249,6 +263,18 @@ fn scan_records(data: &[u8], mut f: impl FnMut(u8, u64, &[u8])) -> u64 {
     let mut skipped = 0;
     let mut at = 0;
     while at < data.len() {
+        if data[at] == 0 {
+            // No record starts with a zero byte: skip the run whole. At the end of the file it
+            // is the zero-filled space ahead of the last record, not damage.
+            match data[at..].iter().position(|b| *b != 0) {
+                None => break,
+                Some(run) => {
+                    skipped += run as u64;
+                    at += run;
+                    continue;
+                }
+            }
+        }
         match parse_record(data, at) {
             Some(record) => {
                 f(record.kind, record.id, &data[record.payload.clone()]);
@@ -319,6 +345,7 @@ impl Journal {
                 segments: BTreeMap::new(),
                 active: first,
                 active_len: 0,
+                filled: 0,
                 live: LiveIndex::default(),
                 buf: Vec::new(),
             }),
@@ -381,6 +408,7 @@ impl Journal {
         );
         state.active = n;
         state.active_len = 0;
+        state.filled = 0;
         Ok(())
     }
 
@@ -485,6 +513,36 @@ impl Journal {
             state.segment_file(state.active)?
         };
         file.sync_data()?;
+        Ok(())
+    }
+
+    /// Zero-fills the active segment ahead of its last record and syncs the zeros, when less
+    /// than half of [`FILL_AHEAD`] is left (see the module header). The writer calls it after
+    /// answering a batch, so no ack waits for it; it holds the lock throughout, so no record is
+    /// written while the zeros are (the next commit waits for it instead, a few ms every
+    /// thousands of messages). Nothing to do without fsync.
+    pub fn fill_ahead(&self) -> Result<()> {
+        if !self.fsync {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        let chunk = (self.segment_bytes / 32).clamp(4096, FILL_AHEAD);
+        if state.filled >= state.active_len + chunk / 2 || state.active_len >= self.segment_bytes {
+            // Enough left, or the segment is sealed at the next append.
+            return Ok(());
+        }
+        let start = state.filled.max(state.active_len);
+        let end = (start + chunk).min(self.max_segment_bytes);
+        let file = state.segment_file(state.active)?;
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(ZEROS.len() as u64) as usize;
+            file.write_all_at(&ZEROS[..n], at)?;
+            at += n as u64;
+        }
+        file.sync_data()?;
+        state.filled = end;
         Ok(())
     }
 
@@ -612,6 +670,83 @@ mod tests {
         let (journal, report) = Journal::open(dir.path(), true).unwrap();
         assert_eq!(report.live_entries, 0);
         assert_eq!(journal.depth(), 0);
+    }
+
+    #[test]
+    fn zeros_filled_ahead_are_written_over_and_read_back_as_free_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), true).unwrap();
+        let mut expected = Vec::new();
+        for batch in 0..40u32 {
+            let entries: Vec<JournalEntry> = (0..50).map(|i| entry(batch * 50 + i)).collect();
+            let ids = journal.append(u64::from(batch) * 50, &entries).unwrap();
+            journal.sync().unwrap();
+            journal.fill_ahead().unwrap();
+            let state = journal.lock();
+            assert!(
+                state.filled > state.active_len,
+                "zero-filled ahead of the records after batch {batch}"
+            );
+            let on_disk = state
+                .segment_file(state.active)
+                .unwrap()
+                .metadata()
+                .unwrap()
+                .len();
+            assert_eq!(on_disk, state.filled, "the file holds the zeros too");
+            drop(state);
+            expected.extend(ids.into_iter().zip(entries));
+        }
+        journal.release(&[0, 1]).unwrap();
+        drop(journal);
+        let (journal, report) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(
+            report.skipped_bytes, 0,
+            "a zero tail is free space, not damage"
+        );
+        assert_eq!(report.live_entries, expected.len() - 2);
+        for (id, entry) in &expected[2..] {
+            assert_eq!(
+                journal.entry(*id).unwrap().as_ref(),
+                Some(entry),
+                "entry {id}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_fsync_nothing_is_filled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), false).unwrap();
+        journal.append(1, &[entry(1)]).unwrap();
+        journal.fill_ahead().unwrap();
+        let state = journal.lock();
+        assert_eq!(state.filled, 0);
+    }
+
+    #[test]
+    fn a_run_of_zeros_between_records_is_skipped_whole() {
+        let mut data = Vec::new();
+        encode_record(&mut data, ENTRY, 1, b"first");
+        data.extend(std::iter::repeat_n(0u8, 3 * 1024 * 1024));
+        encode_record(&mut data, ENTRY, 2, b"second");
+        data.extend(std::iter::repeat_n(0u8, 4096));
+        let mut found = Vec::new();
+        let skipped = scan_records(&data, |kind, id, payload| {
+            found.push((kind, id, payload.to_vec()));
+        });
+        assert_eq!(
+            found,
+            vec![
+                (ENTRY, 1, b"first".to_vec()),
+                (ENTRY, 2, b"second".to_vec())
+            ]
+        );
+        assert_eq!(
+            skipped,
+            3 * 1024 * 1024,
+            "the hole counts, the zero tail does not"
+        );
     }
 
     #[test]

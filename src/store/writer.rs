@@ -247,6 +247,10 @@ fn run(store: Store, mut rx: mpsc::Receiver<JournalRequest>, processed: HandoffS
         if ids.first().is_some_and(Option::is_some) {
             processed.send(ids.into_iter().flatten().zip(entries.drain(..)));
         }
+        // After the acks: a fill delays the next batch, never this one.
+        if let Err(e) = store.fill_journal_ahead() {
+            tracing::warn!(error = %e, "journal: cannot zero-fill ahead; commits go on, with slower syncs");
+        }
     }
 }
 
