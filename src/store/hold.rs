@@ -102,10 +102,6 @@ impl JournalHold {
     pub fn is_settled(&self) -> bool {
         self.settled.load(Ordering::Acquire)
     }
-
-    pub fn journal_id(&self) -> u64 {
-        self.shared.journal_id
-    }
 }
 
 impl std::fmt::Debug for JournalHold {
