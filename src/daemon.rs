@@ -164,12 +164,11 @@ impl Daemon {
         let lmtp_addr = match lmtp_listener {
             Some(listener) => {
                 let addr = listener.local_addr().map_err(|e| e.to_string())?;
-                // Tokens past their lifetime only take room; a reply to one is refused either way.
-                match store.prune_reply_tokens(crate::clock::now_ms()) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(removed = n, "expired e-mail reply tokens removed"),
-                    Err(e) => tracing::warn!(error = %e, "cannot prune e-mail reply tokens"),
-                }
+                others.push(tokio::spawn(inbound_mail::prune_tokens(
+                    store.clone(),
+                    inbound_mail::PRUNE_TOKENS_EVERY,
+                    shutdown_rx.clone(),
+                )));
                 let ctx = Arc::new(MailContext {
                     store: store.clone(),
                     config: config.clone(),

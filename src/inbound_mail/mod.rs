@@ -91,6 +91,43 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// How often expired reply tokens are removed while the daemon runs (they only take room: a
+/// reply to one is refused either way).
+pub const PRUNE_TOKENS_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes expired reply tokens now and then every `every`, until `shutdown` turns true. The
+/// scan runs on the blocking pool: a busy number can hold millions of tokens.
+pub async fn prune_tokens(
+    store: Store,
+    every: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let store = store.clone();
+                let pruned = tokio::task::spawn_blocking(move || {
+                    store.prune_reply_tokens(clock::now_ms())
+                })
+                .await;
+                match pruned {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(removed = n, "expired e-mail reply tokens removed"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune e-mail reply tokens"),
+                    Err(e) => tracing::warn!(error = %e, "reply token pruning stopped unexpectedly"),
+                }
+            }
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Accepts LMTP connections until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
@@ -506,5 +543,51 @@ impl MailContext {
             reply,
             label,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn token(expires_ms: u64) -> ReplyToken {
+        ReplyToken {
+            vmn: "567678".into(),
+            msisdn: "919812345678".into(),
+            message_id: "0000000000000100".into(),
+            job_id: "0000000000010001".into(),
+            allowed: vec!["desk@acme.example".into()],
+            created_ms: 1,
+            expires_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_that_expire_while_running_are_pruned_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8, false).unwrap();
+        let now = clock::now_ms();
+        store.put_reply_token("old", &token(now - 1)).unwrap();
+        store.put_reply_token("soon", &token(now + 150)).unwrap();
+        store.put_reply_token("later", &token(now + 3_600_000)).unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let pruner = tokio::spawn(prune_tokens(
+            store.clone(),
+            Duration::from_millis(50),
+            shutdown,
+        ));
+        let started = std::time::Instant::now();
+        while store.reply_token("soon").unwrap().is_some() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "a token that expired after the start was never pruned"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(store.reply_token("old").unwrap(), None);
+        assert!(store.reply_token("later").unwrap().is_some(), "unexpired tokens stay");
+        stop.send(true).unwrap();
+        pruner.await.unwrap();
     }
 }
