@@ -85,8 +85,12 @@ const IN_MEMORY_DUE_WITHIN_MS: u64 = 1_000;
 /// Held jobs in memory at which the processor waits for the dispatcher (see
 /// `keep_pace_with_the_dispatcher`): the dispatcher's own cap per endpoint.
 const MAX_HELD: usize = crate::outbound::dispatcher::MAX_FRESH;
-/// ... unless the dispatcher settled none of them for this long.
-const STALLED_AFTER: Duration = Duration::from_millis(50);
+/// ... as long as the dispatcher settles at least [`PACE_MIN_SETTLES`] of them per
+/// [`PACE_WINDOW`] (2,000 a second). Below that rate (an endpoint that hangs, is slow, or sits
+/// behind an open circuit) the processor goes on: one slow endpoint must not set the pace for
+/// every other webhook, reply and record; its jobs past the cap go to the `jobs` tree.
+const PACE_WINDOW: Duration = Duration::from_millis(10);
+const PACE_MIN_SETTLES: usize = 20;
 
 /// After a batch smaller than this, the processor waits [`LINGER`] before the next one.
 const LINGER_BELOW: usize = 32;
@@ -208,12 +212,11 @@ impl Processor {
     /// Waits while the dispatcher holds [`MAX_HELD`] jobs in memory and keeps settling them:
     /// an endpoint that is busy but answering then sets the pace, and the backlog stays in the
     /// journal (already on disk, read back in order) instead of going through the `jobs` tree
-    /// (a write, a read and a removal per job). An endpoint that settles nothing for
-    /// [`STALLED_AFTER`] (hung, or behind an open circuit) no longer holds processing up: its
-    /// jobs past the dispatcher's cap are then written to the `jobs` tree.
+    /// (a write, a read and a removal per job). A dispatcher settling fewer than
+    /// [`PACE_MIN_SETTLES`] per [`PACE_WINDOW`] does not hold processing up.
     async fn keep_pace_with_the_dispatcher(&mut self) {
         let holds = self.holds.clone();
-        wait_for_settles(&holds, MAX_HELD, STALLED_AFTER, || {
+        wait_for_settles(&holds, MAX_HELD, PACE_WINDOW, PACE_MIN_SETTLES, || {
             if self.last_durable.elapsed() >= DURABLE_INTERVAL {
                 self.make_durable();
             }
@@ -707,28 +710,32 @@ impl Processor {
 }
 
 /// Waits while `holds` has `limit` or more holds open, calling `meanwhile` every millisecond;
-/// gives up once none was settled for `stalled_after`. True if the count fell below `limit`.
+/// gives up after a `window` in which fewer than `min_settles` were settled (nothing else adds
+/// holds meanwhile, so the open count only falls). True if the count fell below `limit`.
 async fn wait_for_settles(
     holds: &HoldBook,
     limit: usize,
-    stalled_after: Duration,
+    window: Duration,
+    min_settles: usize,
     mut meanwhile: impl FnMut(),
 ) -> bool {
-    let mut open = holds.open();
-    let mut progress_at = std::time::Instant::now();
-    while open >= limit {
-        if progress_at.elapsed() >= stalled_after {
-            return false;
+    let mut window_started = std::time::Instant::now();
+    let mut open_at_window_start = holds.open();
+    loop {
+        let open = holds.open();
+        if open < limit {
+            return true;
+        }
+        if window_started.elapsed() >= window {
+            if open_at_window_start.saturating_sub(open) < min_settles {
+                return false;
+            }
+            window_started = std::time::Instant::now();
+            open_at_window_start = open;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
         meanwhile();
-        let now_open = holds.open();
-        if now_open < open {
-            progress_at = std::time::Instant::now();
-        }
-        open = now_open;
     }
-    true
 }
 
 /// A job that POSTs to a webhook (not an SMS, not an e-mail): the only kind held in memory,
@@ -766,40 +773,61 @@ fn message_state_name(state: u8) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::hold::JournalHold;
+
+    /// Settles `per_tick` holds every `tick` until none is left.
+    fn settler(
+        holds: Vec<JournalHold>,
+        per_tick: usize,
+        tick: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            for chunk in holds.chunks(per_tick) {
+                tokio::time::sleep(tick).await;
+                chunk.iter().for_each(JournalHold::settle);
+            }
+        })
+    }
 
     #[tokio::test]
-    async fn the_processor_waits_for_the_dispatcher_while_it_settles_holds() {
+    async fn the_processor_waits_for_a_dispatcher_that_settles_fast() {
         let book = HoldBook::default();
-        let holds = book.hold(1, 4);
-        let settler = tokio::spawn(async move {
-            // One settle every 10 ms: well inside the stall limit below, even on a busy machine.
-            for hold in &holds {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                hold.settle();
-            }
-        });
+        // 50 every 2 ms: far above 20 per window even if the machine stalls this task a while.
+        let settling = settler(book.hold(1, 1000), 50, Duration::from_millis(2));
         let mut turns = 0;
-        let below = wait_for_settles(&book, 2, Duration::from_secs(5), || turns += 1).await;
+        let below =
+            wait_for_settles(&book, 300, Duration::from_millis(500), 20, || turns += 1).await;
         assert!(
             below,
             "the dispatcher kept settling: wait until under the limit"
         );
-        assert!(book.open() < 2);
+        assert!(book.open() < 300);
         assert!(turns > 0, "durability upkeep runs while waiting");
-        settler.await.unwrap();
+        settling.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_slow_dispatcher_does_not_set_the_processor_pace() {
+        let book = HoldBook::default();
+        // One every 20 ms: progress, but far below 20 per 50 ms.
+        let settling = settler(book.hold(1, 100), 1, Duration::from_millis(20));
+        let below = wait_for_settles(&book, 50, Duration::from_millis(50), 20, || {}).await;
+        assert!(!below, "gives up on a dispatcher settling too slowly");
+        assert!(
+            book.open() > 90,
+            "it gave up early, not after waiting for most of them"
+        );
+        settling.abort();
     }
 
     #[tokio::test]
     async fn a_dispatcher_that_settles_nothing_does_not_hold_the_processor_up() {
         let book = HoldBook::default();
         let _stuck = book.hold(1, 3);
-        let below = wait_for_settles(&book, 2, Duration::from_millis(50), || {}).await;
+        let below = wait_for_settles(&book, 2, Duration::from_millis(20), 1, || {}).await;
+        assert!(!below, "gives up once nothing is settled for a window");
         assert!(
-            !below,
-            "gives up once nothing is settled for the stall limit"
-        );
-        assert!(
-            wait_for_settles(&book, 4, Duration::from_millis(50), || {}).await,
+            wait_for_settles(&book, 4, Duration::from_millis(20), 1, || {}).await,
             "under the limit: no wait"
         );
     }

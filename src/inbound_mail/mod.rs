@@ -570,7 +570,9 @@ mod tests {
         let now = clock::now_ms();
         store.put_reply_token("old", &token(now - 1)).unwrap();
         store.put_reply_token("soon", &token(now + 150)).unwrap();
-        store.put_reply_token("later", &token(now + 3_600_000)).unwrap();
+        store
+            .put_reply_token("later", &token(now + 3_600_000))
+            .unwrap();
         let (stop, shutdown) = watch::channel(false);
         let pruner = tokio::spawn(prune_tokens(
             store.clone(),
@@ -586,7 +588,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(store.reply_token("old").unwrap(), None);
-        assert!(store.reply_token("later").unwrap().is_some(), "unexpired tokens stay");
+        assert!(
+            store.reply_token("later").unwrap().is_some(),
+            "unexpired tokens stay"
+        );
         stop.send(true).unwrap();
         pruner.await.unwrap();
     }
