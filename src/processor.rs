@@ -66,6 +66,9 @@ pub struct Processor {
     holds: HoldBook,
     /// In [`Processor::recover`]: jobs are written, not handed over.
     recovering: bool,
+    /// A group was assembled since the `assembled` records were last tidied (see
+    /// [`Store::forget_assembled`]).
+    assembled_since_tidy: bool,
     last_durable: std::time::Instant,
 }
 
@@ -125,6 +128,8 @@ impl Processor {
             processed: Vec::new(),
             holds: HoldBook::default(),
             recovering: false,
+            // Records left by a previous run are tidied after the first release.
+            assembled_since_tidy: true,
             last_durable: std::time::Instant::now(),
         }
     }
@@ -527,8 +532,21 @@ impl Processor {
             .and_then(|()| self.store.release_journal(&self.processed));
         metrics::histogram!("vmnd_store_processed_flush_seconds")
             .record(started.elapsed().as_secs_f64());
-        if let Err(e) = durable {
-            tracing::error!(error = %e, entries = self.processed.len(), "cannot make processed messages durable; their journal entries stay and are processed again at the next start");
+        match durable {
+            Ok(()) if self.assembled_since_tidy => {
+                // Parts whose entries are now released can no longer be replayed.
+                let store = self.store.clone();
+                match store.forget_assembled(|id| store.journal_entry_is_live(id)) {
+                    Ok(_) => self.assembled_since_tidy = false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot tidy the records of assembled parts")
+                    }
+                }
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %e, entries = self.processed.len(), "cannot make processed messages durable; their journal entries stay and are processed again at the next start");
+            }
         }
         self.processed.clear();
     }
@@ -632,6 +650,7 @@ impl Processor {
         }
         let jobs = self.route(&mut record)?;
         self.store.finish_group(group, meta, &record, &jobs)?;
+        self.assembled_since_tidy = true;
         self.schedule(&jobs);
         Ok(())
     }

@@ -860,3 +860,30 @@ async fn recovery_writes_its_webhook_jobs_instead_of_holding_them() {
         "released once written and flushed"
     );
 }
+
+/// A concatenated message leaves `assembled` records of its parts (so a replay after a crash
+/// is absorbed); once the parts' journal entries are released, the processor drops them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_assembled_parts_go_once_their_journal_entries_are_released() {
+    let mut h = start_with(SinkMode::Ok, |text| text).await;
+    let text = "A long message in three parts. ".repeat(14);
+    h.smsc
+        .enqueue_many(mo::concat_udh(ALICE, SHORT_CODE, &text, 42, false));
+    let sink = h.sink.clone();
+    assert!(
+        eventually(STEP, || sink.count() == 1).await,
+        "never delivered"
+    );
+    let bodies = sink_bodies(&h.sink);
+    assert_eq!(bodies[0]["parts"], 3);
+    let store = h.daemon().store.clone();
+    assert!(
+        eventually(STEP, || store.journal_depth() == 0
+            && store.assembled_records() == 0)
+        .await,
+        "journal depth {}, assembled records {}",
+        store.journal_depth(),
+        store.assembled_records()
+    );
+    h.stop_daemon().await;
+}

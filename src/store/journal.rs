@@ -600,6 +600,11 @@ impl Journal {
         Ok(Some(JournalEntry::decode(&payload)?))
     }
 
+    /// True while entry `id` is not released.
+    pub fn is_live(&self, id: u64) -> bool {
+        self.lock().live.get(id).is_some()
+    }
+
     /// Ids of every live entry, oldest first.
     pub fn live_ids(&self) -> Vec<u64> {
         self.lock().live.ids().collect()

@@ -17,6 +17,7 @@
 //! - `messages`: id (u64 BE) -> [`MessageRecord`] (JSON). The id is the journal id of the
 //!   message (of its first part, for a concatenated one), so reprocessing is idempotent.
 //! - `parts`:    reassembly state, see [`parts`].
+//! - `assembled`: journal ids of parts already assembled into a message, see [`parts`].
 //! - `receipts`: `"<carrier>\0<carrier message id>"` -> message id (u64 BE) of the receipt record.
 //! - `jobs`, `dead`, `attempts`: see [`queue`].
 //! - `outbound`, `outbound_ids`: SMS sent and their receipts, see [`outbound`].
@@ -241,6 +242,7 @@ struct Inner {
     journal: journal::Journal,
     messages: sled::Tree,
     parts: sled::Tree,
+    assembled: sled::Tree,
     receipts: sled::Tree,
     jobs: sled::Tree,
     dead: sled::Tree,
@@ -327,6 +329,7 @@ impl Store {
                 journal,
                 messages: db.open_tree("messages")?,
                 parts: db.open_tree("parts")?,
+                assembled: db.open_tree("assembled")?,
                 receipts: db.open_tree("receipts")?,
                 jobs: db.open_tree("jobs")?,
                 dead,
@@ -461,6 +464,11 @@ impl Store {
         Ok(self.inner.journal.live_ids())
     }
 
+    /// True while journal entry `id` is not released.
+    pub fn journal_entry_is_live(&self, id: u64) -> bool {
+        self.inner.journal.is_live(id)
+    }
+
     /// Number of journal entries not yet processed.
     pub fn journal_depth(&self) -> usize {
         self.inner.journal.depth()
@@ -522,6 +530,7 @@ impl Store {
         Trees {
             messages: &self.inner.messages,
             parts: &self.inner.parts,
+            assembled: &self.inner.assembled,
             receipts: &self.inner.receipts,
             jobs: &self.inner.jobs,
             dead: &self.inner.dead,
@@ -587,6 +596,7 @@ fn migrate_sled_journal(
 pub(crate) struct Trees<'a> {
     pub messages: &'a sled::Tree,
     pub parts: &'a sled::Tree,
+    pub assembled: &'a sled::Tree,
     pub receipts: &'a sled::Tree,
     pub jobs: &'a sled::Tree,
     pub dead: &'a sled::Tree,

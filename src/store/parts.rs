@@ -3,8 +3,16 @@
 //!
 //! `parts` tree keys: `<group>` + one byte. `<group>` is
 //! `carrier \0 from \0 to \0 reference \0 total \0`; the last byte is 0 for the group's
-//! [`GroupMeta`] and the part number (1..=total) for a [`PartRecord`]. Adding a part consumes its
-//! journal entry in the same transaction; the assembled message replaces the group in another.
+//! [`GroupMeta`] and the part number (1..=total) for a [`PartRecord`]. The processor releases a
+//! part's journal entry once the part is durable here; the assembled message replaces the group
+//! in one transaction.
+//!
+//! `assembled` tree: journal id (u64 BE) -> () for every part of a group that became a message,
+//! written in that same transaction. A crash after it but before the processor released the
+//! parts' journal entries replays them at the next start; without this record, a replayed part
+//! would open a new group and, after the reassembly timeout, come out as a second, incomplete
+//! message under another id. With it, the replay is absorbed as a duplicate. Entries go once
+//! their journal entries are released ([`Store::forget_assembled`]).
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -48,6 +56,9 @@ pub struct GroupMeta {
     pub total: u8,
     /// Part numbers received so far.
     pub received: Vec<u8>,
+    /// The journal ids of those parts (empty in groups stored before this was kept).
+    #[serde(default)]
+    pub journal_ids: Vec<u64>,
 }
 
 impl GroupMeta {
@@ -98,6 +109,10 @@ impl Store {
         let meta_key = group.with(0);
         let part_key = group.with(part.seq);
         let part_value = encode_json(part);
+        if t.assembled.contains_key(journal_id.to_be_bytes())? {
+            // Replayed after a crash: this part is already in an assembled message.
+            return Ok(PartAdded::Duplicate);
+        }
         let outcome = t.parts.transaction(|parts| {
             let mut meta = match parts.get(&meta_key)? {
                 Some(raw) => {
@@ -108,12 +123,14 @@ impl Store {
                     first_received_ms: received_at_ms,
                     total,
                     received: Vec::new(),
+                    journal_ids: Vec::new(),
                 },
             };
             if meta.received.contains(&part.seq) {
                 return Ok(PartAdded::Duplicate);
             }
             meta.received.push(part.seq);
+            meta.journal_ids.push(journal_id);
             parts.insert(part_key.as_slice(), part_value.as_slice())?;
             parts.insert(meta_key.as_slice(), encode_json(&meta))?;
             Ok::<_, ConflictableTransactionError<StoreError>>(if meta.is_complete() {
@@ -165,17 +182,42 @@ impl Store {
         let job_values: Vec<(u64, Vec<u8>)> = jobs.iter().map(|j| (j.id, encode_json(j))).collect();
         let mut part_keys = vec![group.with(0)];
         part_keys.extend(meta.received.iter().map(|seq| group.with(*seq)));
-        (t.parts, t.messages, t.jobs).transaction(|(parts, messages, jobs_tree)| {
-            for key in &part_keys {
-                parts.remove(key.as_slice())?;
-            }
-            messages.insert(&id.to_be_bytes(), message_value.as_slice())?;
-            for (job_id, value) in &job_values {
-                jobs_tree.insert(&job_id.to_be_bytes(), value.as_slice())?;
-            }
-            Ok::<(), ConflictableTransactionError<StoreError>>(())
-        })?;
+        (t.parts, t.messages, t.jobs, t.assembled).transaction(
+            |(parts, messages, jobs_tree, assembled)| {
+                for key in &part_keys {
+                    parts.remove(key.as_slice())?;
+                }
+                for journal_id in &meta.journal_ids {
+                    assembled.insert(&journal_id.to_be_bytes(), &[] as &[u8])?;
+                }
+                messages.insert(&id.to_be_bytes(), message_value.as_slice())?;
+                for (job_id, value) in &job_values {
+                    jobs_tree.insert(&job_id.to_be_bytes(), value.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<StoreError>>(())
+            },
+        )?;
         Ok(())
+    }
+
+    /// Drops the `assembled` records of parts whose journal entries `is_live` says are gone
+    /// (released: they can no longer be replayed). Returns how many went.
+    pub fn forget_assembled(&self, is_live: impl Fn(u64) -> bool) -> Result<usize> {
+        let tree = self.trees().assembled;
+        let mut forgotten = 0;
+        for key in tree.iter().keys() {
+            let key = key?;
+            if !is_live(super::key_u64(&key)?) {
+                tree.remove(key)?;
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
+    }
+
+    /// How many `assembled` records are kept (parts whose entries may still be replayed).
+    pub fn assembled_records(&self) -> usize {
+        self.trees().assembled.len()
     }
 
     /// Stores a whole message (or receipt) and its jobs; the processor releases its journal
@@ -216,5 +258,87 @@ impl Store {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(seq: u8) -> PartRecord {
+        PartRecord {
+            seq,
+            data_coding: 0,
+            user_data: vec![b'a' + seq],
+            udh_octets: 6,
+        }
+    }
+
+    fn message(id: u64) -> MessageRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": super::super::format_id(id), "event": "message", "to": "567678",
+            "from": "919800000011", "text": "abc", "encoding": "gsm7", "carrier": "sim",
+            "received_at": "2026-11-28T00:00:00.000Z", "received_at_ms": 1,
+            "keyword": null, "inbox": null, "args": null, "parts": 3, "complete": true,
+            "missing_parts": [], "routed": true, "receipt": null, "webhooks": [],
+            "consent": null, "guarded": [],
+        }))
+        .unwrap()
+    }
+
+    /// Parts 1-3 under journal ids 10-12, assembled.
+    fn assemble(store: &Store, group: &GroupKey) -> GroupMeta {
+        assert_eq!(
+            store.add_part(10, 1, group, 3, &part(1)).unwrap(),
+            PartAdded::Waiting
+        );
+        assert_eq!(
+            store.add_part(11, 2, group, 3, &part(2)).unwrap(),
+            PartAdded::Waiting
+        );
+        let PartAdded::Complete(meta) = store.add_part(12, 3, group, 3, &part(3)).unwrap() else {
+            panic!("three of three parts make a complete group");
+        };
+        assert_eq!(meta.journal_ids, vec![10, 11, 12]);
+        store.finish_group(group, &meta, &message(10), &[]).unwrap();
+        meta
+    }
+
+    #[test]
+    fn a_part_replayed_after_its_group_was_assembled_is_absorbed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8, false).unwrap();
+        let group = GroupKey::new("sim", "919800000011", "567678", 7, 3);
+        assemble(&store, &group);
+        // The crash came after the assembled message was durable, before the last part's
+        // journal entry was released: it is processed again.
+        assert_eq!(
+            store.add_part(12, 3, &group, 3, &part(3)).unwrap(),
+            PartAdded::Duplicate
+        );
+        assert!(
+            store.open_groups().unwrap().is_empty(),
+            "no second group was opened"
+        );
+        // A new message reusing the reference is a new group (new journal ids).
+        assert_eq!(
+            store.add_part(20, 4, &group, 3, &part(1)).unwrap(),
+            PartAdded::Waiting
+        );
+    }
+
+    #[test]
+    fn records_of_released_parts_are_forgotten_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8, false).unwrap();
+        let group = GroupKey::new("sim", "919800000011", "567678", 8, 3);
+        assemble(&store, &group);
+        assert_eq!(store.forget_assembled(|id| id == 12).unwrap(), 2);
+        assert_eq!(
+            store.add_part(12, 3, &group, 3, &part(3)).unwrap(),
+            PartAdded::Duplicate
+        );
+        assert_eq!(store.forget_assembled(|_| false).unwrap(), 1);
+        assert_eq!(store.assembled_records(), 0);
     }
 }
