@@ -535,15 +535,27 @@ impl Journal {
         let end = (start + chunk).min(self.max_segment_bytes);
         let file = state.segment_file(state.active)?;
         static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
-        let mut at = start;
-        while at < end {
-            let n = (end - at).min(ZEROS.len() as u64) as usize;
-            file.write_all_at(&ZEROS[..n], at)?;
-            at += n as u64;
+        let filled = (|| {
+            let mut at = start;
+            while at < end {
+                let n = (end - at).min(ZEROS.len() as u64) as usize;
+                file.write_all_at(&ZEROS[..n], at)?;
+                at += n as u64;
+            }
+            file.sync_data()
+        })();
+        match filled {
+            Ok(()) => {
+                state.filled = end;
+                Ok(())
+            }
+            Err(e) => {
+                // Not again in this segment (a full disk would fail every batch): its commits
+                // go on as appends. Zeros written before the failure are harmless.
+                state.filled = self.max_segment_bytes;
+                Err(StoreError::Io(e))
+            }
         }
-        file.sync_data()?;
-        state.filled = end;
-        Ok(())
     }
 
     /// Marks entries processed: written at once (not fsynced, see the module header). Unknown
@@ -727,6 +739,23 @@ mod tests {
         journal.fill_ahead().unwrap();
         let state = journal.lock();
         assert_eq!(state.filled, 0);
+    }
+
+    #[test]
+    fn a_fill_that_fails_is_not_retried_in_the_same_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), true).unwrap();
+        journal.append(1, &[entry(1)]).unwrap();
+        {
+            // A disk that is full: every write fails with ENOSPC.
+            let mut state = journal.lock();
+            let active = state.active;
+            let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+            state.segments.get_mut(&active).unwrap().file = Arc::new(full);
+        }
+        assert!(journal.fill_ahead().is_err(), "the failure is reported once");
+        assert!(journal.fill_ahead().is_ok(), "and not retried at every batch");
+        assert_eq!(journal.lock().filled, journal.max_segment_bytes);
     }
 
     #[test]
