@@ -753,8 +753,14 @@ mod tests {
             let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
             state.segments.get_mut(&active).unwrap().file = Arc::new(full);
         }
-        assert!(journal.fill_ahead().is_err(), "the failure is reported once");
-        assert!(journal.fill_ahead().is_ok(), "and not retried at every batch");
+        assert!(
+            journal.fill_ahead().is_err(),
+            "the failure is reported once"
+        );
+        assert!(
+            journal.fill_ahead().is_ok(),
+            "and not retried at every batch"
+        );
         assert_eq!(journal.lock().filled, journal.max_segment_bytes);
     }
 
