@@ -517,7 +517,7 @@ impl Journal {
     }
 
     /// Zero-fills the active segment ahead of its last record and syncs the zeros, when less
-    /// than half of [`FILL_AHEAD`] is left (see the module header). The writer calls it after
+    /// than half of `FILL_AHEAD` (2 MiB) is left (see the module header). The writer calls it after
     /// answering a batch, so no ack waits for it; it holds the lock throughout, so no record is
     /// written while the zeros are (the next commit waits for it instead, a few ms every
     /// thousands of messages). Nothing to do without fsync.
