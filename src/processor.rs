@@ -534,9 +534,14 @@ impl Processor {
             .record(started.elapsed().as_secs_f64());
         match durable {
             Ok(()) if self.assembled_since_tidy => {
-                // Parts whose entries are now released can no longer be replayed.
+                // Parts whose entries are now released can no longer be replayed, once the
+                // releases are on disk: they are written without a sync, and a power cut that
+                // kept the removal but lost a release would bring the replay back unguarded.
                 let store = self.store.clone();
-                match store.forget_assembled(|id| store.journal_entry_is_live(id)) {
+                match store
+                    .flush_journal()
+                    .and_then(|()| store.forget_assembled(|id| store.journal_entry_is_live(id)))
+                {
                     Ok(_) => self.assembled_since_tidy = false,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot tidy the records of assembled parts")
