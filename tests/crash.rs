@@ -601,11 +601,7 @@ async fn sigkill_while_webhook_down_resumes_deliveries() {
     // No circuit breaker: every job keeps its own attempts and backoff, which is what the kill
     // must interrupt (with the breaker, an open circuit would hold most jobs untried).
     let mut vmnd = Vmnd::new(&smsc, &sink, |t| {
-        t.replacen(
-            "retry_for = \"1h\"\n",
-            "retry_for = \"1h\"\nbreaker_failures = 0\n",
-            1,
-        )
+        common::crm_with(t, "breaker_failures = 0")
     });
     let texts = enqueue_numbered(&smsc, N);
     let all: BTreeSet<String> = texts.values().cloned().collect();
@@ -679,11 +675,7 @@ async fn sigkill_while_first_attempts_hang_loses_none_of_them() {
     .expect("sim");
     let sink = HttpSink::start(SinkMode::NeverAnswer).await.expect("sink");
     let mut vmnd = Vmnd::new(&smsc, &sink, |t| {
-        t.replacen(
-            "retry_for = \"1h\"\n",
-            &format!("retry_for = \"1h\"\ntimeout = \"60s\"\nconcurrency = {IN_FLIGHT}\n"),
-            1,
-        )
+        common::crm_with(t, &format!("timeout = \"60s\"\nconcurrency = {IN_FLIGHT}"))
     });
     let texts = enqueue_numbered(&smsc, N);
     let all: BTreeSet<String> = texts.values().cloned().collect();

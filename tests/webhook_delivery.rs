@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{Harness, eventually, parse_config, sink_bodies};
+use common::{Harness, crm_with, eventually, parse_config, sink_bodies};
 use vmnd::clock;
 use vmnd::daemon::Daemon;
 use vmnd::http_sink::{HttpSink, SinkMode, SinkRequest};
@@ -569,29 +569,12 @@ async fn metrics_and_healthz_report_what_operators_watch() {
 /// dispatcher must not run it twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovered_journal_entry_is_posted_exactly_once() {
-    use vmnd::smpp::pdu::{self, Body, Pdu};
-    use vmnd::store::{JournalEntry, Store};
+    use vmnd::store::Store;
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("var");
     {
         let store = Store::open(&data_dir, 16, true).expect("store");
-        let frame = pdu::encode_to_bytes(&Pdu {
-            command_status: 0,
-            sequence_number: 7,
-            body: Body::DeliverSm(Box::new(vmnd::sim::mo::gsm(
-                "919800000030",
-                "567678",
-                "left behind",
-            ))),
-        });
-        store
-            .journal(&[JournalEntry {
-                carrier: "sim".into(),
-                received_at_ms: vmnd::clock::now_ms(),
-                pdu: frame,
-            }])
-            .expect("journal");
-        store.commit().await.expect("commit");
+        common::journal_gsm(&store, "919800000030", "567678", "left behind").await;
     }
     let smsc = vmnd::sim::Smsc::start(vmnd::sim::SmscConfig::default())
         .await
@@ -709,11 +692,7 @@ async fn metric_becomes(h: &Harness, name: &str, want: f64) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_in_its_first_attempt_is_held_by_its_journal_entry_until_it_is_written() {
     let mut h = start_with(SinkMode::NeverAnswer, |text| {
-        text.replacen(
-            "retry_for = \"1h\"\n",
-            "retry_for = \"1h\"\ntimeout = \"2s\"\n",
-            1,
-        )
+        crm_with(text, "timeout = \"2s\"")
     })
     .await;
     h.smsc.enqueue(mo::gsm(ALICE, SHORT_CODE, "held"));
@@ -762,11 +741,7 @@ async fn a_job_in_its_first_attempt_is_held_by_its_journal_entry_until_it_is_wri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_job_that_waits_is_written_and_releases_its_journal_entry() {
     let mut h = start_with(SinkMode::Status(503), |text| {
-        text.replacen(
-            "retry_for = \"1h\"\n",
-            "retry_for = \"1h\"\nbreaker_failures = 1\nbreaker_probe = \"1h\"\n",
-            1,
-        )
+        crm_with(text, "breaker_failures = 1\nbreaker_probe = \"1h\"")
     })
     .await;
     h.smsc
@@ -816,8 +791,7 @@ async fn recovery_writes_its_webhook_jobs_instead_of_holding_them() {
     use vmnd::outbound::dispatcher::Scheduler;
     use vmnd::processor::Processor;
     use vmnd::routing::router::Router;
-    use vmnd::smpp::pdu::{self, Body, Pdu};
-    use vmnd::store::{JournalEntry, Store};
+    use vmnd::store::Store;
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("var");
     let config = Arc::new(parse_config(&common::config_text(
@@ -827,25 +801,13 @@ async fn recovery_writes_its_webhook_jobs_instead_of_holding_them() {
         "",
     )));
     let store = Store::open(&data_dir, 16, true).expect("store");
-    let frame = pdu::encode_to_bytes(&Pdu {
-        command_status: 0,
-        sequence_number: 7,
-        body: Body::DeliverSm(Box::new(mo::gsm(ALICE, SHORT_CODE, "left behind"))),
-    });
-    let ids = store
-        .journal(&[JournalEntry {
-            carrier: "sim".into(),
-            received_at_ms: clock::now_ms(),
-            pdu: frame,
-        }])
-        .expect("journal");
-    store.commit().await.expect("commit");
+    let journal_id = common::journal_gsm(&store, ALICE, SHORT_CODE, "left behind").await;
     let (scheduler, mut announced) = Scheduler::channel();
     let router = Arc::new(arc_swap::ArcSwap::from_pointee(Router::new(&config)));
     let mut processor = Processor::new(store.clone(), &config, router, scheduler);
     assert_eq!(processor.recover().expect("recover"), 1);
     let job = store
-        .job(ids[0] << 8)
+        .job(journal_id << 8)
         .expect("read")
         .expect("the job is written");
     assert_eq!(job.webhook, "crm");

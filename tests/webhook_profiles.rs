@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
-use common::{Harness, eventually, parse_config};
+use common::{Harness, crm_with, eventually, parse_config};
 use vmnd::daemon::Daemon;
 use vmnd::http_sink::{HttpSink, SinkMode, SinkRequest};
 use vmnd::sim::{Smsc, SmscConfig, mo};
@@ -49,15 +49,6 @@ async fn start_with(mode: SinkMode, edit: impl FnOnce(String, &HttpSink) -> Stri
             .expect("daemon starts"),
     );
     h
-}
-
-/// Adds `lines` to the shared config's webhook "crm".
-fn crm_with(text: String, lines: &str) -> String {
-    text.replacen(
-        "retry_for = \"1h\"\n",
-        &format!("retry_for = \"1h\"\n{lines}\n"),
-        1,
-    )
 }
 
 async fn admin_json(h: &Harness, path: &str) -> Value {

@@ -549,19 +549,8 @@ impl MailContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::mail::tests::token;
     use std::time::Duration;
-
-    fn token(expires_ms: u64) -> ReplyToken {
-        ReplyToken {
-            vmn: "567678".into(),
-            msisdn: "919812345678".into(),
-            message_id: "0000000000000100".into(),
-            job_id: "0000000000010001".into(),
-            allowed: vec!["desk@acme.example".into()],
-            created_ms: 1,
-            expires_ms,
-        }
-    }
 
     #[tokio::test]
     async fn tokens_that_expire_while_running_are_pruned_without_a_restart() {

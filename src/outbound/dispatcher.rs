@@ -1048,27 +1048,27 @@ mod tests {
     }
 
     fn record() -> Arc<MessageRecord> {
-        Arc::new(
-            serde_json::from_value(serde_json::json!({
-                "id": "1", "event": "message", "to": "567678", "from": "919800000011",
-                "text": "hi", "encoding": "gsm7", "carrier": "sim",
-                "received_at": "2026-11-28T00:00:00.000Z", "received_at_ms": 1,
-                "keyword": null, "inbox": null, "args": null, "parts": 1, "complete": true,
-                "missing_parts": [], "routed": true, "receipt": null, "webhooks": ["crm"],
-                "consent": null, "guarded": [],
-            }))
-            .unwrap(),
-        )
+        Arc::new(crate::store::tests::sample_message(1))
     }
 
-    /// A held job announced to `webhook`.
+    /// A held job announced to `webhook` just now.
     fn held(book: &HoldBook, id: u64, webhook: &str) -> (Scheduled, Arc<Fresh>) {
+        held_since(book, id, webhook, clock::now_ms())
+    }
+
+    /// A held job announced to `webhook` at `since_ms`.
+    fn held_since(
+        book: &HoldBook,
+        id: u64,
+        webhook: &str,
+        since_ms: u64,
+    ) -> (Scheduled, Arc<Fresh>) {
         let hold = book.hold(id >> 8, 1).pop();
         let fresh = Arc::new(Fresh {
             job: job(id, webhook),
             record: record(),
             hold,
-            since_ms: clock::now_ms(),
+            since_ms,
         });
         let s = Scheduled {
             due_ms: 1,
@@ -1160,23 +1160,9 @@ mod tests {
         let mut eps = endpoints();
         let (s, young) = held(&book, 1 << 8, "crm");
         enqueue(&store, &mut eps, s);
-        let hold = book.hold(2, 1).pop();
-        let old = Arc::new(Fresh {
-            job: job(2 << 8, "crm"),
-            record: record(),
-            hold,
-            since_ms: clock::now_ms() - HOLD_AT_MOST.as_millis() as u64 - 1,
-        });
-        enqueue(
-            &store,
-            &mut eps,
-            Scheduled {
-                due_ms: 1,
-                id: 2 << 8,
-                webhook: Arc::from("crm"),
-                fresh: Some(old.clone()),
-            },
-        );
+        let waited = clock::now_ms() - HOLD_AT_MOST.as_millis() as u64 - 1;
+        let (s, old) = held_since(&book, 2 << 8, "crm", waited);
+        enqueue(&store, &mut eps, s);
         persist_waiting_holds(&store, &mut eps);
         assert!(young.only_in_memory());
         assert_eq!(store.job(1 << 8).unwrap(), None);

@@ -151,10 +151,11 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn token(expires_ms: u64) -> ReplyToken {
+    /// A reply token for tests, expiring at `expires_ms`.
+    pub(crate) fn token(expires_ms: u64) -> ReplyToken {
         ReplyToken {
             vmn: "567678".into(),
             msisdn: "919812345678".into(),

@@ -639,8 +639,21 @@ pub(crate) fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A routed GSM message record with id `id`, for tests that need one to store or send.
+    pub(crate) fn sample_message(id: u64) -> MessageRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": format_id(id), "event": "message", "to": "567678", "from": "919800000011",
+            "text": "hi", "encoding": "gsm7", "carrier": "sim",
+            "received_at": "2026-11-28T00:00:00.000Z", "received_at_ms": 1,
+            "keyword": null, "inbox": null, "args": null, "parts": 1, "complete": true,
+            "missing_parts": [], "routed": true, "receipt": null, "webhooks": ["crm"],
+            "consent": null, "guarded": [],
+        }))
+        .unwrap()
+    }
 
     fn entry(n: u8) -> JournalEntry {
         JournalEntry {

@@ -274,18 +274,6 @@ mod tests {
         }
     }
 
-    fn message(id: u64) -> MessageRecord {
-        serde_json::from_value(serde_json::json!({
-            "id": super::super::format_id(id), "event": "message", "to": "567678",
-            "from": "919800000011", "text": "abc", "encoding": "gsm7", "carrier": "sim",
-            "received_at": "2026-11-28T00:00:00.000Z", "received_at_ms": 1,
-            "keyword": null, "inbox": null, "args": null, "parts": 3, "complete": true,
-            "missing_parts": [], "routed": true, "receipt": null, "webhooks": [],
-            "consent": null, "guarded": [],
-        }))
-        .unwrap()
-    }
-
     /// Parts 1-3 under journal ids 10-12, assembled.
     fn assemble(store: &Store, group: &GroupKey) -> GroupMeta {
         assert_eq!(
@@ -300,7 +288,9 @@ mod tests {
             panic!("three of three parts make a complete group");
         };
         assert_eq!(meta.journal_ids, vec![10, 11, 12]);
-        store.finish_group(group, &meta, &message(10), &[]).unwrap();
+        store
+            .finish_group(group, &meta, &super::super::tests::sample_message(10), &[])
+            .unwrap();
         meta
     }
 

@@ -55,6 +55,35 @@ default = {{ webhook = "crm" }}
     )
 }
 
+/// Adds `lines` to the shared config's webhook "crm" (see [`config_text`]).
+pub fn crm_with(text: String, lines: &str) -> String {
+    text.replacen(
+        "retry_for = \"1h\"\n",
+        &format!("retry_for = \"1h\"\n{lines}\n"),
+        1,
+    )
+}
+
+/// Journals one GSM deliver_sm from carrier "sim" straight into `store`, as a previous run
+/// would have left it, and commits; returns its journal id.
+pub async fn journal_gsm(store: &vmnd::store::Store, from: &str, to: &str, text: &str) -> u64 {
+    use vmnd::smpp::pdu::{self, Body, Pdu};
+    let frame = pdu::encode_to_bytes(&Pdu {
+        command_status: 0,
+        sequence_number: 7,
+        body: Body::DeliverSm(Box::new(vmnd::sim::mo::gsm(from, to, text))),
+    });
+    let ids = store
+        .journal(&[vmnd::store::JournalEntry {
+            carrier: "sim".into(),
+            received_at_ms: vmnd::clock::now_ms(),
+            pdu: frame,
+        }])
+        .expect("journal");
+    store.commit().await.expect("commit");
+    ids[0]
+}
+
 /// Parses config text the way `vmnd run` does, panicking with the diagnostics if it is bad.
 pub fn parse_config(text: &str) -> config::Config {
     match config::parse(text, "test.toml", &|_| None) {
