@@ -9,7 +9,10 @@
 //!   opted anything cost nothing here.
 //! - `contacts`: `address_key(vmn)` ++ msisdn bytes -> [`Contact`] (JSON), in msisdn order.
 //! - `contact_states`: `address_key(vmn)` ++ state byte ++ msisdn bytes -> (): pages of one state
-//!   without reading every contact of the number.
+//!   without reading every contact of the number. Contacts whose recorded state is `unknown`
+//!   are not in it: most contacts are, and every first message from someone would otherwise
+//!   cost a second write. A page of unknown contacts is read from `contacts` itself, skipping
+//!   the others (few, on a number where most people never opted anything).
 //! - `ledger`: id (u64 BE, from [`Store::next_id`]) -> [`LedgerEntry`] (JSON), in record order.
 //! - `ledger_index`: `n` ++ `address_key(vmn)` ++ id -> () (a number's ledger),
 //!   `c` ++ `address_key(vmn)` ++ `address_key(msisdn)` ++ id -> () (one contact's ledger),
@@ -640,10 +643,13 @@ fn apply_in(
     }
     if indexed != Some(contact.state) {
         if let Some(old) = indexed {
+            // Also for `unknown`: databases written before it went unindexed hold such keys.
             tx.states.remove(state_key(vmn, old, msisdn))?;
         }
-        tx.states
-            .insert(state_key(vmn, contact.state, msisdn), &[] as &[u8])?;
+        if contact.state != ConsentState::Unknown {
+            tx.states
+                .insert(state_key(vmn, contact.state, msisdn), &[] as &[u8])?;
+        }
     }
     tx.contacts.insert(ckey, encode_json(&contact))?;
 
@@ -890,15 +896,8 @@ impl Store {
                 .contacts
                 .compare_and_swap(ckey.as_slice(), current.as_ref(), Some(next))?
             {
-                Ok(()) => {
-                    if current.is_none() {
-                        t.contact_states.insert(
-                            state_key(&vmn, ConsentState::Unknown, &msisdn),
-                            &[] as &[u8],
-                        )?;
-                    }
-                    return Ok(());
-                }
+                // A new contact is `unknown`, which `contact_states` does not index.
+                Ok(()) => return Ok(()),
                 Err(conflict) => {
                     current = conflict.current;
                     let Some(raw) = &current else {
@@ -962,26 +961,34 @@ impl Store {
         let after = after.map(normalize_address);
         let after = after.as_deref().map(str::as_bytes);
         let t = self.trees();
-        let Some(state) = state else {
-            let prefix = address_key(&vmn);
-            let mut out = Vec::new();
-            for kv in t.contacts.range::<Vec<u8>, _>((
-                match after {
-                    Some(a) => Bound::Excluded([prefix.as_slice(), a].concat()),
-                    None => Bound::Included(prefix.clone()),
-                },
-                Bound::Unbounded,
-            )) {
-                if out.len() >= limit {
-                    break;
+        let state = match state {
+            Some(state) if state != ConsentState::Unknown => state,
+            // Everyone, or the unknown ones (not indexed: see the module header): from
+            // `contacts` itself.
+            only => {
+                let prefix = address_key(&vmn);
+                let mut out = Vec::new();
+                for kv in t.contacts.range::<Vec<u8>, _>((
+                    match after {
+                        Some(a) => Bound::Excluded([prefix.as_slice(), a].concat()),
+                        None => Bound::Included(prefix.clone()),
+                    },
+                    Bound::Unbounded,
+                )) {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (k, v) = kv?;
+                    if !k.starts_with(&prefix) {
+                        break;
+                    }
+                    let contact = self.settle(decode_json(&v)?, now_ms)?;
+                    if only.is_none_or(|state| contact.state == state) {
+                        out.push(contact);
+                    }
                 }
-                let (k, v) = kv?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                out.push(self.settle(decode_json(&v)?, now_ms)?);
+                return Ok(out);
             }
-            return Ok(out);
         };
         // Contacts filed under `state`, and (for any other state) pending ones whose ask lapsed
         // back to it: two sorted runs of the state index, merged as they are read. Each
@@ -1069,6 +1076,97 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_contacts_cost_one_write_and_are_listed_from_the_contacts_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8, false).unwrap();
+        let vmn = "56767";
+        for n in 0..6u64 {
+            store
+                .touch_contact(vmn, &format!("9198000000{n:02}"), 1_000 + n)
+                .unwrap();
+        }
+        assert_eq!(
+            store.trees().contact_states.len(),
+            0,
+            "a first message writes the contact only"
+        );
+        // One opts in, one out; and a key as databases from before this change hold it.
+        let change = |msisdn, to| ConsentChange {
+            vmn,
+            msisdn,
+            to,
+            at_ms: 2_000,
+            text: "x",
+            matched: "x",
+            message_id: None,
+            source: "api",
+            keyword: None,
+            attributes: &[],
+            pending_until_ms: None,
+        };
+        store
+            .apply_consent(&change("919800000001", ConsentState::OptedIn))
+            .unwrap();
+        store
+            .apply_consent(&change("919800000004", ConsentState::OptedOut))
+            .unwrap();
+        store
+            .trees()
+            .contact_states
+            .insert(
+                state_key(vmn, ConsentState::Unknown, "919800000002"),
+                &[] as &[u8],
+            )
+            .unwrap();
+        assert_eq!(store.trees().contact_states.len(), 3);
+        let msisdns = |state, after: Option<&str>, limit| {
+            store
+                .contacts_at(vmn, state, after, limit, 3_000)
+                .unwrap()
+                .into_iter()
+                .map(|c| c.msisdn)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            msisdns(Some(ConsentState::Unknown), None, 10),
+            [
+                "919800000000",
+                "919800000002",
+                "919800000003",
+                "919800000005"
+            ]
+        );
+        // Paged, skipping the known ones between pages.
+        assert_eq!(
+            msisdns(Some(ConsentState::Unknown), None, 2),
+            ["919800000000", "919800000002"]
+        );
+        assert_eq!(
+            msisdns(Some(ConsentState::Unknown), Some("919800000002"), 2),
+            ["919800000003", "919800000005"]
+        );
+        assert_eq!(
+            msisdns(Some(ConsentState::OptedIn), None, 10),
+            ["919800000001"]
+        );
+        assert_eq!(msisdns(None, None, 10).len(), 6);
+        // Back to unknown (an operator's change): out of the index, legacy key and all.
+        store
+            .apply_consent(&change("919800000004", ConsentState::Unknown))
+            .unwrap();
+        assert!(msisdns(Some(ConsentState::OptedOut), None, 10).is_empty());
+        assert_eq!(msisdns(Some(ConsentState::Unknown), None, 10).len(), 5);
+        store
+            .apply_consent(&change("919800000002", ConsentState::OptedIn))
+            .unwrap();
+        assert_eq!(
+            store.trees().contact_states.len(),
+            2,
+            "the opted-in two only"
+        );
+    }
 
     #[test]
     fn addresses_normalise_and_pack() {
