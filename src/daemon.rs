@@ -43,6 +43,10 @@ pub struct Daemon {
     /// Journal entries whose in-memory jobs the dispatcher settled after the processor's last
     /// flush are released at shutdown (see [`crate::store::hold`]).
     holds: HoldBook,
+    /// Told to stop after the processor, whose last jobs it still takes; joined before the
+    /// final release, since its drain settles holds (see `dispatcher::run`).
+    dispatcher: JoinHandle<()>,
+    stop_dispatcher: watch::Sender<bool>,
     others: Vec<JoinHandle<()>>,
 }
 
@@ -147,15 +151,16 @@ impl Daemon {
             }
         }));
         let queue_depth = dispatcher::QueueDepth::default();
-        others.push(tokio::spawn(dispatcher::run(
+        let (stop_dispatcher, stop_dispatcher_rx) = watch::channel(false);
+        let dispatcher = tokio::spawn(dispatcher::run(
             store.clone(),
             config.clone(),
             WebhookClient::new(),
             Arc::new(submit_senders),
             scheduled,
-            shutdown_rx.clone(),
+            stop_dispatcher_rx,
             queue_depth.clone(),
-        )));
+        ));
 
         let listener = admin::bind(d.admin_listen)
             .await
@@ -239,6 +244,8 @@ impl Daemon {
             sessions,
             processor: processor_thread,
             holds,
+            dispatcher,
+            stop_dispatcher,
             others,
         })
     }
@@ -258,6 +265,13 @@ impl Daemon {
             .is_err()
         {
             tracing::error!("the processor did not stop within 30 s");
+        }
+        // The processor's last jobs are with the dispatcher now: let it finish the requests
+        // in flight and write down what it still holds.
+        let _ = self.stop_dispatcher.send(true);
+        let grace = dispatcher::DRAIN_AT_MOST + std::time::Duration::from_secs(5);
+        if tokio::time::timeout(grace, self.dispatcher).await.is_err() {
+            tracing::error!("the dispatcher did not stop within {grace:?}");
         }
         // Taken before the flush, which then covers what was written before each settle.
         let settled = self.holds.take_settled();

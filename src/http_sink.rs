@@ -66,6 +66,9 @@ pub enum SinkMode {
     /// Answer this status to everything. Codes outside 200..=599 are answered as 500, because
     /// a 1xx as a final answer would break the connection rather than test anything.
     Status(u16),
+    /// `200 OK` to everything, each after this long (a slow endpoint, or a request still in
+    /// flight when the daemon stops).
+    SlowOk(std::time::Duration),
 }
 
 /// What the mode mutex protects: the mode and how far into `FailFirst` we are.
@@ -94,13 +97,18 @@ struct Shared {
 }
 
 impl Shared {
-    /// Decides the answer for the next request under the current mode.
-    fn decide(&self) -> Option<u16> {
+    /// Decides the answer for the next request under the current mode, and how long to wait
+    /// before giving it.
+    fn decide(&self) -> (Option<u16>, Option<std::time::Duration>) {
         let mut state = lock(&self.mode);
+        let delay = match state.mode {
+            SinkMode::SlowOk(delay) => Some(delay),
+            _ => None,
+        };
         let code = match state.mode {
-            SinkMode::Ok => 200,
+            SinkMode::Ok | SinkMode::SlowOk(_) => 200,
             SinkMode::Status(code) => code,
-            SinkMode::NeverAnswer => return None,
+            SinkMode::NeverAnswer => return (None, None),
             SinkMode::FailFirst { n, status } => {
                 if state.failed < n {
                     state.failed += 1;
@@ -110,11 +118,12 @@ impl Shared {
                 }
             }
         };
-        Some(if (200..=599).contains(&code) {
+        let code = if (200..=599).contains(&code) {
             code
         } else {
             500
-        })
+        };
+        (Some(code), delay)
     }
 }
 
@@ -337,7 +346,7 @@ async fn handle(
         }
         Bytes::new()
     };
-    let decided = shared.decide();
+    let (decided, delay) = shared.decide();
     shared.received.fetch_add(1, Ordering::SeqCst);
     if record {
         let entry = SinkRequest {
@@ -364,6 +373,9 @@ async fn handle(
         // NeverAnswer: hold the request until the client gives up or the sink shuts down.
         return std::future::pending().await;
     };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     // `decide` keeps codes within 200..=599, which `from_u16` always accepts.
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status.is_success() {

@@ -103,7 +103,7 @@ async fn send(h: &Harness, from: &str, text: &str) -> Value {
     sink_bodies(&h.sink)
         .into_iter()
         .rfind(|b| b["from"] == from && b["text"] == text)
-        .expect("the message's event")
+        .unwrap_or_else(|| panic!("the message's event: {:?}", sink_bodies(&h.sink)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

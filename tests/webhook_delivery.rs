@@ -849,3 +849,41 @@ async fn records_of_assembled_parts_go_once_their_journal_entries_are_released()
     );
     h.stop_daemon().await;
 }
+
+/// A clean stop lets the request in flight finish and writes down the jobs still held in
+/// memory, so their journal entries go: the next start sends each message once more only if
+/// it was never answered, and runs the written jobs as they were planned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_settles_the_request_in_flight_and_writes_down_held_jobs() {
+    let one_at_a_time = |text| crm_with(text, "concurrency = 1");
+    let mut h = start_with(SinkMode::SlowOk(Duration::from_millis(800)), one_at_a_time).await;
+    h.smsc
+        .enqueue_many((0..3).map(|i| mo::gsm(ALICE, SHORT_CODE, &format!("stop {i}"))));
+    let store = h.daemon().store.clone();
+    let sink = h.sink.clone();
+    assert!(eventually(STEP, || sink.received() >= 1 && store.message_count() == 3).await);
+    drop(store);
+    h.stop_daemon().await;
+    assert_eq!(sink.count(), 1, "the request in flight was answered");
+    {
+        let store = vmnd::store::Store::open(&h.dir.path().join("var"), 8, false).expect("open");
+        assert_eq!(store.journal_depth(), 0, "every journal entry released");
+        assert_eq!(store.queue_depth(), 2, "the two untried jobs written down");
+    }
+    h.sink.set_mode(SinkMode::Ok);
+    h.daemon = Some(
+        Daemon::start(parse_config(&one_at_a_time(h.config_text(""))))
+            .await
+            .expect("daemon restarts"),
+    );
+    assert!(eventually(STEP, || sink.count() >= 3).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: BTreeSet<String> = sink
+        .requests()
+        .iter()
+        .map(|r| body_json(r)["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(sink.count(), 3, "nothing sent twice");
+    assert_eq!(ids.len(), 3);
+    h.stop_daemon().await;
+}

@@ -90,6 +90,8 @@ pub const MAX_FRESH: usize = 4096;
 /// its journal entry (and the segment holding it) is kept until then, so an endpoint whose
 /// circuit is open, or a long queue, must not keep entries for long.
 const HOLD_AT_MOST: Duration = Duration::from_secs(2);
+/// How long a stopping dispatcher waits for the requests in flight (see `drain`).
+pub const DRAIN_AT_MOST: Duration = Duration::from_secs(5);
 
 /// Jobs the dispatcher holds (queued, scheduled for a retry, or in flight): every job in the
 /// durable `jobs` tree, once the startup scan has run. Kept in memory so `/healthz`, `/metrics`
@@ -267,7 +269,7 @@ struct Finished {
     unsettled: Option<Arc<Fresh>>,
 }
 
-/// Runs jobs until `shutdown` turns true.
+/// Runs jobs until `shutdown` turns true, then drains (see `drain`).
 pub async fn run(
     store: Store,
     config: Arc<Config>,
@@ -437,8 +439,50 @@ pub async fn run(
             _ = hold_sweep.tick() => persist_waiting_holds(&store, &mut endpoints),
             _ = shutdown.changed() => {
                 if *shutdown.borrow() {
+                    drain(&store, &mut endpoints, &mut incoming, &mut done_rx).await;
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// A stopping dispatcher starts nothing new. It waits up to [`DRAIN_AT_MOST`] for the requests
+/// in flight to end, so a delivery the endpoint has taken is settled, not made again at the
+/// next start. Then it writes every job still held in memory to the `jobs` tree. So the
+/// daemon can release their journal entries, and at the next start these jobs run as they
+/// were planned, not re-planned from the message under whatever config that start has.
+/// What is still in flight after the wait keeps its hold: its entry is processed again at the
+/// next start (at least once, DESIGN.md promise 2).
+async fn drain(
+    store: &Store,
+    endpoints: &mut HashMap<Arc<str>, Endpoint>,
+    incoming: &mut mpsc::UnboundedReceiver<Scheduled>,
+    done_rx: &mut mpsc::UnboundedReceiver<Finished>,
+) {
+    let deadline = tokio::time::Instant::now() + DRAIN_AT_MOST;
+    while endpoints.values().any(|ep| ep.in_flight > 0) {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(f)) => finished(endpoints, f),
+            Ok(None) => break,
+            Err(_) => {
+                let in_flight: usize = endpoints.values().map(|ep| ep.in_flight).sum();
+                tracing::warn!(
+                    in_flight,
+                    "stopping with requests still in flight; their messages are processed again at the next start"
+                );
+                break;
+            }
+        }
+    }
+    while let Ok(s) = incoming.try_recv() {
+        enqueue(store, endpoints, s);
+    }
+    for ep in endpoints.values() {
+        for fresh in ep.fresh.values().filter(|f| f.only_in_memory()) {
+            if let Err(e) = fresh.persist(store) {
+                tracing::error!(job = fresh.job.id, error = %e, "cannot write a held job to the queue at shutdown; its message is processed again at the next start");
+                return;
             }
         }
     }
