@@ -436,7 +436,9 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep(sleep) => {}
-            _ = hold_sweep.tick() => persist_waiting_holds(&store, &mut endpoints),
+            _ = hold_sweep.tick() => {
+                persist_held(&store, waiting_holds(&endpoints), "waited for its first attempt").await;
+            }
             _ = shutdown.changed() => {
                 if *shutdown.borrow() {
                     drain(&store, &mut endpoints, &mut incoming, &mut done_rx).await;
@@ -478,14 +480,13 @@ async fn drain(
     while let Ok(s) = incoming.try_recv() {
         enqueue(store, endpoints, s);
     }
-    for ep in endpoints.values() {
-        for fresh in ep.fresh.values().filter(|f| f.only_in_memory()) {
-            if let Err(e) = fresh.persist(store) {
-                tracing::error!(job = fresh.job.id, error = %e, "cannot write a held job to the queue at shutdown; its message is processed again at the next start");
-                return;
-            }
-        }
-    }
+    let held = endpoints
+        .values()
+        .flat_map(|ep| ep.fresh.values())
+        .filter(|f| f.only_in_memory())
+        .cloned()
+        .collect();
+    persist_held(store, held, "stopping").await;
 }
 
 impl Endpoint {
@@ -556,19 +557,37 @@ fn enqueue(store: &Store, endpoints: &mut HashMap<Arc<str>, Endpoint>, s: Schedu
     }
 }
 
-/// Writes to the `jobs` tree every held job that has waited [`HOLD_AT_MOST`] for its first
-/// attempt (a queue behind a slow endpoint, an open circuit), so its journal entry can go.
-fn persist_waiting_holds(store: &Store, endpoints: &mut HashMap<Arc<str>, Endpoint>) {
+/// The held jobs that have waited [`HOLD_AT_MOST`] for their first attempt (a queue behind a
+/// slow endpoint, an open circuit): to be written to the `jobs` tree, so their journal entries
+/// can go.
+fn waiting_holds(endpoints: &HashMap<Arc<str>, Endpoint>) -> Vec<Arc<Fresh>> {
     let oldest_allowed = clock::now_ms().saturating_sub(HOLD_AT_MOST.as_millis() as u64);
-    for ep in endpoints.values_mut() {
-        for fresh in ep.fresh.values() {
-            if fresh.since_ms <= oldest_allowed && fresh.only_in_memory() {
-                if let Err(e) = fresh.persist(store) {
-                    tracing::error!(job = fresh.job.id, error = %e, "cannot write a waiting job to the queue; its journal entry stays");
-                    return;
-                }
+    endpoints
+        .values()
+        .flat_map(|ep| ep.fresh.values())
+        .filter(|f| f.since_ms <= oldest_allowed && f.only_in_memory())
+        .cloned()
+        .collect()
+}
+
+/// Writes held jobs to the `jobs` tree, on the blocking pool: up to [`MAX_FRESH`] sled inserts
+/// per endpoint must not stall the runtime thread that the HTTP connections also run on.
+async fn persist_held(store: &Store, held: Vec<Arc<Fresh>>, why: &'static str) {
+    if held.is_empty() {
+        return;
+    }
+    let store = store.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        for fresh in &held {
+            if let Err(e) = fresh.persist(&store) {
+                tracing::error!(job = fresh.job.id, error = %e, why, "cannot write a held job to the queue; its message's journal entry stays, to be processed again at the next start");
+                return;
             }
         }
+    })
+    .await;
+    if let Err(e) = written {
+        tracing::error!(error = %e, why, "writing held jobs to the queue failed");
     }
 }
 
@@ -1197,8 +1216,8 @@ mod tests {
         assert_eq!(book.take_settled(), vec![9]);
     }
 
-    #[test]
-    fn only_held_jobs_that_waited_too_long_are_written() {
+    #[tokio::test]
+    async fn only_held_jobs_that_waited_too_long_are_written() {
         let (_dir, store) = store();
         let book = HoldBook::default();
         let mut eps = endpoints();
@@ -1207,7 +1226,7 @@ mod tests {
         let waited = clock::now_ms() - HOLD_AT_MOST.as_millis() as u64 - 1;
         let (s, old) = held_since(&book, 2 << 8, "crm", waited);
         enqueue(&store, &mut eps, s);
-        persist_waiting_holds(&store, &mut eps);
+        persist_held(&store, waiting_holds(&eps), "test").await;
         assert!(young.only_in_memory());
         assert_eq!(store.job(1 << 8).unwrap(), None);
         assert!(!old.only_in_memory());
