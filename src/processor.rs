@@ -85,9 +85,15 @@ enum Processed {
 /// that a far-off job never keeps a journal segment alive.
 const IN_MEMORY_DUE_WITHIN_MS: u64 = 1_000;
 
+/// Journal entries the processor takes at a time.
+const BATCH: usize = 1024;
+
 /// Held jobs in memory at which the processor waits for the dispatcher (see
-/// `keep_pace_with_the_dispatcher`): the dispatcher's own cap per endpoint.
-const MAX_HELD: usize = crate::outbound::dispatcher::MAX_FRESH;
+/// `keep_pace_with_the_dispatcher`): the dispatcher's own cap per endpoint, less one batch, so
+/// the batch after the wait fits under the cap too (with the whole cap, up to a batch of jobs
+/// went over it, each written to the `jobs` tree, read back and removed).
+const MAX_HELD: usize = crate::outbound::dispatcher::MAX_FRESH - BATCH;
+const _: () = assert!(MAX_HELD + BATCH <= crate::outbound::dispatcher::MAX_FRESH);
 /// ... as long as the dispatcher settles at least [`PACE_MIN_SETTLES`] of them per
 /// [`PACE_WINDOW`] (2,000 a second). Below that rate (an endpoint that hangs, is slow, or sits
 /// behind an open circuit) the processor goes on: one slow endpoint must not set the pace for
@@ -169,12 +175,12 @@ impl Processor {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut durable_tick = tokio::time::interval(DURABLE_INTERVAL);
         durable_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::with_capacity(1024);
+        let mut batch = Vec::with_capacity(BATCH);
         loop {
             self.keep_pace_with_the_dispatcher().await;
             // Entries that did not fit in memory, read back from the journal (see
             // `writer::Handoff`); only once the channel's older entries are done.
-            let spilled = handoff.take_spilled(1024);
+            let spilled = handoff.take_spilled(BATCH);
             if !spilled.is_empty() {
                 for id in spilled {
                     self.process(id, None);
@@ -183,7 +189,7 @@ impl Processor {
                 continue;
             }
             tokio::select! {
-                n = handoff.rx.recv_many(&mut batch, 1024) => {
+                n = handoff.rx.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
                         self.flush();
                         return;
