@@ -53,6 +53,13 @@ pub struct Daemon {
 impl Daemon {
     /// Opens the store, recovers what a previous run left, and starts every task.
     pub async fn start(config: Config) -> Result<Daemon, String> {
+        match crate::allocator::tune() {
+            crate::allocator::Tuning::Unrecognised(value) => tracing::warn!(
+                value,
+                "mimalloc's purge_delay option is not where mimalloc 3 keeps it; memory is returned to the system at mimalloc's pace"
+            ),
+            tuning => tracing::debug!(?tuning, "allocator"),
+        }
         let config = Arc::new(config);
         let d = &config.daemon;
         let store = Store::open(&d.data_dir, d.cache_mb, d.fsync)

@@ -43,9 +43,11 @@
 //! | [`smtp_sink`] | a recording SMTP server standing in for the operator's mail relay in the demo |
 //! | [`cli`] | the subcommands behind `main.rs` |
 //! | [`clock`] | durations in config syntax and timestamps in the contract's format |
+//! | [`allocator`] | the process's allocator (mimalloc) and how long it keeps freed memory |
 
 pub mod actions;
 pub mod admin;
+pub mod allocator;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -62,11 +64,3 @@ pub mod sim;
 pub mod smpp;
 pub mod smtp_sink;
 pub mod store;
-
-/// mimalloc for every binary that links vmnd (the daemon, the tests, the benches). sled copies
-/// a node on each write and frees the old one; under glibc's allocator that churn was 40% of
-/// the CPU of a consent fill and fragmented RSS to gigabytes at millions of contacts (see
-/// BENCHMARKS.md).
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
