@@ -60,17 +60,19 @@ const FILL_STEPS: u64 = 8;
 const ENTRY: u8 = 1;
 const RELEASE: u8 = 2;
 
-/// Where a live entry's record is: its segment, the payload's offset and length.
-#[derive(Debug, Clone, Copy)]
+/// Where a live entry's record is: its segment and the payload's offset. The length is read
+/// from the record's header (see [`Journal::entry`]), so an index slot is 16 bytes, not 24.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Location {
-    segment: u64,
+    /// The segment's number ([`start_segment`](Journal::start_segment) keeps them in 32 bits:
+    /// four billion segments of 64 MiB).
+    segment: u32,
     offset: u32,
-    len: u32,
 }
 
-/// Every live (unreleased) entry, in id order: 24 bytes an entry, where a hash map took about
+/// Every live (unreleased) entry, in id order: 16 bytes an entry, where a hash map took about
 /// 40 and twice that while it grew. A backlog of a million acknowledged messages is the case
-/// this is sized for. Ids only grow within a run (a batch's ids derive from sled's
+/// this is sized for (16 MiB of slots, and 24 while the deque grows into them). Ids only grow within a run (a batch's ids derive from sled's
 /// `generate_id`), so appends go at the back; a released entry becomes a hole, and holes at the
 /// front are dropped, so the deque spans the oldest live entry to the newest.
 #[derive(Default)]
@@ -79,7 +81,7 @@ struct LiveIndex {
     live: usize,
 }
 
-/// `len` of a released slot (no payload is this long: see [`MAX_PAYLOAD`]).
+/// `offset` of a released slot (no record starts there: see [`MAX_SEGMENT_BYTES`]).
 const RELEASED: u32 = u32::MAX;
 
 impl LiveIndex {
@@ -90,7 +92,7 @@ impl LiveIndex {
                 // order by placing it, or replace a slot with the same id.
                 match self.slots.binary_search_by_key(&id, |(i, _)| *i) {
                     Ok(at) => {
-                        if self.slots[at].1.len == RELEASED {
+                        if self.slots[at].1.offset == RELEASED {
                             self.live += 1;
                         }
                         self.slots[at].1 = location;
@@ -111,19 +113,23 @@ impl LiveIndex {
     fn get(&self, id: u64) -> Option<Location> {
         let at = self.slots.binary_search_by_key(&id, |(i, _)| *i).ok()?;
         let location = self.slots[at].1;
-        (location.len != RELEASED).then_some(location)
+        (location.offset != RELEASED).then_some(location)
     }
 
     /// Marks an entry released; returns where it was, if it was live.
     fn remove(&mut self, id: u64) -> Option<Location> {
         let at = self.slots.binary_search_by_key(&id, |(i, _)| *i).ok()?;
         let location = self.slots[at].1;
-        if location.len == RELEASED {
+        if location.offset == RELEASED {
             return None;
         }
-        self.slots[at].1.len = RELEASED;
+        self.slots[at].1.offset = RELEASED;
         self.live -= 1;
-        while self.slots.front().is_some_and(|(_, l)| l.len == RELEASED) {
+        while self
+            .slots
+            .front()
+            .is_some_and(|(_, l)| l.offset == RELEASED)
+        {
             self.slots.pop_front();
         }
         if self.slots.len() < self.slots.capacity() / 4 {
@@ -136,22 +142,24 @@ impl LiveIndex {
     fn ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.slots
             .iter()
-            .filter(|(_, l)| l.len != RELEASED)
+            .filter(|(_, l)| l.offset != RELEASED)
             .map(|(id, _)| *id)
     }
 
     /// Drops the live entries of `segment` at or past `offset` (a write that failed there).
-    fn forget_from(&mut self, segment: u64, offset: u32) -> u64 {
+    fn forget_from(&mut self, segment: u32, offset: u32) -> u64 {
         let mut forgotten = 0;
         for (_, location) in self.slots.iter_mut() {
-            if location.segment == segment && location.offset >= offset && location.len != RELEASED
+            if location.segment == segment
+                && location.offset >= offset
+                && location.offset != RELEASED
             {
-                location.len = RELEASED;
+                location.offset = RELEASED;
                 self.live -= 1;
                 forgotten += 1;
             }
         }
-        while self.slots.back().is_some_and(|(_, l)| l.len == RELEASED) {
+        while self.slots.back().is_some_and(|(_, l)| l.offset == RELEASED) {
             self.slots.pop_back();
         }
         forgotten
@@ -435,13 +443,15 @@ impl Journal {
         encode_record(&mut buf, ENTRY, id, payload);
         state.buf = buf;
         let active = state.active;
+        let segment = u32::try_from(active).map_err(|_| {
+            StoreError::Corrupt(format!("journal segment number {active} is past 32 bits"))
+        })?;
         state.live.insert(
             id,
             Location {
-                segment: active,
+                segment,
                 // Below MAX_SEGMENT_BYTES, checked above.
                 offset: offset as u32,
-                len: payload.len() as u32,
             },
         );
         if let Some(segment) = state.segments.get_mut(&active) {
@@ -469,7 +479,8 @@ impl Journal {
             }
             Err(e) => {
                 let start = state.active_len as u32;
-                let lost = state.live.forget_from(active, start);
+                // A segment past 32 bits never got an entry (`append_raw`).
+                let lost = u32::try_from(active).map_or(0, |s| state.live.forget_from(s, start));
                 if let Some(s) = state.segments.get_mut(&active) {
                     s.live = s.live.saturating_sub(lost);
                 }
@@ -574,7 +585,7 @@ impl Journal {
         let mut payload = Vec::with_capacity(ids.len() * 8);
         for id in ids {
             if let Some(location) = state.live.remove(*id) {
-                if let Some(segment) = state.segments.get_mut(&location.segment) {
+                if let Some(segment) = state.segments.get_mut(&u64::from(location.segment)) {
                     segment.live = segment.live.saturating_sub(1);
                 }
                 payload.extend_from_slice(&id.to_le_bytes());
@@ -614,11 +625,28 @@ impl Journal {
             let Some(location) = state.live.get(id) else {
                 return Ok(None);
             };
-            (state.segment_file(location.segment)?, location)
+            (state.segment_file(u64::from(location.segment))?, location)
         };
-        let mut payload = vec![0; location.len as usize];
-        file.read_exact_at(&mut payload, u64::from(location.offset))?;
-        Ok(Some(JournalEntry::decode(&payload)?))
+        // The index keeps no length: the header before the payload has it (and the CRC, so the
+        // record is checked as at open).
+        let damaged = || StoreError::Corrupt(format!("journal entry {id} does not check out"));
+        let start = u64::from(location.offset)
+            .checked_sub(HEADER as u64)
+            .ok_or_else(damaged)?;
+        let mut record = vec![0; HEADER];
+        file.read_exact_at(&mut record, start)?;
+        let len = u32::from_le_bytes([record[1], record[2], record[3], record[4]]) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(damaged());
+        }
+        record.resize(HEADER + len, 0);
+        file.read_exact_at(&mut record[HEADER..], u64::from(location.offset))?;
+        match parse_record(&record, 0) {
+            Some(r) if r.kind == ENTRY && r.id == id => {
+                Ok(Some(JournalEntry::decode(&record[r.payload])?))
+            }
+            _ => Err(damaged()),
+        }
     }
 
     /// True while entry `id` is not released.
@@ -653,6 +681,39 @@ mod tests {
             received_at_ms: 1_700_000_000_000 + u64::from(n),
             pdu: Bytes::from(n.to_be_bytes().repeat(5 + (n % 7) as usize)),
         }
+    }
+
+    #[test]
+    fn an_index_slot_is_sixteen_bytes() {
+        assert_eq!(std::mem::size_of::<(u64, Location)>(), 16);
+    }
+
+    #[test]
+    fn an_entry_read_back_is_checked_against_its_header_and_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), false).unwrap();
+        let entries = [entry(1), entry(2), entry(3)];
+        let ids = journal.append(7, &entries).unwrap();
+        for (id, e) in ids.iter().zip(&entries) {
+            assert_eq!(journal.entry(*id).unwrap().as_ref(), Some(e));
+        }
+        // Damage one byte of the second entry's payload on disk.
+        let location = journal.lock().live.get(ids[1]).unwrap();
+        let file = journal
+            .lock()
+            .segment_file(u64::from(location.segment))
+            .unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, u64::from(location.offset) + 3)
+            .unwrap();
+        file.write_all_at(&[byte[0] ^ 0xff], u64::from(location.offset) + 3)
+            .unwrap();
+        assert!(
+            matches!(journal.entry(ids[1]), Err(StoreError::Corrupt(_))),
+            "a damaged entry is an error, not a different message"
+        );
+        assert_eq!(journal.entry(ids[2]).unwrap().as_ref(), Some(&entries[2]));
+        assert_eq!(journal.entry(99).unwrap(), None, "never journaled");
     }
 
     fn segment_files(dir: &Path) -> Vec<PathBuf> {
@@ -939,12 +1000,8 @@ mod tests {
         }
     }
 
-    fn at(segment: u64, offset: u32) -> Location {
-        Location {
-            segment,
-            offset,
-            len: 10,
-        }
+    fn at(segment: u32, offset: u32) -> Location {
+        Location { segment, offset }
     }
 
     #[test]
