@@ -471,7 +471,7 @@ async fn drain(
                 let in_flight: usize = endpoints.values().map(|ep| ep.in_flight).sum();
                 tracing::warn!(
                     in_flight,
-                    "stopping with requests still in flight; their messages are processed again at the next start"
+                    "stopping with requests still in flight: at the next start they run again (a first webhook attempt from its message's journal entry, anything else from the queue)"
                 );
                 break;
             }
