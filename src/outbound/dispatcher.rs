@@ -449,8 +449,8 @@ pub async fn run(
     }
 }
 
-/// A stopping dispatcher starts nothing new. It waits up to [`DRAIN_AT_MOST`] for the requests
-/// in flight to end, so a delivery the endpoint has taken is settled, not made again at the
+/// A stopping dispatcher starts nothing new. It waits up to [`DRAIN_AT_MOST`] for the webhook
+/// and e-mail requests in flight to end, so a delivery the endpoint has taken is settled, not made again at the
 /// next start. Then it writes every job still held in memory to the `jobs` tree. So the
 /// daemon can release their journal entries, and at the next start these jobs run as they
 /// were planned, not re-planned from the message under whatever config that start has.
@@ -463,12 +463,19 @@ async fn drain(
     done_rx: &mut mpsc::UnboundedReceiver<Finished>,
 ) {
     let deadline = tokio::time::Instant::now() + DRAIN_AT_MOST;
-    while endpoints.values().any(|ep| ep.in_flight > 0) {
+    // Not for SMS: the sessions stopped before this, so a submit_sm in flight can only time out
+    // (its job is in the `jobs` tree and runs again at the next start).
+    let waited_for = |ep: &Endpoint| ep.in_flight > 0 && !matches!(ep.target, Target::Sms { .. });
+    while endpoints.values().any(waited_for) {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
             Ok(Some(f)) => finished(endpoints, f),
             Ok(None) => break,
             Err(_) => {
-                let in_flight: usize = endpoints.values().map(|ep| ep.in_flight).sum();
+                let in_flight: usize = endpoints
+                    .values()
+                    .filter(|ep| waited_for(ep))
+                    .map(|ep| ep.in_flight)
+                    .sum();
                 tracing::warn!(
                     in_flight,
                     "stopping with requests still in flight: at the next start they run again (a first webhook attempt from its message's journal entry, anything else from the queue)"
@@ -1214,6 +1221,29 @@ mod tests {
         assert_eq!(letter.job, fresh.job);
         assert!(letter.reason.contains("no longer configured"));
         assert_eq!(book.take_settled(), vec![9]);
+    }
+
+    /// On a paused clock: waiting for the submit_sm would move it to the drain's deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_writes_held_jobs_and_does_not_wait_for_an_sms_in_flight() {
+        let (_dir, store) = store();
+        let book = HoldBook::default();
+        let mut eps = endpoints(); // "crm" is an SMS queue here
+        let (s, fresh) = held(&book, 3 << 8, "crm");
+        enqueue(&store, &mut eps, s);
+        eps.get_mut("crm").unwrap().in_flight = 1;
+        let (_incoming_tx, mut incoming) = mpsc::unbounded_channel();
+        let (_done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let started = tokio::time::Instant::now();
+        drain(&store, &mut eps, &mut incoming, &mut done_rx).await;
+        assert!(
+            started.elapsed() < DRAIN_AT_MOST,
+            "waited {:?} for a submit_sm whose session is gone",
+            started.elapsed()
+        );
+        assert!(!fresh.only_in_memory(), "settled by being written");
+        assert_eq!(store.job(3 << 8).unwrap(), Some(fresh.job.clone()));
+        assert_eq!(book.take_settled(), vec![3]);
     }
 
     #[tokio::test]
