@@ -156,7 +156,7 @@ impl Processor {
         let ids = self.store.pending_journal_ids()?;
         let n = ids.len();
         self.recovering = true;
-        for chunk in ids.chunks(1024) {
+        for chunk in ids.chunks(BATCH) {
             for &id in chunk {
                 self.process(id, None);
             }

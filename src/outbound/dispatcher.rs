@@ -487,13 +487,7 @@ async fn drain(
     while let Ok(s) = incoming.try_recv() {
         enqueue(store, endpoints, s);
     }
-    let held = endpoints
-        .values()
-        .flat_map(|ep| ep.fresh.values())
-        .filter(|f| f.only_in_memory())
-        .cloned()
-        .collect();
-    persist_held(store, held, "stopping").await;
+    persist_held(store, held_jobs_since(endpoints, u64::MAX), "stopping").await;
 }
 
 impl Endpoint {
@@ -569,10 +563,15 @@ fn enqueue(store: &Store, endpoints: &mut HashMap<Arc<str>, Endpoint>, s: Schedu
 /// can go.
 fn waiting_holds(endpoints: &HashMap<Arc<str>, Endpoint>) -> Vec<Arc<Fresh>> {
     let oldest_allowed = clock::now_ms().saturating_sub(HOLD_AT_MOST.as_millis() as u64);
+    held_jobs_since(endpoints, oldest_allowed)
+}
+
+/// Jobs still held only in memory that were handed over at or before `at_most_ms`.
+fn held_jobs_since(endpoints: &HashMap<Arc<str>, Endpoint>, at_most_ms: u64) -> Vec<Arc<Fresh>> {
     endpoints
         .values()
         .flat_map(|ep| ep.fresh.values())
-        .filter(|f| f.since_ms <= oldest_allowed && f.only_in_memory())
+        .filter(|f| f.since_ms <= at_most_ms && f.only_in_memory())
         .cloned()
         .collect()
 }

@@ -274,32 +274,33 @@ mod tests {
         }
     }
 
-    /// Parts 1-3 under journal ids 10-12, assembled.
-    fn assemble(store: &Store, group: &GroupKey) -> GroupMeta {
-        assert_eq!(
-            store.add_part(10, 1, group, 3, &part(1)).unwrap(),
-            PartAdded::Waiting
-        );
-        assert_eq!(
-            store.add_part(11, 2, group, 3, &part(2)).unwrap(),
-            PartAdded::Waiting
-        );
-        let PartAdded::Complete(meta) = store.add_part(12, 3, group, 3, &part(3)).unwrap() else {
+    /// A store holding one message assembled from parts 1-3 (journal ids 10-12) of group
+    /// `reference`.
+    fn assembled(reference: u16) -> (tempfile::TempDir, Store, GroupKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8, false).unwrap();
+        let group = GroupKey::new("sim", "919800000011", "567678", reference, 3);
+        for (journal_id, seq) in [(10, 1), (11, 2)] {
+            assert_eq!(
+                store
+                    .add_part(journal_id, u64::from(seq), &group, 3, &part(seq))
+                    .unwrap(),
+                PartAdded::Waiting
+            );
+        }
+        let PartAdded::Complete(meta) = store.add_part(12, 3, &group, 3, &part(3)).unwrap() else {
             panic!("three of three parts make a complete group");
         };
         assert_eq!(meta.journal_ids, vec![10, 11, 12]);
         store
-            .finish_group(group, &meta, &super::super::tests::sample_message(10), &[])
+            .finish_group(&group, &meta, &super::super::tests::sample_message(10), &[])
             .unwrap();
-        meta
+        (dir, store, group)
     }
 
     #[test]
     fn a_part_replayed_after_its_group_was_assembled_is_absorbed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 8, false).unwrap();
-        let group = GroupKey::new("sim", "919800000011", "567678", 7, 3);
-        assemble(&store, &group);
+        let (_dir, store, group) = assembled(7);
         // The crash came after the assembled message was durable, before the last part's
         // journal entry was released: it is processed again.
         assert_eq!(
@@ -319,10 +320,7 @@ mod tests {
 
     #[test]
     fn records_of_released_parts_are_forgotten_and_live_ones_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 8, false).unwrap();
-        let group = GroupKey::new("sim", "919800000011", "567678", 8, 3);
-        assemble(&store, &group);
+        let (_dir, store, group) = assembled(8);
         assert_eq!(store.forget_assembled(|id| id == 12).unwrap(), 2);
         assert_eq!(
             store.add_part(12, 3, &group, 3, &part(3)).unwrap(),
