@@ -50,7 +50,10 @@ pub fn render(state: &AdminState) -> String {
          {} jobs queued, {} dead letters.</p><h2>Latest messages</h2><table><tr><th>id</th>\
          <th>received</th><th>from</th><th>to</th><th>text</th><th>encoding</th><th>parts</th>\
          <th>forwarded to</th></tr>",
-        state.store.message_count(),
+        state
+            .store
+            .message_count()
+            .map_or_else(|e| format!("(unreadable: {e})"), |n| n.to_string()),
         state.store.journal_depth(),
         state.queue_depth.get(),
         state.store.dead_letter_count(),

@@ -1,7 +1,8 @@
 //! Everything vmnd keeps on disk, behind one module: the pre-ack inbound journal with group
-//! commit ([`journal`], our own append-only segment files) and sled 0.34 for everything else
-//! (see DESIGN.md on its durability caveats): message records, concatenation parts, receipts,
-//! and (in [`queue`]) the durable job queue and dead letters.
+//! commit ([`journal`], our own append-only segment files), message records and delivery
+//! attempts in an LSM tree ([`records`], fjall, in `<data_dir>/records/`) and sled 0.34 for
+//! everything else (see DESIGN.md on its durability caveats): concatenation parts, receipts,
+//! consent, and (in [`queue`]) the durable job queue and dead letters.
 //!
 //! The journal (`<data_dir>/wal/`) holds each deliver_sm exactly as received, written and
 //! fdatasynced before `deliver_sm_resp` 0 goes out. Its group commit writes only journal
@@ -13,13 +14,15 @@
 //! layouts kept the journal in sled (a tree of the main database, then a database of its own
 //! in `<data_dir>/journal`); what they still hold is moved at open.
 //!
+//! The records database holds `messages`: id (u64 BE) -> [`MessageRecord`] (JSON), and the
+//! delivery attempts of jobs. A message's id is the journal id of the message (of its first
+//! part, for a concatenated one), so reprocessing is idempotent.
+//!
 //! The sled database (`<data_dir>`) holds everything else:
-//! - `messages`: id (u64 BE) -> [`MessageRecord`] (JSON). The id is the journal id of the
-//!   message (of its first part, for a concatenated one), so reprocessing is idempotent.
 //! - `parts`:    reassembly state, see [`parts`].
 //! - `assembled`: journal ids of parts already assembled into a message, see [`parts`].
 //! - `receipts`: `"<carrier>\0<carrier message id>"` -> message id (u64 BE) of the receipt record.
-//! - `jobs`, `dead`, `attempts`: see [`queue`].
+//! - `jobs`, `dead`: see [`queue`].
 //! - `outbound`, `outbound_ids`: SMS sent and their receipts, see [`outbound`].
 //! - `votes`: poll votes, see [`polls`].
 //! - `keywords`: keywords added at run time through the admin API, see [`keywords`].
@@ -37,6 +40,7 @@ pub mod outbound;
 pub mod parts;
 pub mod polls;
 pub mod queue;
+pub(crate) mod records;
 pub mod writer;
 
 use std::fs::File;
@@ -53,6 +57,8 @@ use crate::smpp::receipt::Receipt;
 #[derive(Debug)]
 pub enum StoreError {
     Sled(sled::Error),
+    /// The records database (fjall), see [`records`].
+    Records(String),
     Io(std::io::Error),
     Corrupt(String),
 }
@@ -61,6 +67,7 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreError::Sled(e) => write!(f, "sled: {e}"),
+            StoreError::Records(e) => write!(f, "records store: {e}"),
             StoreError::Io(e) => write!(f, "i/o: {e}"),
             StoreError::Corrupt(e) => write!(f, "corrupt record: {e}"),
         }
@@ -240,13 +247,13 @@ struct Inner {
     db: sled::Db,
     /// The pre-ack journal, see [`journal`].
     journal: journal::Journal,
-    messages: sled::Tree,
+    /// Message records and delivery attempts, see [`records`].
+    records: records::Records,
     parts: sled::Tree,
     assembled: sled::Tree,
     receipts: sled::Tree,
     jobs: sled::Tree,
     dead: sled::Tree,
-    attempts: sled::Tree,
     outbound: sled::Tree,
     outbound_ids: sled::Tree,
     votes: sled::Tree,
@@ -317,6 +324,8 @@ impl Store {
             );
         }
         migrate_sled_journal(&db, dir, &journal, cache_mb)?;
+        let records = records::Records::open(&dir.join("records"), fsync)?;
+        records.migrate_from_sled(&db)?;
         let db_file = if fsync {
             Some(File::open(dir.join("db"))?)
         } else {
@@ -327,13 +336,12 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 journal,
-                messages: db.open_tree("messages")?,
+                records,
                 parts: db.open_tree("parts")?,
                 assembled: db.open_tree("assembled")?,
                 receipts: db.open_tree("receipts")?,
                 jobs: db.open_tree("jobs")?,
                 dead,
-                attempts: db.open_tree("attempts")?,
                 outbound: db.open_tree("outbound")?,
                 outbound_ids: db.open_tree("outbound_ids")?,
                 votes: db.open_tree("votes")?,
@@ -414,10 +422,11 @@ impl Store {
         self.inner.journal.sync()
     }
 
-    /// The main database's flush and fsync, blocking: what processing wrote is durable after
-    /// it, so the journal entries it came from may go.
+    /// The records database's persist, then the main database's flush and fsync, blocking:
+    /// what processing wrote is durable after it, so the journal entries it came from may go.
     pub fn flush_main(&self) -> Result<()> {
         self.check_injected_failure()?;
+        self.inner.records.persist()?;
         self.inner.db.flush()?;
         if let Some(f) = &self.inner.db_file {
             f.sync_data()?;
@@ -476,7 +485,7 @@ impl Store {
 
     /// A stored message by id.
     pub fn message(&self, id: u64) -> Result<Option<MessageRecord>> {
-        match self.inner.messages.get(id.to_be_bytes())? {
+        match self.inner.records.message(id)? {
             Some(raw) => Ok(Some(decode_json(&raw)?)),
             None => Ok(None),
         }
@@ -486,8 +495,8 @@ impl Store {
     pub fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<MessageRecord>> {
         let upper = filter.before.unwrap_or(u64::MAX);
         let mut out = Vec::new();
-        for kv in self.inner.messages.range(..upper.to_be_bytes()).rev() {
-            let (_, raw) = kv?;
+        for raw in self.inner.records.messages_below(upper) {
+            let raw = raw?;
             let m: MessageRecord = decode_json(&raw)?;
             // Ids grow with the journal and so, nearly, with `received_at` (sessions stamp
             // their own PDUs and clocks step): stop only well past `since`.
@@ -508,8 +517,8 @@ impl Store {
     }
 
     /// Number of stored messages.
-    pub fn message_count(&self) -> usize {
-        self.inner.messages.len()
+    pub fn message_count(&self) -> Result<usize> {
+        self.inner.records.message_count()
     }
 
     /// The receipt record id for a carrier's message id.
@@ -528,13 +537,11 @@ impl Store {
 
     pub(crate) fn trees(&self) -> Trees<'_> {
         Trees {
-            messages: &self.inner.messages,
             parts: &self.inner.parts,
             assembled: &self.inner.assembled,
             receipts: &self.inner.receipts,
             jobs: &self.inner.jobs,
             dead: &self.inner.dead,
-            attempts: &self.inner.attempts,
             outbound: &self.inner.outbound,
             outbound_ids: &self.inner.outbound_ids,
             votes: &self.inner.votes,
@@ -594,13 +601,11 @@ fn migrate_sled_journal(
 
 /// Borrowed trees for the other store submodules.
 pub(crate) struct Trees<'a> {
-    pub messages: &'a sled::Tree,
     pub parts: &'a sled::Tree,
     pub assembled: &'a sled::Tree,
     pub receipts: &'a sled::Tree,
     pub jobs: &'a sled::Tree,
     pub dead: &'a sled::Tree,
-    pub attempts: &'a sled::Tree,
     pub outbound: &'a sled::Tree,
     pub outbound_ids: &'a sled::Tree,
     pub votes: &'a sled::Tree,

@@ -4,8 +4,9 @@
 //! `parts` tree keys: `<group>` + one byte. `<group>` is
 //! `carrier \0 from \0 to \0 reference \0 total \0`; the last byte is 0 for the group's
 //! [`GroupMeta`] and the part number (1..=total) for a [`PartRecord`]. The processor releases a
-//! part's journal entry once the part is durable here; the assembled message replaces the group
-//! in one transaction.
+//! part's journal entry once the part is durable here; the assembled message replaces the group:
+//! its record is made durable in the records database first, then one sled transaction removes
+//! the parts (a crash in between only assembles the same message again).
 //!
 //! `assembled` tree: journal id (u64 BE) -> () for every part of a group that became a message,
 //! written in that same transaction. A crash after it but before the processor released the
@@ -168,7 +169,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Replaces a group by its assembled message and the message's jobs, atomically.
+    /// Replaces a group by its assembled message and the message's jobs. The record is
+    /// persisted before the parts go: once the transaction below is on disk, the parts whose
+    /// journal entries were released earlier exist nowhere else. That is one journal sync of
+    /// the records database per concatenated message (off the acknowledgement path).
     pub fn finish_group(
         &self,
         group: &GroupKey,
@@ -178,25 +182,25 @@ impl Store {
     ) -> Result<()> {
         let t = self.trees();
         let id = meta.first_journal_id;
-        let message_value = encode_json(message);
+        self.inner
+            .records
+            .put_messages([(id, encode_json(message))])?;
+        self.inner.records.persist()?;
         let job_values: Vec<(u64, Vec<u8>)> = jobs.iter().map(|j| (j.id, encode_json(j))).collect();
         let mut part_keys = vec![group.with(0)];
         part_keys.extend(meta.received.iter().map(|seq| group.with(*seq)));
-        (t.parts, t.messages, t.jobs, t.assembled).transaction(
-            |(parts, messages, jobs_tree, assembled)| {
-                for key in &part_keys {
-                    parts.remove(key.as_slice())?;
-                }
-                for journal_id in &meta.journal_ids {
-                    assembled.insert(&journal_id.to_be_bytes(), &[] as &[u8])?;
-                }
-                messages.insert(&id.to_be_bytes(), message_value.as_slice())?;
-                for (job_id, value) in &job_values {
-                    jobs_tree.insert(&job_id.to_be_bytes(), value.as_slice())?;
-                }
-                Ok::<(), ConflictableTransactionError<StoreError>>(())
-            },
-        )?;
+        (t.parts, t.jobs, t.assembled).transaction(|(parts, jobs_tree, assembled)| {
+            for key in &part_keys {
+                parts.remove(key.as_slice())?;
+            }
+            for journal_id in &meta.journal_ids {
+                assembled.insert(&journal_id.to_be_bytes(), &[] as &[u8])?;
+            }
+            for (job_id, value) in &job_values {
+                jobs_tree.insert(&job_id.to_be_bytes(), value.as_slice())?;
+            }
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
+        })?;
         Ok(())
     }
 
@@ -243,16 +247,20 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
-        // Plain writes; the journal entries stay until the processor has flushed these and
-        // releases them, so a crash in between only means processing them again into the same
-        // record and jobs (ids derive from the journal id). Neither a sled transaction nor a
-        // sled batch: in sled 0.34 each of those seals and writes its I/O buffer twice (through
-        // its thread pool, which wakes every worker), and at a low rate, where a batch is one
-        // or two messages, that was most of the processor's cost. Single inserts only append
-        // to the buffer, which the next flush writes.
+        // Not atomic, and need not be: the journal entries stay until the processor has flushed
+        // these and releases them, so a crash in between only means processing them again into
+        // the same record and jobs (ids derive from the journal id). The records go in one
+        // write batch of the records database; jobs are plain sled inserts, neither a sled
+        // transaction nor a sled batch: in sled 0.34 each of those seals and writes its I/O
+        // buffer twice (through its thread pool, which wakes every worker), and at a low rate,
+        // where a batch is one or two messages, that was most of the processor's cost.
+        self.inner.records.put_messages(
+            batch
+                .iter()
+                .map(|(id, message, _)| (*id, encode_json(message))),
+        )?;
         let t = self.trees();
-        for (id, message, jobs) in batch {
-            t.messages.insert(id.to_be_bytes(), encode_json(message))?;
+        for (_, _, jobs) in batch {
             for job in jobs {
                 t.jobs.insert(job.id.to_be_bytes(), encode_json(job))?;
             }

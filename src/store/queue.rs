@@ -8,9 +8,9 @@
 //! keeps the schedule in memory and rebuilds it from this tree at startup, so nothing claimed
 //! but unfinished before a crash is forgotten.
 //! `dead`: job id (u64 BE) -> [`DeadLetter`] (JSON).
-//! `attempts`: job id (u64 BE) ++ attempt number (u32 BE) ++ try (u8: 0 the `url`, 1 the
-//! `fallback_url`) -> [`AttemptRecord`] (JSON): every request a webhook job made, kept with the
-//! messages (no retention yet, like the messages tree).
+//! `attempts` (in the records database, see [`super::records`]): job id (u64 BE) ++ attempt
+//! number (u32 BE) ++ try (u8: 0 the `url`, 1 the `fallback_url`) -> [`AttemptRecord`] (JSON):
+//! every request a webhook job made, kept with the messages (no retention yet, like them).
 
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -276,19 +276,21 @@ impl Store {
         fallback: bool,
         record: &AttemptRecord,
     ) -> Result<()> {
-        self.trees().attempts.insert(
-            attempt_key(job_id, record.attempt, fallback),
+        self.inner.records.put_attempt(
+            attempt_key(job_id, record.attempt, fallback).to_vec(),
             encode_json(record),
-        )?;
-        Ok(())
+        )
     }
 
     /// The recorded requests of a job, in order.
     pub fn attempts(&self, job_id: u64) -> Result<Vec<AttemptRecord>> {
         let mut out = Vec::new();
-        for kv in self.trees().attempts.scan_prefix(job_id.to_be_bytes()) {
-            let (_, v) = kv?;
-            out.push(decode_json(&v)?);
+        for v in self
+            .inner
+            .records
+            .attempts_with_prefix(&job_id.to_be_bytes())
+        {
+            out.push(decode_json(&v?)?);
         }
         Ok(out)
     }

@@ -1,0 +1,264 @@
+//! Message records and delivery attempts: the two collections every message adds to, kept in
+//! an LSM tree (fjall 3, in `<data_dir>/records/`) beside sled. Every fjall type stays in this
+//! module.
+//!
+//! Why not sled: both collections only grow, under keys that only grow (journal ids, job
+//! ids). sled 0.34 keeps at most 16 entries in a leaf, so with rising keys it splits the last
+//! leaf every eight inserts, copying the leaf and rewriting its parent. In a profile of the
+//! ingest benchmark those splits were 13% of the daemon's CPU, and without these two writes
+//! the daemon spent 30 µs less per message (BENCHMARKS.md, sixth session). Every leaf is also
+//! a sled page held in memory, so the two trees were most of the daemon's RSS after a million
+//! messages. An LSM tree appends to a memtable and writes sorted tables in the background;
+//! rising keys are its best case.
+//!
+//! Durability is the main database's: writes here are buffered (fjall's journal is persisted
+//! by hand), and [`Records::persist`] runs in [`super::Store::flush_main`] before any journal
+//! entry is released. A crash before that only means processing the entry again, which
+//! writes the same record under the same key.
+//!
+//! Layout:
+//! - `messages`: message id (u64 BE) -> [`super::MessageRecord`] (JSON).
+//! - `attempts`: job id (u64 BE) ++ attempt (u32 BE) ++ fallback (u8) -> attempt record (JSON),
+//!   see [`super::queue`].
+//!
+//! Databases from before this module kept both in sled trees of the same names; [`Records::open`]
+//! moves what they hold here and drops them.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::{Result, StoreError};
+
+/// fjall's block cache. Records are read back only by the admin API and by the dispatcher for
+/// jobs that waited in the `jobs` tree, so a small cache will do.
+const CACHE_BYTES: u64 = 4 << 20;
+/// Memtable size per collection. Each is flushed to a sorted table when full; two of them are
+/// the bulk of what this store holds in memory.
+const MEMTABLE_BYTES: u64 = 4 << 20;
+/// The journal's cap (fjall's minimum): memtables are flushed when their journal reaches it.
+const JOURNAL_BYTES: u64 = 64 << 20;
+/// How many records a migration from sled moves per write batch.
+const MIGRATION_BATCH: usize = 4096;
+
+impl From<fjall::Error> for StoreError {
+    fn from(e: fjall::Error) -> Self {
+        StoreError::Records(e.to_string())
+    }
+}
+
+/// The records database. Cheap to share: fjall's handles are reference-counted.
+pub(crate) struct Records {
+    db: fjall::Database,
+    messages: fjall::Keyspace,
+    attempts: fjall::Keyspace,
+    /// `SyncData` when the daemon fsyncs (`fsync = true`), else only to the OS.
+    persist_mode: fjall::PersistMode,
+}
+
+impl Records {
+    /// Opens (or creates) the records database in `dir`. Like sled's, fjall's lock may still be
+    /// held for a moment by a database just closed in this process: wait up to five seconds.
+    pub(crate) fn open(dir: &Path, fsync: bool) -> Result<Records> {
+        let started = Instant::now();
+        let db = loop {
+            let opened = fjall::Database::builder(dir)
+                .cache_size(CACHE_BYTES)
+                // Persisted by `persist`, before journal entries are released: a flush to the
+                // OS after every write would be a system call per message.
+                .manual_journal_persist(true)
+                .max_journaling_size(JOURNAL_BYTES)
+                // One background worker: two spent more CPU waking each other than they saved.
+                .worker_threads(1)
+                .open();
+            match opened {
+                Err(fjall::Error::Locked) if started.elapsed() < Duration::from_secs(5) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
+        let options = || fjall::KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+        let messages = db.keyspace("messages", options)?;
+        let attempts = db.keyspace("attempts", options)?;
+        Ok(Records {
+            db,
+            messages,
+            attempts,
+            persist_mode: if fsync {
+                fjall::PersistMode::SyncData
+            } else {
+                fjall::PersistMode::Buffer
+            },
+        })
+    }
+
+    /// Makes every write so far durable (or, without fsync, hands it to the OS).
+    pub(crate) fn persist(&self) -> Result<()> {
+        Ok(self.db.persist(self.persist_mode)?)
+    }
+
+    /// Writes message records in one batch (one journal write for all of them).
+    pub(crate) fn put_messages<'a>(
+        &self,
+        records: impl IntoIterator<Item = (u64, Vec<u8>)> + 'a,
+    ) -> Result<()> {
+        let mut batch = self.db.batch();
+        for (id, value) in records {
+            batch.insert(&self.messages, id.to_be_bytes(), value);
+        }
+        Ok(batch.commit()?)
+    }
+
+    /// The stored record of message `id`.
+    pub(crate) fn message(&self, id: u64) -> Result<Option<Vec<u8>>> {
+        Ok(self.messages.get(id.to_be_bytes())?.map(|v| v.to_vec()))
+    }
+
+    /// Records with ids below `upper`, newest first.
+    pub(crate) fn messages_below(&self, upper: u64) -> impl Iterator<Item = Result<Vec<u8>>> {
+        self.messages
+            .range(..upper.to_be_bytes())
+            .rev()
+            .map(|guard| Ok(guard.value()?.to_vec()))
+    }
+
+    /// How many records are stored: a scan of the keys, for tests and the operators' page.
+    pub(crate) fn message_count(&self) -> Result<usize> {
+        Ok(self.messages.len()?)
+    }
+
+    pub(crate) fn put_attempt(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        Ok(self.attempts.insert(key, value)?)
+    }
+
+    /// Attempt records whose key starts with `prefix`, in key order.
+    pub(crate) fn attempts_with_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<Vec<u8>>> {
+        self.attempts
+            .prefix(prefix)
+            .map(|guard| Ok(guard.value()?.to_vec()))
+    }
+
+    /// Moves the sled trees `messages` and `attempts` of an older layout here, then drops them.
+    /// A crash midway moves the same records again at the next start: a tree is dropped only
+    /// once what it held here is durable.
+    pub(crate) fn migrate_from_sled(&self, db: &sled::Db) -> Result<()> {
+        for (name, keyspace) in [("messages", &self.messages), ("attempts", &self.attempts)] {
+            if !db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == name.as_bytes())
+            {
+                continue;
+            }
+            let tree = db.open_tree(name)?;
+            let mut moved = 0usize;
+            let mut batch = self.db.batch();
+            let mut in_batch = 0;
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                batch.insert(keyspace, k.to_vec(), v.to_vec());
+                in_batch += 1;
+                moved += 1;
+                if in_batch == MIGRATION_BATCH {
+                    std::mem::replace(&mut batch, self.db.batch()).commit()?;
+                    in_batch = 0;
+                }
+            }
+            batch.commit()?;
+            self.db.persist(fjall::PersistMode::SyncAll)?;
+            drop(tree);
+            db.drop_tree(name)?;
+            if moved > 0 {
+                tracing::info!(
+                    tree = name,
+                    records = moved,
+                    "moved from sled to the records store"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_a_reopen_after_persist_and_list_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let records = Records::open(dir.path(), true).unwrap();
+            records
+                .put_messages((1..=5u64).map(|id| (id, format!("m{id}").into_bytes())))
+                .unwrap();
+            records
+                .put_attempt(attempt_key(9, 1), b"a1".to_vec())
+                .unwrap();
+            records
+                .put_attempt(attempt_key(9, 2), b"a2".to_vec())
+                .unwrap();
+            records
+                .put_attempt(attempt_key(10, 1), b"b1".to_vec())
+                .unwrap();
+            records.persist().unwrap();
+        }
+        let records = Records::open(dir.path(), true).unwrap();
+        assert_eq!(records.message(3).unwrap(), Some(b"m3".to_vec()));
+        assert_eq!(records.message(6).unwrap(), None);
+        assert_eq!(records.message_count().unwrap(), 5);
+        let below_4: Vec<Vec<u8>> = records.messages_below(4).map(|r| r.unwrap()).collect();
+        assert_eq!(
+            below_4,
+            vec![b"m3".to_vec(), b"m2".to_vec(), b"m1".to_vec()]
+        );
+        let of_9: Vec<Vec<u8>> = records
+            .attempts_with_prefix(&9u64.to_be_bytes())
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(of_9, vec![b"a1".to_vec(), b"a2".to_vec()]);
+    }
+
+    #[test]
+    fn sled_trees_of_the_old_layout_are_moved_and_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path().join("sled"))
+            .open()
+            .unwrap();
+        let old = db.open_tree("messages").unwrap();
+        for id in 0..(MIGRATION_BATCH as u64 + 10) {
+            old.insert(id.to_be_bytes(), format!("old{id}").as_bytes())
+                .unwrap();
+        }
+        db.open_tree("attempts")
+            .unwrap()
+            .insert(attempt_key(7, 1), b"att".as_slice())
+            .unwrap();
+        drop(old);
+        let records = Records::open(&dir.path().join("records"), false).unwrap();
+        records.migrate_from_sled(&db).unwrap();
+        assert_eq!(records.message_count().unwrap(), MIGRATION_BATCH + 10);
+        assert_eq!(records.message(4100).unwrap(), Some(b"old4100".to_vec()));
+        let moved: Vec<Vec<u8>> = records
+            .attempts_with_prefix(&7u64.to_be_bytes())
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(moved, vec![b"att".to_vec()]);
+        assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"messages"));
+        assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"attempts"));
+        // A second open finds nothing left to move.
+        records.migrate_from_sled(&db).unwrap();
+        assert_eq!(records.message_count().unwrap(), MIGRATION_BATCH + 10);
+    }
+
+    fn attempt_key(job: u64, attempt: u32) -> Vec<u8> {
+        let mut key = job.to_be_bytes().to_vec();
+        key.extend_from_slice(&attempt.to_be_bytes());
+        key.push(0);
+        key
+    }
+}
