@@ -527,7 +527,9 @@ impl Processor {
         // Before the flush: what the dispatcher wrote before settling is then covered by it.
         let settled = self.holds.take_settled();
         metrics::gauge!("vmnd_jobs_held_in_memory").set(self.holds.open() as f64);
-        if self.processed.is_empty() && settled.is_empty() {
+        // Attempt records of jobs that never had a hold (retries from the `jobs` tree) are
+        // written by the flush too.
+        if self.processed.is_empty() && settled.is_empty() && !self.store.has_unwritten_attempts() {
             return;
         }
         self.processed.extend(settled);

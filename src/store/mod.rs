@@ -478,6 +478,11 @@ impl Store {
         self.inner.journal.is_live(id)
     }
 
+    /// True when attempt records wait in memory for the next [`Store::flush_main`].
+    pub fn has_unwritten_attempts(&self) -> bool {
+        self.inner.records.has_pending_attempts()
+    }
+
     /// Number of journal entries not yet processed.
     pub fn journal_depth(&self) -> usize {
         self.inner.journal.depth()

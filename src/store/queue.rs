@@ -269,7 +269,8 @@ impl Store {
         Ok(Some(job))
     }
 
-    /// Records one request of a webhook job (see the module header for which are kept).
+    /// Records one request of a webhook job (see the module header for which are kept). Held
+    /// in memory until the next [`Store::flush_main`], which writes it (see [`super::records`]).
     pub fn record_attempt(
         &self,
         job_id: u64,
@@ -288,9 +289,9 @@ impl Store {
         for v in self
             .inner
             .records
-            .attempts_with_prefix(&job_id.to_be_bytes())
+            .attempts_with_prefix(&job_id.to_be_bytes())?
         {
-            out.push(decode_json(&v?)?);
+            out.push(decode_json(&v)?);
         }
         Ok(out)
     }

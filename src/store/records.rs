@@ -16,6 +16,13 @@
 //! entry is released. A crash before that only means processing the entry again, which
 //! writes the same record under the same key.
 //!
+//! Attempt records wait in memory until that persist, which writes them in one batch. They
+//! come from the dispatcher's tasks on the async runtime, one per request: a write of its own
+//! for each would take fjall's journal lock once per request, and fjall makes a writer sleep
+//! while its memtables wait to be flushed, which must not happen on a runtime thread. A
+//! dispatcher records a job's attempts before it settles the job's hold, and the processor
+//! persists before it releases settled entries, so a released entry's attempts are on disk.
+//!
 //! Layout:
 //! - `messages`: message id (u64 BE) -> [`super::MessageRecord`] (JSON).
 //! - `attempts`: job id (u64 BE) ++ attempt (u32 BE) ++ fallback (u8) -> attempt record (JSON),
@@ -25,6 +32,7 @@
 //! moves what they hold here and drops them.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{Result, StoreError};
@@ -39,6 +47,12 @@ const MEMTABLE_BYTES: u64 = 4 << 20;
 const JOURNAL_BYTES: u64 = 64 << 20;
 /// How many records a migration from sled moves per write batch.
 const MIGRATION_BATCH: usize = 4096;
+/// Attempt records held for the next persist before the one that adds to them writes them
+/// all (the processor persists every 100 ms; this bounds the memory if it cannot).
+const PENDING_ATTEMPTS_MAX: usize = 16_384;
+
+/// A key and its value.
+type Pair = (Vec<u8>, Vec<u8>);
 
 impl From<fjall::Error> for StoreError {
     fn from(e: fjall::Error) -> Self {
@@ -51,6 +65,8 @@ pub(crate) struct Records {
     db: fjall::Database,
     messages: fjall::Keyspace,
     attempts: fjall::Keyspace,
+    /// Attempt records not yet written to `attempts`, in the order they came.
+    pending_attempts: Mutex<Vec<Pair>>,
     /// `SyncData` when the daemon fsyncs (`fsync = true`), else only to the OS.
     persist_mode: fjall::PersistMode,
 }
@@ -84,6 +100,7 @@ impl Records {
             db,
             messages,
             attempts,
+            pending_attempts: Mutex::new(Vec::new()),
             persist_mode: if fsync {
                 fjall::PersistMode::SyncData
             } else {
@@ -92,9 +109,41 @@ impl Records {
         })
     }
 
-    /// Makes every write so far durable (or, without fsync, hands it to the OS).
+    /// Writes the attempt records held in memory, then makes every write so far durable (or,
+    /// without fsync, hands it to the OS).
     pub(crate) fn persist(&self) -> Result<()> {
+        self.write_pending_attempts()?;
         Ok(self.db.persist(self.persist_mode)?)
+    }
+
+    /// True when attempt records wait for [`Records::persist`].
+    pub(crate) fn has_pending_attempts(&self) -> bool {
+        !self.pending().is_empty()
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Pair>> {
+        // A panic while the lock was held left a whole Vec behind: keep using it.
+        self.pending_attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_pending_attempts(&self) -> Result<()> {
+        let pairs = std::mem::take(&mut *self.pending());
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.db.batch();
+        for (key, value) in &pairs {
+            batch.insert(&self.attempts, key.as_slice(), value.as_slice());
+        }
+        batch.commit().inspect_err(|_| {
+            // Kept for the next persist, ahead of what came meanwhile.
+            let mut pending = self.pending();
+            let newer = std::mem::replace(&mut *pending, pairs);
+            pending.extend(newer);
+        })?;
+        Ok(())
     }
 
     /// Writes message records in one batch (one journal write for all of them).
@@ -127,18 +176,35 @@ impl Records {
         Ok(self.messages.len()?)
     }
 
+    /// Holds an attempt record for the next [`Records::persist`] (see the module header).
     pub(crate) fn put_attempt(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
-        Ok(self.attempts.insert(key, value)?)
+        let mut pending = self.pending();
+        pending.push((key, value));
+        let full = pending.len() >= PENDING_ATTEMPTS_MAX;
+        drop(pending);
+        if full {
+            self.write_pending_attempts()?;
+        }
+        Ok(())
     }
 
-    /// Attempt records whose key starts with `prefix`, in key order.
-    pub(crate) fn attempts_with_prefix(
-        &self,
-        prefix: &[u8],
-    ) -> impl Iterator<Item = Result<Vec<u8>>> {
-        self.attempts
-            .prefix(prefix)
-            .map(|guard| Ok(guard.value()?.to_vec()))
+    /// Attempt records whose key starts with `prefix`, written or pending, in key order.
+    pub(crate) fn attempts_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut found: Vec<Pair> = self
+            .pending()
+            .iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .cloned()
+            .collect();
+        for guard in self.attempts.prefix(prefix) {
+            let (key, value) = guard.into_inner()?;
+            // A pending record replaces a written one of the same key.
+            if !found.iter().any(|(k, _)| k.as_slice() == &*key) {
+                found.push((key.to_vec(), value.to_vec()));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(found.into_iter().map(|(_, value)| value).collect())
     }
 
     /// Moves the sled trees `messages` and `attempts` of an older layout here, then drops them.
@@ -183,6 +249,15 @@ impl Records {
     }
 }
 
+impl Drop for Records {
+    /// A clean stop writes what is held; fjall persists its journal when it closes.
+    fn drop(&mut self) {
+        if let Err(e) = self.write_pending_attempts() {
+            tracing::warn!(error = %e, "attempt records could not be written at close");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,10 +290,7 @@ mod tests {
             below_4,
             vec![b"m3".to_vec(), b"m2".to_vec(), b"m1".to_vec()]
         );
-        let of_9: Vec<Vec<u8>> = records
-            .attempts_with_prefix(&9u64.to_be_bytes())
-            .map(|r| r.unwrap())
-            .collect();
+        let of_9 = records.attempts_with_prefix(&9u64.to_be_bytes()).unwrap();
         assert_eq!(of_9, vec![b"a1".to_vec(), b"a2".to_vec()]);
     }
 
@@ -243,16 +315,76 @@ mod tests {
         records.migrate_from_sled(&db).unwrap();
         assert_eq!(records.message_count().unwrap(), MIGRATION_BATCH + 10);
         assert_eq!(records.message(4100).unwrap(), Some(b"old4100".to_vec()));
-        let moved: Vec<Vec<u8>> = records
-            .attempts_with_prefix(&7u64.to_be_bytes())
-            .map(|r| r.unwrap())
-            .collect();
+        let moved = records.attempts_with_prefix(&7u64.to_be_bytes()).unwrap();
         assert_eq!(moved, vec![b"att".to_vec()]);
         assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"messages"));
         assert!(!db.tree_names().iter().any(|n| n.as_ref() == b"attempts"));
         // A second open finds nothing left to move.
         records.migrate_from_sled(&db).unwrap();
         assert_eq!(records.message_count().unwrap(), MIGRATION_BATCH + 10);
+    }
+
+    #[test]
+    fn attempts_wait_in_memory_until_persist_and_are_read_from_both_places() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::open(dir.path(), false).unwrap();
+        records
+            .put_attempt(attempt_key(5, 1), b"first".to_vec())
+            .unwrap();
+        records.persist().unwrap();
+        records
+            .put_attempt(attempt_key(5, 3), b"third".to_vec())
+            .unwrap();
+        records
+            .put_attempt(attempt_key(5, 2), b"second".to_vec())
+            .unwrap();
+        records
+            .put_attempt(attempt_key(6, 1), b"other".to_vec())
+            .unwrap();
+        assert!(records.has_pending_attempts());
+        // Not in fjall yet: one written record for job 5.
+        assert_eq!(records.attempts.prefix(5u64.to_be_bytes()).count(), 1);
+        let want = vec![b"first".to_vec(), b"second".to_vec(), b"third".to_vec()];
+        assert_eq!(
+            records.attempts_with_prefix(&5u64.to_be_bytes()).unwrap(),
+            want
+        );
+        records.persist().unwrap();
+        assert!(!records.has_pending_attempts());
+        assert_eq!(records.attempts.prefix(5u64.to_be_bytes()).count(), 3);
+        assert_eq!(
+            records.attempts_with_prefix(&5u64.to_be_bytes()).unwrap(),
+            want
+        );
+    }
+
+    #[test]
+    fn a_full_buffer_of_attempts_is_written_by_the_record_that_fills_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::open(dir.path(), false).unwrap();
+        for job in 0..PENDING_ATTEMPTS_MAX as u64 {
+            records
+                .put_attempt(attempt_key(job, 1), b"a".to_vec())
+                .unwrap();
+        }
+        assert!(!records.has_pending_attempts());
+        assert_eq!(records.attempts.len().unwrap(), PENDING_ATTEMPTS_MAX);
+    }
+
+    #[test]
+    fn attempts_held_at_a_clean_close_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let records = Records::open(dir.path(), false).unwrap();
+            records
+                .put_attempt(attempt_key(8, 1), b"held".to_vec())
+                .unwrap();
+        }
+        let records = Records::open(dir.path(), false).unwrap();
+        assert_eq!(
+            records.attempts_with_prefix(&8u64.to_be_bytes()).unwrap(),
+            vec![b"held".to_vec()]
+        );
     }
 
     fn attempt_key(job: u64, attempt: u32) -> Vec<u8> {
