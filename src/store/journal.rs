@@ -72,12 +72,27 @@ struct Location {
 
 /// Every live (unreleased) entry, in id order: 16 bytes an entry, where a hash map took about
 /// 40 and twice that while it grew. A backlog of a million acknowledged messages is the case
-/// this is sized for (16 MiB of slots, and 24 while the deque grows into them). Ids only grow within a run (a batch's ids derive from sled's
-/// `generate_id`), so appends go at the back; a released entry becomes a hole, and holes at the
-/// front are dropped, so the deque spans the oldest live entry to the newest.
+/// this is sized for: 16 MiB of slots. They are kept in chunks of [`CHUNK_SLOTS`], not in one
+/// deque, because a deque grows by doubling and copying: at 800,000 entries it held 8 MiB and
+/// 16 MiB at once, and that transient set the daemon's peak RSS.
+///
+/// Ids only grow within a run (a batch's ids derive from sled's `generate_id`), so appends go
+/// at the back; a released entry becomes a hole, and a chunk whose slots are all holes is
+/// dropped, so the index spans the oldest live entry to the newest in chunks that hold some.
 #[derive(Default)]
 struct LiveIndex {
-    slots: VecDeque<(u64, Location)>,
+    /// In id order, each one's first id above the last id of the one before. Never empty
+    /// and never without a live slot.
+    chunks: VecDeque<Chunk>,
+    live: usize,
+}
+
+/// Slots a chunk is allocated for: 64 KiB. An entry placed out of order may add one more.
+const CHUNK_SLOTS: usize = 4096;
+
+struct Chunk {
+    slots: Vec<(u64, Location)>,
+    /// Slots not yet released.
     live: usize,
 }
 
@@ -86,82 +101,132 @@ const RELEASED: u32 = u32::MAX;
 
 impl LiveIndex {
     fn insert(&mut self, id: u64, location: Location) {
-        match self.slots.back() {
-            Some((last, _)) if *last >= id => {
-                // Not in order (only an entry moved from an older layout at open): keep the
-                // order by placing it, or replace a slot with the same id.
-                match self.slots.binary_search_by_key(&id, |(i, _)| *i) {
-                    Ok(at) => {
-                        if self.slots[at].1.offset == RELEASED {
-                            self.live += 1;
-                        }
-                        self.slots[at].1 = location;
-                    }
-                    Err(at) => {
-                        self.slots.insert(at, (id, location));
-                        self.live += 1;
-                    }
-                }
+        let in_order = self
+            .chunks
+            .back()
+            .and_then(|c| c.slots.last())
+            .is_none_or(|(last, _)| *last < id);
+        if in_order {
+            if self
+                .chunks
+                .back()
+                .is_none_or(|c| c.slots.len() >= CHUNK_SLOTS)
+            {
+                self.chunks.push_back(Chunk {
+                    slots: Vec::with_capacity(CHUNK_SLOTS),
+                    live: 0,
+                });
             }
-            _ => {
-                self.slots.push_back((id, location));
+            if let Some(chunk) = self.chunks.back_mut() {
+                chunk.slots.push((id, location));
+                chunk.live += 1;
+                self.live += 1;
+            }
+            return;
+        }
+        // Not in order (only an entry moved from an older layout at open): keep the order by
+        // placing it in the chunk whose range it falls in (or the first), or replace a slot
+        // with the same id.
+        let at_chunk = self.chunk_for(id).unwrap_or(0);
+        let Some(chunk) = self.chunks.get_mut(at_chunk) else {
+            return;
+        };
+        match chunk.slots.binary_search_by_key(&id, |(i, _)| *i) {
+            Ok(at) => {
+                if chunk.slots[at].1.offset == RELEASED {
+                    chunk.live += 1;
+                    self.live += 1;
+                }
+                chunk.slots[at].1 = location;
+            }
+            Err(at) => {
+                chunk.slots.insert(at, (id, location));
+                chunk.live += 1;
                 self.live += 1;
             }
         }
     }
 
+    /// The chunk whose first id is the greatest at or below `id`.
+    fn chunk_for(&self, id: u64) -> Option<usize> {
+        self.chunks
+            .partition_point(|c| c.slots.first().is_some_and(|(first, _)| *first <= id))
+            .checked_sub(1)
+    }
+
+    /// Chunk and slot of `id`.
+    fn find(&self, id: u64) -> Option<(usize, usize)> {
+        let at_chunk = self.chunk_for(id)?;
+        let at = self.chunks[at_chunk]
+            .slots
+            .binary_search_by_key(&id, |(i, _)| *i)
+            .ok()?;
+        Some((at_chunk, at))
+    }
+
     fn get(&self, id: u64) -> Option<Location> {
-        let at = self.slots.binary_search_by_key(&id, |(i, _)| *i).ok()?;
-        let location = self.slots[at].1;
+        let (at_chunk, at) = self.find(id)?;
+        let location = self.chunks[at_chunk].slots[at].1;
         (location.offset != RELEASED).then_some(location)
     }
 
     /// Marks an entry released; returns where it was, if it was live.
     fn remove(&mut self, id: u64) -> Option<Location> {
-        let at = self.slots.binary_search_by_key(&id, |(i, _)| *i).ok()?;
-        let location = self.slots[at].1;
+        let (at_chunk, at) = self.find(id)?;
+        let chunk = &mut self.chunks[at_chunk];
+        let location = chunk.slots[at].1;
         if location.offset == RELEASED {
             return None;
         }
-        self.slots[at].1.offset = RELEASED;
+        chunk.slots[at].1.offset = RELEASED;
+        chunk.live -= 1;
         self.live -= 1;
-        while self
-            .slots
-            .front()
-            .is_some_and(|(_, l)| l.offset == RELEASED)
-        {
-            self.slots.pop_front();
-        }
-        if self.slots.len() < self.slots.capacity() / 4 {
-            // A burst is over: give the memory back.
-            self.slots.shrink_to(self.slots.len() * 2);
+        if chunk.live == 0 {
+            // Its memory goes back now; the chunks around it keep their order.
+            self.chunks.remove(at_chunk);
         }
         Some(location)
     }
 
     fn ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.slots
+        self.chunks
             .iter()
+            .flat_map(|c| c.slots.iter())
             .filter(|(_, l)| l.offset != RELEASED)
             .map(|(id, _)| *id)
+    }
+
+    /// Slots held, live or released (what the index costs in memory, over 16 bytes).
+    #[cfg(test)]
+    fn slots_held(&self) -> usize {
+        self.chunks.iter().map(|c| c.slots.len()).sum()
     }
 
     /// Drops the live entries of `segment` at or past `offset` (a write that failed there).
     fn forget_from(&mut self, segment: u32, offset: u32) -> u64 {
         let mut forgotten = 0;
-        for (_, location) in self.slots.iter_mut() {
-            if location.segment == segment
-                && location.offset >= offset
-                && location.offset != RELEASED
+        for chunk in self.chunks.iter_mut() {
+            for (_, location) in chunk.slots.iter_mut() {
+                if location.segment == segment
+                    && location.offset >= offset
+                    && location.offset != RELEASED
+                {
+                    location.offset = RELEASED;
+                    chunk.live -= 1;
+                    forgotten += 1;
+                }
+            }
+            // Released slots at the back would hold the next append's id below theirs.
+            while chunk
+                .slots
+                .last()
+                .is_some_and(|(_, l)| l.offset == RELEASED)
             {
-                location.offset = RELEASED;
-                self.live -= 1;
-                forgotten += 1;
+                chunk.slots.pop();
             }
         }
-        while self.slots.back().is_some_and(|(_, l)| l.offset == RELEASED) {
-            self.slots.pop_back();
-        }
+        self.live -= forgotten as usize;
+        self.chunks.retain(|c| c.live > 0);
         forgotten
     }
 }
@@ -1005,7 +1070,7 @@ mod tests {
     }
 
     #[test]
-    fn the_live_index_keeps_id_order_drops_released_fronts_and_places_stragglers() {
+    fn the_live_index_keeps_id_order_and_places_stragglers() {
         let mut index = LiveIndex::default();
         for id in [10, 11, 12, 13] {
             index.insert(id, at(1, id as u32));
@@ -1019,10 +1084,10 @@ mod tests {
         assert!(index.get(11).is_none());
         assert!(index.remove(99).is_none(), "never there");
         assert_eq!(index.live, 4);
-        // Releasing the front drops it and the hole behind it.
+        // Released slots stay as holes until their whole chunk is released.
         index.remove(5);
         index.remove(10);
-        assert_eq!(index.slots.len(), 2);
+        assert_eq!(index.slots_held(), 5);
         assert_eq!(index.ids().collect::<Vec<_>>(), vec![12, 13]);
         // A failed write forgets what it would have held.
         index.insert(14, at(2, 0));
@@ -1030,6 +1095,57 @@ mod tests {
         assert_eq!(index.forget_from(2, 40), 1);
         assert_eq!(index.ids().collect::<Vec<_>>(), vec![12, 13, 14]);
         assert_eq!(index.live, 3);
+    }
+
+    #[test]
+    fn the_live_index_grows_and_shrinks_a_chunk_at_a_time() {
+        let mut index = LiveIndex::default();
+        let n = 3 * CHUNK_SLOTS as u64 + 10;
+        for id in 1..=n {
+            index.insert(id, at(1, id as u32));
+        }
+        assert_eq!(index.chunks.len(), 4);
+        assert!(
+            index
+                .chunks
+                .iter()
+                .all(|c| c.slots.capacity() == CHUNK_SLOTS)
+        );
+        for id in [1, CHUNK_SLOTS as u64, CHUNK_SLOTS as u64 + 1, n] {
+            assert_eq!(index.get(id).map(|l| l.offset), Some(id as u32), "id {id}");
+        }
+        assert!(index.get(n + 1).is_none());
+        assert!(index.get(0).is_none());
+        // The whole second chunk released: it goes, and lookups on both sides still work.
+        for id in CHUNK_SLOTS as u64 + 1..=2 * CHUNK_SLOTS as u64 {
+            assert!(index.remove(id).is_some());
+        }
+        assert_eq!(index.chunks.len(), 3);
+        assert!(index.get(CHUNK_SLOTS as u64 + 5).is_none());
+        assert!(index.remove(CHUNK_SLOTS as u64 + 5).is_none());
+        assert_eq!(
+            index.get(2 * CHUNK_SLOTS as u64 + 1).map(|l| l.offset),
+            Some(2 * CHUNK_SLOTS as u32 + 1)
+        );
+        assert_eq!(
+            index.get(CHUNK_SLOTS as u64).map(|l| l.offset),
+            Some(CHUNK_SLOTS as u32)
+        );
+        // A straggler below the newest id lands in the chunk whose range holds it.
+        assert!(index.remove(7).is_some());
+        index.insert(7, at(0, 7));
+        assert_eq!(index.get(7), Some(at(0, 7)));
+        assert_eq!(index.live, n as usize - CHUNK_SLOTS);
+        assert_eq!(index.ids().count(), index.live);
+        // Everything released: nothing held.
+        for id in 1..=n {
+            index.remove(id);
+        }
+        assert_eq!(index.live, 0);
+        assert!(index.chunks.is_empty());
+        // And it starts again from nothing.
+        index.insert(n + 1, at(2, 0));
+        assert_eq!(index.ids().collect::<Vec<_>>(), vec![n + 1]);
     }
 
     #[test]
