@@ -16,6 +16,14 @@
 //! entry is released. A crash before that only means processing the entry again, which
 //! writes the same record under the same key.
 //!
+//! Memtables are rotated here, not only by fjall: fjall 3.1 asks its worker to rotate a full
+//! memtable through a bounded channel and drops the request when the channel is full, so while
+//! the worker was busy the active memtable grew without bound. In the ingest benchmark that
+//! was the daemon's RSS reaching 150 to 365 MiB in some runs; a plain write loop reached
+//! 740 MiB for 1,000,000 records. Counting the bytes written and rotating at
+//! [`MEMTABLE_BYTES`] keeps it bounded: fjall then makes writers wait (on the processor's
+//! thread, off the acknowledgement path) while four memtables wait to be flushed.
+//!
 //! Attempt records wait in memory until that persist, which writes them in one batch. They
 //! come from the dispatcher's tasks on the async runtime, one per request: a write of its own
 //! for each would take fjall's journal lock once per request, and fjall makes a writer sleep
@@ -33,6 +41,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{Result, StoreError};
@@ -60,11 +69,42 @@ impl From<fjall::Error> for StoreError {
     }
 }
 
+/// A keyspace and the bytes written to it since its memtable was last rotated here.
+struct Collection {
+    keyspace: fjall::Keyspace,
+    unrotated: AtomicU64,
+}
+
+impl Collection {
+    fn new(keyspace: fjall::Keyspace) -> Collection {
+        Collection {
+            keyspace,
+            unrotated: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts `bytes` just written and rotates the memtable once they reach
+    /// [`MEMTABLE_BYTES`] (see the module header).
+    fn wrote(&self, bytes: u64) -> Result<()> {
+        let total = self.unrotated.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if total >= MEMTABLE_BYTES {
+            self.unrotated.store(0, Ordering::Relaxed);
+            self.keyspace.rotate_memtable()?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes a key and value take in a memtable, near enough for [`Collection::wrote`].
+fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() + value.len() + 32) as u64
+}
+
 /// The records database. Cheap to share: fjall's handles are reference-counted.
 pub(crate) struct Records {
     db: fjall::Database,
-    messages: fjall::Keyspace,
-    attempts: fjall::Keyspace,
+    messages: Collection,
+    attempts: Collection,
     /// Attempt records not yet written to `attempts`, in the order they came.
     pending_attempts: Mutex<Vec<Pair>>,
     /// `SyncData` when the daemon fsyncs (`fsync = true`), else only to the OS.
@@ -98,8 +138,8 @@ impl Records {
         let attempts = db.keyspace("attempts", options)?;
         Ok(Records {
             db,
-            messages,
-            attempts,
+            messages: Collection::new(messages),
+            attempts: Collection::new(attempts),
             pending_attempts: Mutex::new(Vec::new()),
             persist_mode: if fsync {
                 fjall::PersistMode::SyncData
@@ -134,8 +174,10 @@ impl Records {
             return Ok(());
         }
         let mut batch = self.db.batch();
+        let mut bytes = 0;
         for (key, value) in &pairs {
-            batch.insert(&self.attempts, key.as_slice(), value.as_slice());
+            batch.insert(&self.attempts.keyspace, key.as_slice(), value.as_slice());
+            bytes += entry_bytes(key, value);
         }
         batch.commit().inspect_err(|_| {
             // Kept for the next persist, ahead of what came meanwhile.
@@ -143,7 +185,7 @@ impl Records {
             let newer = std::mem::replace(&mut *pending, pairs);
             pending.extend(newer);
         })?;
-        Ok(())
+        self.attempts.wrote(bytes)
     }
 
     /// Writes message records in one batch (one journal write for all of them).
@@ -152,20 +194,28 @@ impl Records {
         records: impl IntoIterator<Item = (u64, Vec<u8>)> + 'a,
     ) -> Result<()> {
         let mut batch = self.db.batch();
+        let mut bytes = 0;
         for (id, value) in records {
-            batch.insert(&self.messages, id.to_be_bytes(), value);
+            bytes += entry_bytes(&id.to_be_bytes(), &value);
+            batch.insert(&self.messages.keyspace, id.to_be_bytes(), value);
         }
-        Ok(batch.commit()?)
+        batch.commit()?;
+        self.messages.wrote(bytes)
     }
 
     /// The stored record of message `id`.
     pub(crate) fn message(&self, id: u64) -> Result<Option<Vec<u8>>> {
-        Ok(self.messages.get(id.to_be_bytes())?.map(|v| v.to_vec()))
+        Ok(self
+            .messages
+            .keyspace
+            .get(id.to_be_bytes())?
+            .map(|v| v.to_vec()))
     }
 
     /// Records with ids below `upper`, newest first.
     pub(crate) fn messages_below(&self, upper: u64) -> impl Iterator<Item = Result<Vec<u8>>> {
         self.messages
+            .keyspace
             .range(..upper.to_be_bytes())
             .rev()
             .map(|guard| Ok(guard.value()?.to_vec()))
@@ -173,7 +223,7 @@ impl Records {
 
     /// How many records are stored: a scan of the keys, for tests and the operators' page.
     pub(crate) fn message_count(&self) -> Result<usize> {
-        Ok(self.messages.len()?)
+        Ok(self.messages.keyspace.len()?)
     }
 
     /// Holds an attempt record for the next [`Records::persist`] (see the module header).
@@ -196,7 +246,7 @@ impl Records {
             .filter(|(key, _)| key.starts_with(prefix))
             .cloned()
             .collect();
-        for guard in self.attempts.prefix(prefix) {
+        for guard in self.attempts.keyspace.prefix(prefix) {
             let (key, value) = guard.into_inner()?;
             // A pending record replaces a written one of the same key.
             if !found.iter().any(|(k, _)| k.as_slice() == &*key) {
@@ -211,7 +261,8 @@ impl Records {
     /// A crash midway moves the same records again at the next start: a tree is dropped only
     /// once what it held here is durable.
     pub(crate) fn migrate_from_sled(&self, db: &sled::Db) -> Result<()> {
-        for (name, keyspace) in [("messages", &self.messages), ("attempts", &self.attempts)] {
+        for (name, collection) in [("messages", &self.messages), ("attempts", &self.attempts)] {
+            let keyspace = &collection.keyspace;
             if !db
                 .tree_names()
                 .iter()
@@ -343,7 +394,10 @@ mod tests {
             .unwrap();
         assert!(records.has_pending_attempts());
         // Not in fjall yet: one written record for job 5.
-        assert_eq!(records.attempts.prefix(5u64.to_be_bytes()).count(), 1);
+        assert_eq!(
+            records.attempts.keyspace.prefix(5u64.to_be_bytes()).count(),
+            1
+        );
         let want = vec![b"first".to_vec(), b"second".to_vec(), b"third".to_vec()];
         assert_eq!(
             records.attempts_with_prefix(&5u64.to_be_bytes()).unwrap(),
@@ -351,7 +405,10 @@ mod tests {
         );
         records.persist().unwrap();
         assert!(!records.has_pending_attempts());
-        assert_eq!(records.attempts.prefix(5u64.to_be_bytes()).count(), 3);
+        assert_eq!(
+            records.attempts.keyspace.prefix(5u64.to_be_bytes()).count(),
+            3
+        );
         assert_eq!(
             records.attempts_with_prefix(&5u64.to_be_bytes()).unwrap(),
             want
@@ -368,7 +425,10 @@ mod tests {
                 .unwrap();
         }
         assert!(!records.has_pending_attempts());
-        assert_eq!(records.attempts.len().unwrap(), PENDING_ATTEMPTS_MAX);
+        assert_eq!(
+            records.attempts.keyspace.len().unwrap(),
+            PENDING_ATTEMPTS_MAX
+        );
     }
 
     #[test]
@@ -384,6 +444,34 @@ mod tests {
         assert_eq!(
             records.attempts_with_prefix(&8u64.to_be_bytes()).unwrap(),
             vec![b"held".to_vec()]
+        );
+    }
+
+    #[test]
+    fn memory_in_memtables_stays_bounded_under_a_fast_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = Records::open(dir.path(), false).unwrap();
+        let value = vec![b'x'; 1000];
+        let per_batch = 1000u64;
+        let batches = 24 * MEMTABLE_BYTES / (per_batch * entry_bytes(&[0; 8], &value));
+        let mut most = 0;
+        for b in 0..batches {
+            records
+                .put_messages((0..per_batch).map(|i| (b * per_batch + i, value.clone())))
+                .unwrap();
+            most = most.max(records.db.write_buffer_size());
+        }
+        // fjall halts writers while four memtables wait for a flush: one active and four
+        // sealed, with room for the estimate. Without the rotation here the active memtable
+        // took most of what was written (fjall dropped its own rotation requests).
+        assert!(
+            most <= 6 * MEMTABLE_BYTES,
+            "memtables held {most} bytes of {} written",
+            batches * per_batch * 1000
+        );
+        assert_eq!(
+            records.message_count().unwrap(),
+            (batches * per_batch) as usize
         );
     }
 
