@@ -99,7 +99,7 @@ pub const DEFAULT_EMAIL_BODY: &str = "{text}\n\n--\nSMS from {from} to {to}, rec
 /// `[daemon]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Daemon {
-    /// sled database directory.
+    /// Data directory: the journal (`wal/`), the records store (`records/`) and sled.
     pub data_dir: PathBuf,
     /// Admin API, pages, /metrics, /healthz.
     pub admin_listen: SocketAddr,
@@ -112,7 +112,8 @@ pub struct Daemon {
     /// Optional de-duplication window for carrier redeliveries (`dedup_window`, default off).
     pub dedup_window: Option<Duration>,
     /// sled page cache in MiB (`cache_mb`, default 16): sled's own default is 1 GiB. sled
-    /// overshoots it by about as much again, so the default keeps the daemon near 100 MiB.
+    /// overshoots it by about as much again, so the default keeps the daemon under 100 MiB.
+    /// The records store (`store::records`) sizes its own cache.
     pub cache_mb: u64,
     /// fdatasync the journal at each group commit and fsync sled's files after its flushes
     /// (`fsync`, default true; sled issue #1452). False trusts the OS page cache: a crash of

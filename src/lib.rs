@@ -14,7 +14,7 @@
 //! | [`smpp::supervisor`] | one per carrier (on the sessions' own runtime): reconnects with backoff and jitter, publishes bind state |
 //! | [`store::writer`] | the group commit: a thread that journals PDUs and releases their acks; bounded handoff to the processor |
 //! | [`store::journal`] | the inbound journal: append-only CRC-checked segment files, fdatasync per commit, recovery |
-//! | [`store`] | everything on disk behind one module: the journal, and sled for messages, parts, receipts and the rest |
+//! | [`store`] | everything on disk behind one module: the journal, an LSM tree (fjall) for message records and attempts, and sled for parts, receipts, consent and the rest |
 //! | [`store::hold`] | journal holds: a webhook job kept in memory only until delivered, its journal entry its durable copy |
 //! | [`store::queue`] | the durable job queue: due-time ordered, retries, dead letters |
 //! | [`store::outbound`] | SMS vmnd sent and their state; receipts correlated by carrier message id |
