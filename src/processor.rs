@@ -192,6 +192,10 @@ impl Processor {
                 n = handoff.rx.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
                         self.flush();
+                        let left = handoff.spilled_left();
+                        if left > 0 {
+                            tracing::info!(entries = left, "stopping with acknowledged messages not yet processed; they stay in the journal and are processed at the next start");
+                        }
                         return;
                     }
                     for (id, entry) in batch.drain(..) {

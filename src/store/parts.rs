@@ -254,18 +254,19 @@ impl Store {
         // transaction nor a sled batch: in sled 0.34 each of those seals and writes its I/O
         // buffer twice (through its thread pool, which wakes every worker), and at a low rate,
         // where a batch is one or two messages, that was most of the processor's cost.
-        self.inner.records.put_messages(
-            batch
-                .iter()
-                .map(|(id, message, _)| (*id, encode_json(message))),
-        )?;
+        // Jobs first: a record that can be read means its jobs are queued (the admin API and
+        // the tests read it that way).
         let t = self.trees();
         for (_, _, jobs) in batch {
             for job in jobs {
                 t.jobs.insert(job.id.to_be_bytes(), encode_json(job))?;
             }
         }
-        Ok(())
+        self.inner.records.put_messages(
+            batch
+                .iter()
+                .map(|(id, message, _)| (*id, encode_json(message))),
+        )
     }
 }
 

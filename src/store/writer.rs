@@ -143,11 +143,22 @@ impl HandoffSender {
 impl Handoff {
     /// Up to `max` spilled ids, oldest first, once the channel is empty (its entries are older).
     /// Ends the spill when none are left.
+    ///
+    /// None once the writer has gone (the daemon is stopping): a spilled backlog can be a
+    /// million entries, and processing it all would hold the stop up for minutes, past
+    /// systemd's stop timeout. Those entries stay in the journal, which the next start
+    /// processes first ([`crate::processor::Processor::recover`]). What the channel holds is
+    /// bounded by `backlog_in_memory` and is still processed.
     pub fn take_spilled(&self, max: usize) -> Vec<u64> {
-        if !self.rx.is_empty() {
+        if !self.rx.is_empty() || self.rx.is_closed() {
             return Vec::new();
         }
         self.spill.take(max)
+    }
+
+    /// Spilled ids not taken: at a stop, the entries left in the journal for the next start.
+    pub fn spilled_left(&self) -> usize {
+        self.spill.len()
     }
 }
 
@@ -266,6 +277,21 @@ mod tests {
             pdu: Bytes::from_static(b"pdu"),
         };
         (id, entry)
+    }
+
+    #[tokio::test]
+    async fn once_the_writer_is_gone_the_spilled_ids_are_left_for_the_next_start() {
+        let (tx, mut rx) = handoff(2);
+        tx.send((1..=5).map(committed));
+        assert_eq!(rx.spill.len(), 3);
+        drop(tx);
+        // What is in memory is still handed over; the spilled ids are not.
+        let mut got = Vec::new();
+        rx.rx.recv_many(&mut got, 10).await;
+        assert_eq!(got.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(rx.take_spilled(10).is_empty());
+        assert_eq!(rx.spilled_left(), 3);
+        assert_eq!(rx.rx.recv().await.map(|c| c.0), None, "the channel ends");
     }
 
     #[tokio::test]
