@@ -5,11 +5,11 @@
 //! Why not sled: both collections only grow, under keys that only grow (journal ids, job
 //! ids). sled 0.34 keeps at most 16 entries in a leaf, so with rising keys it splits the last
 //! leaf every eight inserts, copying the leaf and rewriting its parent. In a profile of the
-//! ingest benchmark those splits were 13% of the daemon's CPU, and without these two writes
-//! the daemon spent 30 µs less per message (BENCHMARKS.md, sixth session). Every leaf is also
-//! a sled page held in memory, so the two trees were most of the daemon's RSS after a million
-//! messages. An LSM tree appends to a memtable and writes sorted tables in the background;
-//! rising keys are its best case.
+//! ingest benchmark those splits were 13% of the daemon's CPU; each of these writes cost
+//! 10-30 µs of it per message, and moving both here took the median from 104 to 83 µs/msg
+//! (BENCHMARKS.md, sixth session). Every leaf is also a sled page held in memory: the peak RSS
+//! after a million messages went from 128-140 MiB to under 100. An LSM tree appends to a
+//! memtable and writes sorted tables in the background; rising keys are its best case.
 //!
 //! Durability is the main database's: writes here are buffered (fjall's journal is persisted
 //! by hand), and [`Records::persist`] runs in [`super::Store::flush_main`] before any journal
@@ -191,9 +191,9 @@ impl Records {
     }
 
     /// Writes message records in one batch (one journal write for all of them).
-    pub(crate) fn put_messages<'a>(
+    pub(crate) fn put_messages(
         &self,
-        records: impl IntoIterator<Item = (u64, Vec<u8>)> + 'a,
+        records: impl IntoIterator<Item = (u64, Vec<u8>)>,
     ) -> Result<()> {
         let mut batch = self.db.batch();
         let mut bytes = 0;
@@ -228,7 +228,9 @@ impl Records {
         Ok(self.messages.keyspace.len()?)
     }
 
-    /// Holds an attempt record for the next [`Records::persist`] (see the module header).
+    /// Holds an attempt record for the next [`Records::persist`] (see the module header). If
+    /// [`PENDING_ATTEMPTS_MAX`] are already held (the processor has not persisted for a while),
+    /// this call writes them all itself.
     pub(crate) fn put_attempt(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
         let mut pending = self.pending();
         pending.push((key, value));
