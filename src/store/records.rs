@@ -325,15 +325,9 @@ mod tests {
             records
                 .put_messages((1..=5u64).map(|id| (id, format!("m{id}").into_bytes())))
                 .unwrap();
-            records
-                .put_attempt(attempt_key(9, 1), b"a1".to_vec())
-                .unwrap();
-            records
-                .put_attempt(attempt_key(9, 2), b"a2".to_vec())
-                .unwrap();
-            records
-                .put_attempt(attempt_key(10, 1), b"b1".to_vec())
-                .unwrap();
+            hold_attempt(&records, 9, 1, b"a1");
+            hold_attempt(&records, 9, 2, b"a2");
+            hold_attempt(&records, 10, 1, b"b1");
             records.persist().unwrap();
         }
         let records = Records::open(dir.path(), true).unwrap();
@@ -383,19 +377,11 @@ mod tests {
     fn attempts_wait_in_memory_until_persist_and_are_read_from_both_places() {
         let dir = tempfile::tempdir().unwrap();
         let records = Records::open(dir.path(), false).unwrap();
-        records
-            .put_attempt(attempt_key(5, 1), b"first".to_vec())
-            .unwrap();
+        hold_attempt(&records, 5, 1, b"first");
         records.persist().unwrap();
-        records
-            .put_attempt(attempt_key(5, 3), b"third".to_vec())
-            .unwrap();
-        records
-            .put_attempt(attempt_key(5, 2), b"second".to_vec())
-            .unwrap();
-        records
-            .put_attempt(attempt_key(6, 1), b"other".to_vec())
-            .unwrap();
+        hold_attempt(&records, 5, 3, b"third");
+        hold_attempt(&records, 5, 2, b"second");
+        hold_attempt(&records, 6, 1, b"other");
         assert!(records.has_pending_attempts());
         // Not in fjall yet: one written record for job 5.
         assert_eq!(
@@ -440,9 +426,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let records = Records::open(dir.path(), false).unwrap();
-            records
-                .put_attempt(attempt_key(8, 1), b"held".to_vec())
-                .unwrap();
+            hold_attempt(&records, 8, 1, b"held");
         }
         let records = Records::open(dir.path(), false).unwrap();
         assert_eq!(
@@ -479,6 +463,13 @@ mod tests {
             records.message_count().unwrap(),
             (batches * per_batch) as usize
         );
+    }
+
+    /// Holds attempt `attempt` of job `job` with `value` for the next persist.
+    fn hold_attempt(records: &Records, job: u64, attempt: u32, value: &[u8]) {
+        records
+            .put_attempt(attempt_key(job, attempt), value.to_vec())
+            .unwrap();
     }
 
     fn attempt_key(job: u64, attempt: u32) -> Vec<u8> {
