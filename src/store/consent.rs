@@ -7,12 +7,15 @@
 //!   `pending` 1 + 8 (deadline, ms BE) + 1 (the state to fall back to when the deadline passes).
 //!   The hot path: one get, no JSON. Absent means `unknown`, so ten million contacts that never
 //!   opted anything cost nothing here.
-//! - `contacts`: `address_key(vmn)` ++ msisdn bytes -> [`Contact`] (JSON), in msisdn order.
+//! - `contacts`: `address_key(vmn)` ++ msisdn bytes -> [`Contact`] (JSON), in msisdn order, for
+//!   contacts with a consent history. When a contact was first and last seen is kept under the
+//!   same key in the records store's `contacts_seen` (an LSM write per message, not a sled one:
+//!   see `records`); reads lay the two over each other, and someone only seen is `unknown`.
 //! - `contact_states`: `address_key(vmn)` ++ state byte ++ msisdn bytes -> (): pages of one state
 //!   without reading every contact of the number. Contacts whose recorded state is `unknown`
 //!   are not in it: most contacts are, and every first message from someone would otherwise
-//!   cost a second write. A page of unknown contacts is read from `contacts` itself, skipping
-//!   the others (few, on a number where most people never opted anything).
+//!   cost a write. A page of unknown contacts is read from `contacts` and `contacts_seen`
+//!   merged, skipping the others (few, on a number where most people never opted anything).
 //! - `ledger`: id (u64 BE, from [`Store::next_id`]) -> [`LedgerEntry`] (JSON), in record order.
 //! - `ledger_index`: `n` ++ `address_key(vmn)` ++ id -> () (a number's ledger),
 //!   `c` ++ `address_key(vmn)` ++ `address_key(msisdn)` ++ id -> () (one contact's ledger),
@@ -37,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
+use super::records::Seen;
 use super::{Result, Store, StoreError, decode_json, encode_json, key_u64};
 
 /// Where one person stands with one number.
@@ -713,6 +717,31 @@ fn keys_after<'t>(
         .take_while(move |k| k.as_ref().map_or(true, |k| k.starts_with(prefix)))
 }
 
+/// A contact as sled holds it, with the seen times of the records store laid over it (sled's
+/// own are those of its consent changes, and of messages before `contacts_seen` existed).
+fn with_seen(mut contact: Contact, seen: Option<Seen>) -> Contact {
+    if let Some(seen) = seen {
+        contact.first_seen_ms = contact.first_seen_ms.min(seen.first_ms);
+        contact.last_seen_ms = contact.last_seen_ms.max(seen.last_ms);
+    }
+    contact
+}
+
+/// A contact who sent messages and never changed a consent: `unknown`, known since first seen.
+fn unseen_contact(vmn: String, msisdn: String, seen: Seen) -> Contact {
+    Contact {
+        vmn,
+        msisdn,
+        state: ConsentState::Unknown,
+        first_seen_ms: seen.first_ms,
+        last_seen_ms: seen.last_ms,
+        source_keyword: None,
+        attributes: BTreeMap::new(),
+        pending_until_ms: None,
+        updated_ms: seen.first_ms,
+    }
+}
+
 impl Store {
     /// Hot path (every outbound SMS checks it): one sled get on a compact key -> 1-byte
     /// (+deadline) value, no JSON. `Unknown` when absent. An error means "cannot tell": the
@@ -868,66 +897,27 @@ impl Store {
         failure.map_or(Ok(()), Err)
     }
 
-    /// First/last seen for any message from a contact (creates an `Unknown` contact if new).
+    /// First/last seen for any message from a contact (who becomes an `unknown` contact when
+    /// new). Written to the records store's `contacts_seen`, not to sled (see `records`): one
+    /// LSM write per message instead of a sled compare-and-swap, and no sled write at all for
+    /// a message that changes no consent.
     pub fn touch_contact(&self, vmn: &str, msisdn: &str, at_ms: u64) -> Result<()> {
-        let (vmn, msisdn) = (normalize_address(vmn), normalize_address(msisdn));
-        let ckey = contact_key(&vmn, &msisdn);
-        let t = self.trees();
-        // Compare-and-swap, not a transaction: a consent change of the same contact running at
-        // the same time must not be overwritten with the state read before it, and a sled
-        // transaction (one per message here) would put every sled call in the process behind
-        // sled's global transaction lock. The first attempt assumes a new contact (one tree
-        // lookup instead of a read and then a swap); a failed swap hands back what is stored.
-        let fresh = Contact {
-            vmn: vmn.clone(),
-            msisdn: msisdn.clone(),
-            state: ConsentState::Unknown,
-            first_seen_ms: at_ms,
-            last_seen_ms: at_ms,
-            source_keyword: None,
-            attributes: BTreeMap::new(),
-            pending_until_ms: None,
-            updated_ms: at_ms,
-        };
-        let mut current: Option<sled::IVec> = None;
-        let mut next = encode_json(&fresh);
-        loop {
-            match t
-                .contacts
-                .compare_and_swap(ckey.as_slice(), current.as_ref(), Some(next))?
-            {
-                // A new contact is `unknown`, which `contact_states` does not index.
-                Ok(()) => return Ok(()),
-                Err(conflict) => {
-                    current = conflict.current;
-                    let Some(raw) = &current else {
-                        // Deleted meanwhile: create it again.
-                        next = encode_json(&fresh);
-                        continue;
-                    };
-                    let mut c: Contact = decode_json(raw)?;
-                    if c.first_seen_ms <= at_ms && c.last_seen_ms >= at_ms {
-                        return Ok(());
-                    }
-                    c.first_seen_ms = c.first_seen_ms.min(at_ms);
-                    c.last_seen_ms = c.last_seen_ms.max(at_ms);
-                    next = encode_json(&c);
-                }
-            }
-        }
+        let key = contact_key(&normalize_address(vmn), &normalize_address(msisdn));
+        self.inner.records.touch_seen(&key, at_ms)
     }
 
     /// One contact, with the state in force now.
     pub fn contact(&self, vmn: &str, msisdn: &str) -> Result<Option<Contact>> {
         let (vmn, msisdn) = (normalize_address(vmn), normalize_address(msisdn));
-        match self.trees().contacts.get(contact_key(&vmn, &msisdn))? {
-            Some(raw) => Ok(Some(
-                self.settle(decode_json(&raw)?, crate::clock::now_ms())?,
-            )),
-            None => Ok(None),
-        }
+        let key = contact_key(&vmn, &msisdn);
+        let seen = self.inner.records.seen(&key)?;
+        let contact = match (self.trees().contacts.get(&key)?, seen) {
+            (Some(raw), seen) => with_seen(decode_json(&raw)?, seen),
+            (None, Some(seen)) => unseen_contact(vmn, msisdn, seen),
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(self.settle(contact, crate::clock::now_ms())?))
     }
-
     /// A contact as read, with a lapsed pending ask shown as the state it fell back to.
     fn settle(&self, mut contact: Contact, now_ms: u64) -> Result<Contact> {
         if contact.state == ConsentState::Pending {
@@ -965,30 +955,7 @@ impl Store {
             Some(state) if state != ConsentState::Unknown => state,
             // Everyone, or the unknown ones (not indexed: see the module header): from
             // `contacts` itself.
-            only => {
-                let prefix = address_key(&vmn);
-                let mut out = Vec::new();
-                for kv in t.contacts.range::<Vec<u8>, _>((
-                    match after {
-                        Some(a) => Bound::Excluded([prefix.as_slice(), a].concat()),
-                        None => Bound::Included(prefix.clone()),
-                    },
-                    Bound::Unbounded,
-                )) {
-                    if out.len() >= limit {
-                        break;
-                    }
-                    let (k, v) = kv?;
-                    if !k.starts_with(&prefix) {
-                        break;
-                    }
-                    let contact = self.settle(decode_json(&v)?, now_ms)?;
-                    if only.is_none_or(|state| contact.state == state) {
-                        out.push(contact);
-                    }
-                }
-                return Ok(out);
-            }
+            only => return self.all_contacts_at(&vmn, only, after, limit, now_ms),
         };
         // Contacts filed under `state`, and (for any other state) pending ones whose ask lapsed
         // back to it: two sorted runs of the state index, merged as they are read. Each
@@ -1027,11 +994,82 @@ impl Store {
             runs[i].next();
             let mut key = address_key(&vmn);
             key.extend_from_slice(&msisdn);
-            let Some(raw) = t.contacts.get(key)? else {
+            let Some(raw) = t.contacts.get(&key)? else {
                 continue;
             };
-            let contact = self.settle(decode_json(&raw)?, now_ms)?;
+            let seen = self.inner.records.seen(&key)?;
+            let contact = self.settle(with_seen(decode_json(&raw)?, seen), now_ms)?;
             if contact.state == state {
+                out.push(contact);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every contact of `vmn` after `after` in msisdn order, or only those in state `only`:
+    /// sled's `contacts` (those with a consent history) and the records store's seen entries
+    /// (everyone who sent a message), two sorted runs merged as they are read. Unknown
+    /// contacts are not indexed by state (see the module header), so they are found here.
+    fn all_contacts_at(
+        &self,
+        vmn: &str,
+        only: Option<ConsentState>,
+        after: Option<&[u8]>,
+        limit: usize,
+        now_ms: u64,
+    ) -> Result<Vec<Contact>> {
+        use std::cmp::Ordering;
+        let prefix = address_key(vmn);
+        let (start, inclusive) = match after {
+            Some(a) => ([prefix.as_slice(), a].concat(), false),
+            None => (prefix.clone(), true),
+        };
+        let lower = if inclusive {
+            Bound::Included(start.clone())
+        } else {
+            Bound::Excluded(start.clone())
+        };
+        let mut stored = self
+            .trees()
+            .contacts
+            .range::<Vec<u8>, _>((lower, Bound::Unbounded))
+            .map(|kv| kv.map_err(StoreError::from))
+            .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+            .peekable();
+        let mut seen = self
+            .inner
+            .records
+            .seen_from(prefix.clone(), start, inclusive)
+            .peekable();
+        let mut out = Vec::new();
+        while out.len() < limit {
+            if let Some(Err(e)) = stored.next_if(Result::is_err) {
+                return Err(e);
+            }
+            if let Some(Err(e)) = seen.next_if(Result::is_err) {
+                return Err(e);
+            }
+            // Errors were taken above: what is left is a key or the end of a run.
+            let order = match (stored.peek(), seen.peek()) {
+                (Some(Ok((a, _))), Some(Ok((b, _)))) => a.as_ref().cmp(b.as_slice()),
+                (Some(Ok(_)), None) => Ordering::Less,
+                (None, Some(Ok(_))) => Ordering::Greater,
+                _ => break,
+            };
+            let from_sled = (order != Ordering::Greater).then(|| stored.next()).flatten();
+            let from_seen = (order != Ordering::Less).then(|| seen.next()).flatten();
+            let contact = match (from_sled.transpose()?, from_seen.transpose()?) {
+                (Some((_, raw)), seen) => with_seen(decode_json(&raw)?, seen.map(|(_, s)| s)),
+                (None, Some((key, seen))) => {
+                    let msisdn = String::from_utf8(key[prefix.len()..].to_vec()).map_err(|_| {
+                        StoreError::Corrupt("a seen entry's msisdn is not UTF-8".into())
+                    })?;
+                    unseen_contact(vmn.to_string(), msisdn, seen)
+                }
+                (None, None) => continue,
+            };
+            let contact = self.settle(contact, now_ms)?;
+            if only.is_none_or(|state| contact.state == state) {
                 out.push(contact);
             }
         }
@@ -1078,7 +1116,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unknown_contacts_cost_one_write_and_are_listed_from_the_contacts_themselves() {
+    fn unknown_contacts_cost_no_sled_write_and_are_listed_from_their_seen_entries() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 8, false).unwrap();
         let vmn = "56767";
@@ -1088,11 +1126,12 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(
-            store.trees().contact_states.len(),
-            0,
-            "a first message writes the contact only"
+            (store.trees().contacts.len(), store.trees().contact_states.len()),
+            (0, 0),
+            "a first message writes its seen entry only"
         );
-        // One opts in, one out; and a key as databases from before this change hold it.
+        // One opts in, one out; and a contact as databases from before `contacts_seen` and the
+        // unindexed `unknown` hold it: in sled, with an index key.
         let change = |msisdn, to| ConsentChange {
             vmn,
             msisdn,
@@ -1120,7 +1159,30 @@ mod tests {
                 &[] as &[u8],
             )
             .unwrap();
+        let legacy = Contact {
+            vmn: vmn.into(),
+            msisdn: "919800000002".into(),
+            state: ConsentState::Unknown,
+            first_seen_ms: 500,
+            last_seen_ms: 600,
+            source_keyword: None,
+            attributes: BTreeMap::new(),
+            pending_until_ms: None,
+            updated_ms: 500,
+        };
+        store
+            .trees()
+            .contacts
+            .insert(contact_key(vmn, "919800000002"), encode_json(&legacy))
+            .unwrap();
         assert_eq!(store.trees().contact_states.len(), 3);
+        // Its seen times are both places' widest.
+        let merged = store.contact(vmn, "919800000002").unwrap().unwrap();
+        assert_eq!((merged.first_seen_ms, merged.last_seen_ms), (500, 1_002));
+        let only_seen = store.contact(vmn, "919800000003").unwrap().unwrap();
+        assert_eq!(only_seen.state, ConsentState::Unknown);
+        assert_eq!((only_seen.first_seen_ms, only_seen.last_seen_ms), (1_003, 1_003));
+        assert_eq!(store.contact(vmn, "919800000099").unwrap(), None);
         let msisdns = |state, after: Option<&str>, limit| {
             store
                 .contacts_at(vmn, state, after, limit, 3_000)
