@@ -444,8 +444,12 @@ impl Daemon {
                 smsc.addr().port()
             ));
         }
+        // VMND_WEBHOOK_EXTRA: lines for the webhook ("pipeline = 8").
+        let webhook_extra = std::env::var("VMND_WEBHOOK_EXTRA")
+            .unwrap_or_default()
+            .replace("\\n", "\n");
         text.push_str(&format!(
-            "[[webhook]]\nname = \"crm\"\nurl = \"{webhook_url}\"\nsecret = \"whsec-test\"\nretry_for = \"1h\"\n\n[[number]]\nvmn = \"{VMN}\"\ncarrier = \"sim1\"\ndefault = {{ webhook = \"crm\" }}\n"
+            "[[webhook]]\nname = \"crm\"\nurl = \"{webhook_url}\"\nsecret = \"whsec-test\"\nretry_for = \"1h\"\n{webhook_extra}\n\n[[number]]\nvmn = \"{VMN}\"\ncarrier = \"sim1\"\ndefault = {{ webhook = \"crm\" }}\n"
         ));
         let config = dir.path().join("vmnd.toml");
         std::fs::write(&config, text).expect("write config");

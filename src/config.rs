@@ -173,6 +173,10 @@ pub struct Webhook {
     pub timeout: Duration,
     /// Requests in flight to this endpoint (`concurrency`, default 32).
     pub concurrency: usize,
+    /// `pipeline` (default 1, at most 64): requests written on one connection before their
+    /// answers come back (HTTP/1.1 pipelining, see `outbound::pipeline`). 1 sends one at a
+    /// time per connection; more needs a receiver that answers pipelined requests in order.
+    pub pipeline: usize,
     /// How the event goes out (`method` and `format`; default a JSON POST).
     pub method: WebhookMethod,
     /// `fields = { name = "template" }`: the fields that go out and under what names (sorted
@@ -835,6 +839,7 @@ struct RawWebhook {
     retry_for: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     concurrency: Option<Spanned<i64>>,
+    pipeline: Option<Spanned<i64>>,
     method: Option<Spanned<String>>,
     format: Option<Spanned<String>>,
     fields: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
@@ -1996,6 +2001,7 @@ fn validate_webhook(
         p,
     );
     let concurrency = validate_integer(raw.concurrency.as_ref(), "concurrency", 32, 1..=1024, p);
+    let pipeline = validate_integer(raw.pipeline.as_ref(), "pipeline", 1, 1..=64, p);
     let method = validate_webhook_method(raw, p);
     let fields = validate_webhook_fields(raw, p);
     let headers = validate_webhook_headers(raw, p);
@@ -2055,6 +2061,7 @@ fn validate_webhook(
         retry_for: retry_for?,
         timeout: timeout?,
         concurrency: usize::try_from(concurrency?).ok()?,
+        pipeline: usize::try_from(pipeline?).ok()?,
         method: method?,
         fields: fields?,
         headers: headers?,
@@ -4443,6 +4450,7 @@ receipts = "crm"
         assert_eq!(w.retry_for, Duration::from_secs(86_400));
         assert_eq!(w.timeout, Duration::from_secs(10));
         assert_eq!(w.concurrency, 32);
+        assert_eq!(w.pipeline, 1);
         let n = config.number("567678").unwrap();
         assert_eq!(n.vmn, "567678");
         assert_eq!(n.default_webhook.as_deref(), Some("crm"));
@@ -5650,6 +5658,30 @@ lmtp_listen = "127.0.0.1:2424"
             join.actions.email,
             ["leads@acme.example", "desk@acme.example"]
         );
+    }
+
+    #[test]
+    fn pipeline_is_read_and_kept_in_its_range() {
+        let with = |value: &str| {
+            let source = VALID.replace(
+                "secret = \"whsec-test\"\n",
+                &format!("secret = \"whsec-test\"\npipeline = {value}\n"),
+            );
+            parse(&source, "t.toml", &|_: &str| None)
+        };
+        let (config, _) = with("16").expect("pipeline = 16 is valid");
+        assert_eq!(config.webhook("crm").unwrap().pipeline, 16);
+        for bad in ["0", "65", "-1"] {
+            let errors: Vec<String> = match with(bad) {
+                Ok(_) => panic!("pipeline = {bad}: accepted"),
+                Err(d) => d.iter().map(|d| d.to_string()).collect(),
+            };
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].contains("`pipeline` must be between 1 and 64"),
+                "{errors:?}"
+            );
+        }
     }
 
     #[test]

@@ -303,6 +303,8 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watc
     let connection = http1::Builder::new()
         .header_read_timeout(None)
         .keep_alive(true)
+        // Answers to pipelined requests go out in one write, as a busy server's would.
+        .pipeline_flush(true)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     loop {

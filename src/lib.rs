@@ -14,7 +14,7 @@
 //! | [`smpp::supervisor`] | one per carrier (on the sessions' own runtime): reconnects with backoff and jitter, publishes bind state |
 //! | [`store::writer`] | the group commit: a thread that journals PDUs and releases their acks; bounded handoff to the processor |
 //! | [`store::journal`] | the inbound journal: append-only CRC-checked segment files, fdatasync per commit, recovery |
-//! | [`store`] | everything on disk behind one module: the journal, an LSM tree (fjall) for message records and attempts, and sled for parts, receipts, consent and the rest |
+//! | [`store`] | everything on disk behind one module: the journal, an LSM tree (fjall) for message records, attempts and when each contact was last seen, and sled for parts, receipts, consent and the rest |
 //! | [`store::hold`] | journal holds: a webhook job kept in memory only until delivered, its journal entry its durable copy |
 //! | [`store::queue`] | the durable job queue: due-time ordered, retries, dead letters |
 //! | [`store::outbound`] | SMS vmnd sent and their state; receipts correlated by carrier message id |
@@ -29,6 +29,7 @@
 //! | [`consent::intent`] | opt-out written in words ("please stop texting me"), recognised conservatively |
 //! | [`outbound::dispatcher`] | runs queued jobs per endpoint (webhook or carrier) with limits and backoff; consent enforced at send time |
 //! | [`outbound::webhook`] | one signed HTTP(S) request with a keep-alive pool (rustls) |
+//! | [`outbound::pipeline`] | HTTP/1.1 pipelining for webhooks with `pipeline = N`: many requests per write, answers parsed in order (httparse) |
 //! | [`outbound::webhook_format`] | what an event looks like for one webhook: JSON, form or GET, chosen fields |
 //! | [`outbound::email`] | e-mail forwards over SMTP (lettre, rustls): reply token, stable Message-ID, threading |
 //! | [`inbound_mail`] | LMTP listener: replies by e-mail to a forward's `Reply-To` go back as SMS |

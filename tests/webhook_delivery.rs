@@ -648,6 +648,34 @@ async fn a_backlog_beyond_memory_waits_in_the_journal_and_nothing_is_lost() {
     h.stop_daemon().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_webhook_delivers_a_burst_over_one_connection() {
+    // `pipeline = 32` with the default `concurrency` of 32: one connection carries it all.
+    // Without pipelining a burst opens up to 32.
+    let mut h = start_with(SinkMode::Ok, |text| crm_with(text, "pipeline = 32")).await;
+    let n = 1000u64;
+    h.smsc
+        .enqueue_many((0..n).map(|i| mo::gsm(ALICE, SHORT_CODE, &format!("burst {i}"))));
+    let sink = h.sink.clone();
+    assert!(
+        eventually(STEP, || sink.count() as u64 >= n).await,
+        "only {} of {n} delivered",
+        sink.count()
+    );
+    assert_eq!(h.sink.connections(), 1);
+    let bodies = sink_bodies(&h.sink);
+    let texts: BTreeSet<&str> = bodies
+        .iter()
+        .map(|b| b["text"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(texts.len() as u64, n, "every message at least once");
+    for r in h.sink.requests().iter().take(5) {
+        let sig = r.header("vmnd-signature").expect("signed");
+        assert!(python_verifies(sig, &r.body), "{sig}");
+    }
+    h.stop_daemon().await;
+}
+
 /// The one stored message's id, once the processor has written it.
 async fn only_message_id(h: &Harness) -> u64 {
     let store = h.daemon().store.clone();

@@ -172,7 +172,8 @@ struct WebhookTarget {
     config: Webhook,
     uri: Option<hyper::Uri>,
     fallback: Option<hyper::Uri>,
-    /// This webhook's client: the shared one, or its own when it trusts a private CA.
+    /// This webhook's client: the shared one, or its own when it trusts a private CA or
+    /// pipelines (`pipeline`).
     client: WebhookClient,
 }
 
@@ -289,7 +290,8 @@ pub async fn run(
                 tracing::error!(webhook = %w.name, error = %e, "cannot use `ca_file`; trusting the public roots only");
                 client.clone()
             }),
-        };
+        }
+        .pipelined(w.pipeline, w.concurrency);
         let target = Target::Webhook(Box::new(WebhookTarget {
             config: w.clone(),
             uri: w.url.parse::<hyper::Uri>().ok(),

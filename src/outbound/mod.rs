@@ -5,6 +5,7 @@
 
 pub mod dispatcher;
 pub mod email;
+pub mod pipeline;
 pub mod sms_text;
 pub mod webhook;
 pub mod webhook_format;

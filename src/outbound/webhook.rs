@@ -21,6 +21,7 @@ use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Uri, header};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -28,6 +29,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sha2::Sha256;
 
+use super::pipeline::Pipeline;
 use crate::config::WebhookAuth;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -55,6 +57,10 @@ const ERROR_SNIPPET_BYTES: usize = 200;
 /// connections on their side after 5-75 s; staying under the common values limits the race
 /// where we write a request onto a connection the server is closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle pipelined connections close sooner: node's servers close theirs after 5 s, and a
+/// request written as the server closes is sent again (see [`super::pipeline`]), which the
+/// pooled client's own retry would otherwise spare.
+const PIPELINE_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// A MAC keyed with `secret` that has absorbed `"<t>.<body>"`.
 fn signed_payload_mac(secret: &str, t: u64, body: &[u8]) -> HmacSha256 {
@@ -220,10 +226,14 @@ pub struct SendOptions<'a> {
 /// A keep-alive pooled HTTP/1.1 client (http and https).
 ///
 /// Cloning is cheap and clones share one connection pool: consecutive events to the same
-/// endpoint reuse a warm connection instead of paying a TCP (and TLS) handshake each.
+/// endpoint reuse a warm connection instead of paying a TCP (and TLS) handshake each. A
+/// client made by [`WebhookClient::pipelined`] sends through its own pipelined connections
+/// instead (see [`super::pipeline`]).
 #[derive(Clone)]
 pub struct WebhookClient {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    pipeline: Option<std::sync::Arc<Pipeline>>,
 }
 
 impl fmt::Debug for WebhookClient {
@@ -272,11 +282,29 @@ impl WebhookClient {
         .with_root_certificates(roots)
         .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_http1()
             .wrap_connector(Self::tcp());
-        Ok(Self::pooled(connector))
+        Ok(Self::pooled(connector, std::sync::Arc::new(tls)))
+    }
+
+    /// A client with the same trust that pipelines up to `depth` requests per connection,
+    /// on as many connections as `concurrency` requests in flight need (a webhook's
+    /// `pipeline`). `depth` 1 is this client unchanged.
+    pub fn pipelined(&self, depth: usize, concurrency: usize) -> WebhookClient {
+        if depth <= 1 {
+            return self.clone();
+        }
+        WebhookClient {
+            pipeline: Some(std::sync::Arc::new(Pipeline::new(
+                self.tls.clone(),
+                depth,
+                concurrency,
+                PIPELINE_IDLE_TIMEOUT,
+            ))),
+            ..self.clone()
+        }
     }
 
     fn tcp() -> HttpConnector {
@@ -288,12 +316,19 @@ impl WebhookClient {
         connector
     }
 
-    fn pooled(connector: HttpsConnector<HttpConnector>) -> Self {
+    fn pooled(
+        connector: HttpsConnector<HttpConnector>,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Self {
         let http = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build(connector);
-        WebhookClient { http }
+        WebhookClient {
+            http,
+            tls,
+            pipeline: None,
+        }
     }
 
     /// Makes one POST of `body` (`application/json`) to `url`: the contract's request with
@@ -330,9 +365,24 @@ impl WebhookClient {
     /// valid header value, come back as [`Attempt::Failed`].
     pub async fn send(&self, request: &Outgoing, options: &SendOptions<'_>) -> Attempt {
         let started = Instant::now();
-        let outcome = match build_request(request, options) {
-            Ok(request) => self.exchange(request, started, options.timeout).await,
-            Err(error) => Err((None, error)),
+        let outcome = match &self.pipeline {
+            None => match build_request(request, options) {
+                Ok(built) => self.exchange(built, started, options.timeout).await,
+                Err(error) => Err((None, error)),
+            },
+            Some(pipeline) => match request_bytes(request, options) {
+                Ok(bytes) => {
+                    let deadline = tokio::time::Instant::from_std(started) + options.timeout;
+                    match pipeline
+                        .exchange(&request.uri, &request.method, bytes, deadline)
+                        .await
+                    {
+                        Ok(answer) => judge(answer.status, readable_line(&answer.snippet)),
+                        Err(no) => Err((None, no.error)),
+                    }
+                }
+                Err(error) => Err((None, error)),
+            },
         };
         let latency = started.elapsed();
         match outcome {
@@ -367,28 +417,32 @@ impl WebhookClient {
         // Once a 2xx status has arrived the event is delivered, whatever happens to the body:
         // failing it now would only make the tenant see a duplicate.
         let snippet = drain(response.into_body(), deadline, !status.is_success()).await;
-        if status.is_success() {
-            return Ok(status.as_u16());
-        }
-        let mut error = format!("http {}", status.as_u16());
-        if let Some(reason) = status.canonical_reason() {
-            error.push(' ');
-            error.push_str(reason);
-        }
-        if !snippet.is_empty() {
-            error.push_str(": ");
-            error.push_str(&snippet);
-        }
-        Err((Some(status.as_u16()), error))
+        judge(status.as_u16(), snippet)
     }
 }
 
-/// Builds the signed request, or says in words why it cannot be sent.
-fn build_request(
-    request: &Outgoing,
-    options: &SendOptions<'_>,
-) -> Result<Request<Full<Bytes>>, String> {
-    let url = &request.uri;
+/// A 2xx is delivered; anything else is `http <status> <reason>: <start of the body>`.
+fn judge(status: u16, snippet: String) -> Result<u16, Failure> {
+    if (200..300).contains(&status) {
+        return Ok(status);
+    }
+    let mut error = format!("http {status}");
+    if let Some(reason) = hyper::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+    {
+        error.push(' ');
+        error.push_str(reason);
+    }
+    if !snippet.is_empty() {
+        error.push_str(": ");
+        error.push_str(&snippet);
+    }
+    Err((Some(status), error))
+}
+
+/// Checks that `url` can be requested: http or https, with a host.
+fn check_url(url: &Uri) -> Result<(), String> {
     match url.scheme_str() {
         Some("http") | Some("https") => {}
         Some(other) => {
@@ -405,36 +459,97 @@ fn build_request(
     if url.host().is_none_or(str::is_empty) {
         return Err(format!("invalid url: `{url}` has no host"));
     }
-    let mut builder = Request::builder()
-        .method(request.method.clone())
-        .uri(url.clone())
-        .header(header::USER_AGENT, USER_AGENT)
-        .header(EVENT_ID_HEADER, options.event_id);
+    Ok(())
+}
+
+/// Every header of the request but `Host` and `Content-Length`, checked as valid HTTP.
+fn request_headers(
+    request: &Outgoing,
+    options: &SendOptions<'_>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let mut headers = Vec::with_capacity(6 + options.headers.len());
+    let mut add = |name: &str, value: &str| -> Result<(), String> {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|e| format!("invalid request: header name {name:?}: {e}"))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|e| format!("invalid request: header {name}: {e}"))?;
+        headers.push((name, value));
+        Ok(())
+    };
+    add(header::USER_AGENT.as_str(), USER_AGENT)?;
+    add(EVENT_ID_HEADER, options.event_id)?;
     if let Some(content_type) = request.content_type {
-        builder = builder.header(header::CONTENT_TYPE, content_type);
+        add(header::CONTENT_TYPE.as_str(), content_type)?;
     }
     if let Some(secret) = options.secret {
         // Signed at send time, not enqueue time: each retry carries a fresh timestamp so the
         // tenant's replay window does not reject our own late retries.
-        builder = builder.header(
+        add(
             SIGNATURE_HEADER,
-            signature(secret, unix_now(), &request.signed),
-        );
+            &signature(secret, unix_now(), &request.signed),
+        )?;
     }
     match options.auth {
         None => {}
         Some(WebhookAuth::Bearer(token)) => {
-            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            add(header::AUTHORIZATION.as_str(), &format!("Bearer {token}"))?;
         }
         Some(WebhookAuth::Basic { username, password }) => {
             use base64::Engine as _;
             let pair =
                 base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-            builder = builder.header(header::AUTHORIZATION, format!("Basic {pair}"));
+            add(header::AUTHORIZATION.as_str(), &format!("Basic {pair}"))?;
         }
     }
     for (name, value) in options.headers {
-        builder = builder.header(name.as_str(), value.as_str());
+        add(name, value)?;
+    }
+    Ok(headers)
+}
+
+/// The whole HTTP/1.1 request as it goes on the wire, for a pipelined connection. The same
+/// headers as [`build_request`]'s, plus `Host` and, when there is a body, `Content-Length`
+/// (what hyper adds).
+fn request_bytes(request: &Outgoing, options: &SendOptions<'_>) -> Result<Bytes, String> {
+    let url = &request.uri;
+    check_url(url)?;
+    let headers = request_headers(request, options)?;
+    let mut out = Vec::with_capacity(320 + request.body.len());
+    out.extend_from_slice(request.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(url.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(url.host().unwrap_or_default().as_bytes());
+    if let Some(port) = url.port() {
+        out.push(b':');
+        out.extend_from_slice(port.as_str().as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !request.body.is_empty() || request.method != Method::GET {
+        out.extend_from_slice(format!("content-length: {}\r\n", request.body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&request.body);
+    Ok(Bytes::from(out))
+}
+
+/// Builds the signed request, or says in words why it cannot be sent.
+fn build_request(
+    request: &Outgoing,
+    options: &SendOptions<'_>,
+) -> Result<Request<Full<Bytes>>, String> {
+    check_url(&request.uri)?;
+    let mut builder = Request::builder()
+        .method(request.method.clone())
+        .uri(request.uri.clone());
+    for (name, value) in request_headers(request, options)? {
+        builder = builder.header(name, value);
     }
     builder
         .body(Full::new(request.body.clone()))
@@ -463,11 +578,16 @@ async fn drain(mut body: Incoming, deadline: tokio::time::Instant, keep_snippet:
             Ok(None) | Ok(Some(Err(_))) | Err(_) => break,
         }
     }
+    readable_line(&head)
+}
+
+/// The start of an answer's body as one readable line ("" for none). Endpoints answer anything
+/// (HTML error pages, binary).
+fn readable_line(head: &[u8]) -> String {
     if head.is_empty() {
         return String::new();
     }
-    // Endpoints answer anything (HTML error pages, binary); keep one readable line.
-    let text = String::from_utf8_lossy(&head);
+    let text = String::from_utf8_lossy(head);
     let line: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

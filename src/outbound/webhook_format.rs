@@ -230,6 +230,7 @@ mod tests {
             retry_for: Duration::from_secs(60),
             timeout: Duration::from_secs(1),
             concurrency: 1,
+            pipeline: 1,
             method,
             fields: fields.map(|f| {
                 f.iter()

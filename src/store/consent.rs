@@ -1056,7 +1056,9 @@ impl Store {
                 (None, Some(Ok(_))) => Ordering::Greater,
                 _ => break,
             };
-            let from_sled = (order != Ordering::Greater).then(|| stored.next()).flatten();
+            let from_sled = (order != Ordering::Greater)
+                .then(|| stored.next())
+                .flatten();
             let from_seen = (order != Ordering::Less).then(|| seen.next()).flatten();
             let contact = match (from_sled.transpose()?, from_seen.transpose()?) {
                 (Some((_, raw)), seen) => with_seen(decode_json(&raw)?, seen.map(|(_, s)| s)),
@@ -1126,7 +1128,10 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(
-            (store.trees().contacts.len(), store.trees().contact_states.len()),
+            (
+                store.trees().contacts.len(),
+                store.trees().contact_states.len()
+            ),
             (0, 0),
             "a first message writes its seen entry only"
         );
@@ -1181,7 +1186,10 @@ mod tests {
         assert_eq!((merged.first_seen_ms, merged.last_seen_ms), (500, 1_002));
         let only_seen = store.contact(vmn, "919800000003").unwrap().unwrap();
         assert_eq!(only_seen.state, ConsentState::Unknown);
-        assert_eq!((only_seen.first_seen_ms, only_seen.last_seen_ms), (1_003, 1_003));
+        assert_eq!(
+            (only_seen.first_seen_ms, only_seen.last_seen_ms),
+            (1_003, 1_003)
+        );
         assert_eq!(store.contact(vmn, "919800000099").unwrap(), None);
         let msisdns = |state, after: Option<&str>, limit| {
             store

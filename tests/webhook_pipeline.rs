@@ -1,0 +1,314 @@
+//! Pipelined webhook connections (`pipeline = N`, `outbound::pipeline`) on loopback: against
+//! the HTTP sink (hyper's server), and against hand-written servers that answer in one write,
+//! close between or in the middle of answers, or answer garbage. What must hold: every
+//! request gets its own answer, in order; a request that got no byte of an answer on a reused
+//! connection goes again on a fresh one; nothing panics.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::Uri;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use vmnd::http_sink::{HttpSink, SinkMode};
+use vmnd::outbound::webhook::{Attempt, WebhookClient, verify_signature};
+
+const SECRET: &str = "whsec-test";
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn uri(s: &str) -> Uri {
+    s.parse().expect("test URL parses")
+}
+
+fn body(i: usize) -> Bytes {
+    Bytes::from(format!(r#"{{"event":"message","id":"ev-{i}"}}"#))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_requests_at_once_share_few_connections_and_each_is_signed() {
+    many_requests(8, 4).await;
+}
+
+/// One connection carrying everything: a connection that took an answer for stray bytes
+/// would be dropped and more opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_deep_connection_keeps_every_answer_in_order() {
+    many_requests(32, 1).await;
+}
+
+/// 400 signed requests, 32 at a time, pipelined `depth` deep: each is delivered once, on at
+/// most `connections` connections.
+async fn many_requests(depth: usize, connections: usize) {
+    let sink = HttpSink::start(SinkMode::Ok).await.unwrap();
+    let client = WebhookClient::new().pipelined(depth, 32);
+    let url = uri(&sink.url("/sms"));
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(&url, &format!("ev-{i}"), Some(SECRET), body(i), TIMEOUT)
+                .await
+        }));
+        if i % 32 == 31 {
+            // Waves of 32, as the dispatcher's concurrency would let them go.
+            for t in tasks.drain(..) {
+                let attempt = t.await.unwrap();
+                assert!(attempt.is_delivered(), "{attempt:?}");
+            }
+        }
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().is_delivered());
+    }
+    assert_eq!(sink.count(), 400);
+    assert!(
+        sink.connections() <= connections,
+        "{} connections",
+        sink.connections()
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut ids: Vec<String> = Vec::new();
+    for r in sink.requests() {
+        let id = r.header("vmnd-event-id").unwrap().to_string();
+        // Each request carries its own body: the id in the header is the id in the body.
+        assert_eq!(r.body, body(id[3..].parse().unwrap()), "{id}");
+        let sig = r.header("vmnd-signature").unwrap();
+        assert!(verify_signature(SECRET, sig, &r.body, now, 300), "{id}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/sms");
+        ids.push(id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 400);
+    sink.shutdown();
+}
+
+#[tokio::test]
+async fn failures_read_as_the_pooled_clients_do() {
+    let sink = HttpSink::start(SinkMode::Status(503)).await.unwrap();
+    let client = WebhookClient::new().pipelined(4, 4);
+    let attempt = client
+        .post(&uri(&sink.url("/")), "ev", None, body(1), TIMEOUT)
+        .await;
+    let Attempt::Failed { status, error, .. } = attempt else {
+        panic!("{attempt:?}")
+    };
+    assert_eq!(status, Some(503));
+    assert_eq!(
+        error,
+        "http 503 Service Unavailable: http sink: failing as configured"
+    );
+    // The connection is still good for the next request.
+    sink.set_mode(SinkMode::Ok);
+    let attempt = client
+        .post(&uri(&sink.url("/")), "ev", None, body(2), TIMEOUT)
+        .await;
+    assert!(attempt.is_delivered(), "{attempt:?}");
+    assert_eq!(sink.connections(), 1);
+
+    // No answer: a timeout.
+    sink.set_mode(SinkMode::NeverAnswer);
+    let attempt = client
+        .post(
+            &uri(&sink.url("/")),
+            "ev",
+            None,
+            body(3),
+            Duration::from_millis(300),
+        )
+        .await;
+    let Attempt::Failed { status, error, .. } = attempt else {
+        panic!("{attempt:?}")
+    };
+    assert_eq!(status, None);
+    assert!(error.starts_with("timeout"), "{error}");
+
+    // Bad input never reaches the wire.
+    for url in ["/no/scheme/or/host", "ftp://example.net/sms"] {
+        let attempt = client.post(&uri(url), "ev", None, body(4), TIMEOUT).await;
+        let Attempt::Failed { error, .. } = attempt else {
+            panic!("{attempt:?}")
+        };
+        assert!(error.starts_with("invalid url:"), "{error}");
+    }
+    let attempt = client
+        .post(&uri(&sink.url("/")), "bad\r\nid", None, body(5), TIMEOUT)
+        .await;
+    let Attempt::Failed { error, .. } = attempt else {
+        panic!("{attempt:?}")
+    };
+    assert!(error.starts_with("invalid request:"), "{error}");
+    sink.shutdown();
+}
+
+#[tokio::test]
+async fn a_closed_port_is_a_connection_error() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let attempt = WebhookClient::new()
+        .pipelined(8, 8)
+        .post(
+            &uri(&format!("http://127.0.0.1:{port}/sms")),
+            "ev",
+            None,
+            body(1),
+            TIMEOUT,
+        )
+        .await;
+    let Attempt::Failed { status, error, .. } = attempt else {
+        panic!("{attempt:?}")
+    };
+    assert_eq!(status, None);
+    assert!(error.starts_with("connect:"), "{error}");
+    drop(socket);
+}
+
+/// Reads from `stream` until `n` whole requests (head and `content-length` body) arrived.
+async fn read_requests(stream: &mut TcpStream, n: usize) -> Vec<String> {
+    let mut buf = Vec::new();
+    let mut requests = Vec::new();
+    while requests.len() < n {
+        let mut chunk = [0u8; 4096];
+        let got = stream.read(&mut chunk).await.unwrap();
+        if got == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..got]);
+        loop {
+            let text = String::from_utf8_lossy(&buf).to_string();
+            let Some(end) = text.find("\r\n\r\n") else {
+                break;
+            };
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() < end + 4 + length {
+                break;
+            }
+            requests.push(text[..end + 4 + length].to_string());
+            buf.drain(..end + 4 + length);
+        }
+    }
+    requests
+}
+
+/// Event ids of `requests`, in order.
+fn ids(requests: &[String]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|r| {
+            r.lines()
+                .find_map(|l| l.strip_prefix("vmnd-event-id: "))
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+fn ok_answer(id: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{id}",
+        id.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_off_by_a_close_go_again_on_a_fresh_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = uri(&format!("http://{}/hook", listener.local_addr().unwrap()));
+    // First connection: answers one request, then takes three pipelined ones, answers the
+    // first of them and closes. Second connection: answers whatever comes, in one write.
+    let server = tokio::spawn(async move {
+        let (mut first, _) = listener.accept().await.unwrap();
+        let one = read_requests(&mut first, 1).await;
+        first
+            .write_all(ok_answer(&ids(&one)[0]).as_bytes())
+            .await
+            .unwrap();
+        let three = read_requests(&mut first, 3).await;
+        let answered = ids(&three)[0].clone();
+        first
+            .write_all(ok_answer(&answered).as_bytes())
+            .await
+            .unwrap();
+        drop(first);
+        let (mut second, _) = listener.accept().await.unwrap();
+        let again = read_requests(&mut second, 2).await;
+        let reply: String = ids(&again).iter().map(|id| ok_answer(id)).collect();
+        second.write_all(reply.as_bytes()).await.unwrap();
+        (ids(&one), ids(&three), ids(&again))
+    });
+    let client = WebhookClient::new().pipelined(8, 8);
+    assert!(
+        client
+            .post(&url, "ev-0", None, body(0), TIMEOUT)
+            .await
+            .is_delivered()
+    );
+    let sends: Vec<_> = (1..=3)
+        .map(|i| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                client
+                    .post(&url, &format!("ev-{i}"), None, body(i), TIMEOUT)
+                    .await
+            })
+        })
+        .collect();
+    for s in sends {
+        let attempt = s.await.unwrap();
+        assert!(attempt.is_delivered(), "{attempt:?}");
+    }
+    let (one, three, again) = server.await.unwrap();
+    assert_eq!(one, ["ev-0"]);
+    assert_eq!(three.len(), 3);
+    let mut resent = again.clone();
+    resent.sort();
+    let mut unanswered = three[1..].to_vec();
+    unanswered.sort();
+    assert_eq!(
+        resent, unanswered,
+        "the two cut off went again, the answered one did not"
+    );
+}
+
+#[tokio::test]
+async fn a_garbled_answer_fails_its_request_and_the_next_gets_a_new_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = uri(&format!("http://{}/hook", listener.local_addr().unwrap()));
+    let server = tokio::spawn(async move {
+        let (mut first, _) = listener.accept().await.unwrap();
+        read_requests(&mut first, 1).await;
+        first.write_all(b"HTTP/1.1 2x0 What\r\n\r\n").await.unwrap();
+        let (mut second, _) = listener.accept().await.unwrap();
+        let next = read_requests(&mut second, 1).await;
+        second
+            .write_all(ok_answer(&ids(&next)[0]).as_bytes())
+            .await
+            .unwrap();
+        // Keep it open until the client has read the answer.
+        let mut rest = [0u8; 16];
+        let _ = second.read(&mut rest).await;
+    });
+    let client = WebhookClient::new().pipelined(8, 8);
+    let attempt = client.post(&url, "ev-1", None, body(1), TIMEOUT).await;
+    let Attempt::Failed { status, error, .. } = attempt else {
+        panic!("{attempt:?}")
+    };
+    assert_eq!(status, None);
+    assert!(error.contains("malformed answer"), "{error}");
+    let attempt = client.post(&url, "ev-2", None, body(2), TIMEOUT).await;
+    assert!(attempt.is_delivered(), "{attempt:?}");
+    drop(client);
+    server.abort();
+}
