@@ -19,6 +19,7 @@
 //! `VMND_PERF="stat -e task-clock,context-switches,cpu-migrations,page-faults"`.
 //! `VMND_DAEMON_EXTRA="fsync = false"` (lines separated by `\n`) adds keys to the daemon's
 //! `[daemon]` section for what-if runs; the numbers in BENCHMARKS.md are with the defaults.
+//! `VMND_WEBHOOK_EXTRA="concurrency = 64"` does the same for the webhook's section.
 //! The machine is shared: the load average is printed at the start and at the end of a run.
 //!
 //! Scenarios (each run 3 times in full mode, once in quick mode; medians are reported):
@@ -27,6 +28,7 @@
 //!   each deliver_sm to its response) under that saturating load.
 //! - `e2e`: 1 and 4 binds at window 100: messages per second from the first enqueue until the
 //!   HTTP receiver has answered 200 to every one; daemon CPU per message over the same interval.
+//!   Once with the webhook's defaults, once with `pipeline = 16`.
 //! - `latency`: 1 bind, window 100, input paced at 2,000 msg/s (the bench enqueues each message
 //!   when it is due, and the simulator is also rate-limited to 2,000/s): ack latency from the
 //!   simulator, and webhook latency from the enqueue (which is at most the wake-up of the
@@ -54,6 +56,28 @@ use vmnd::sim::{Smsc, SmscConfig, mo};
 
 /// The number every message goes to (configured with the webhook as its default action).
 const VMN: &str = "567678";
+
+/// A webhook setting the end-to-end scenario runs with.
+#[derive(Clone, Copy)]
+struct Webhook {
+    /// How the tables name it.
+    label: &'static str,
+    /// Lines added to the webhook's section.
+    lines: &'static str,
+}
+
+/// The defaults (one request at a time per connection, hyper's pool), and HTTP/1.1
+/// pipelining 16 deep (`outbound::pipeline`; the receiver, hyper's server, answers in order).
+const WEBHOOKS: [Webhook; 2] = [
+    Webhook {
+        label: "default",
+        lines: "",
+    },
+    Webhook {
+        label: "pipeline = 16",
+        lines: "pipeline = 16",
+    },
+];
 
 #[derive(Clone, Copy)]
 struct Sizes {
@@ -186,31 +210,35 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
     if only.contains(&"e2e") {
         println!("## end to end: deliver_sm -> ack -> webhook 200 (window 100)\n");
         println!(
-            "| binds | messages | run | delivered/s | acks done after s | all delivered after s | daemon CPU µs/msg | bench CPU µs/msg | daemon VmHWM MiB |"
+            "| webhook | binds | messages | run | delivered/s | acks done after s | all delivered after s | daemon CPU µs/msg | bench CPU µs/msg | daemon VmHWM MiB |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for binds in [1usize, 4] {
-            let mut rates = Vec::new();
-            let mut cpus = Vec::new();
-            for r in 0..sizes.runs {
-                let res = e2e_run(&bin, binds, 100, sizes.e2e, perf.take(), false).await;
-                println!(
-                    "| {binds} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |",
-                    sizes.e2e,
-                    r + 1,
-                    res.rate,
-                    res.acks_done.as_secs_f64(),
-                    res.all_done.as_secs_f64(),
-                    res.cpu_us_per_msg,
-                    res.bench_cpu_us_per_msg,
-                    res.hwm_kib as f64 / 1024.0
-                );
-                rates.push(res.rate);
-                cpus.push(res.cpu_us_per_msg);
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for webhook in WEBHOOKS {
+            for binds in [1usize, 4] {
+                let mut rates = Vec::new();
+                let mut cpus = Vec::new();
+                for r in 0..sizes.runs {
+                    let res =
+                        e2e_run(&bin, binds, 100, sizes.e2e, webhook, perf.take(), false).await;
+                    println!(
+                        "| {} | {binds} | {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |",
+                        webhook.label,
+                        sizes.e2e,
+                        r + 1,
+                        res.rate,
+                        res.acks_done.as_secs_f64(),
+                        res.all_done.as_secs_f64(),
+                        res.cpu_us_per_msg,
+                        res.bench_cpu_us_per_msg,
+                        res.hwm_kib as f64 / 1024.0
+                    );
+                    rates.push(res.rate);
+                    cpus.push(res.cpu_us_per_msg);
+                }
+                summary
+                    .e2e
+                    .push((webhook.label, binds, median(&mut rates), median(&mut cpus)));
             }
-            summary
-                .e2e
-                .push((binds, median(&mut rates), median(&mut cpus)));
         }
         println!("load average: {}\n", load_average());
     }
@@ -261,7 +289,7 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
             "## memory: {} messages end to end (1 bind, window 100, one run)\n",
             sizes.rss
         );
-        let res = e2e_run(&bin, 1, 100, sizes.rss, None, true).await;
+        let res = e2e_run(&bin, 1, 100, sizes.rss, WEBHOOKS[0], None, true).await;
         println!(
             "| messages | delivered/s | acks done after s | all delivered after s | daemon CPU µs/msg | VmHWM MiB | VmRSS after MiB | data dir MiB |"
         );
@@ -301,8 +329,8 @@ struct Summary {
     disk: Option<(f64, f64)>,
     /// (binds, window, acks/s, p50, p99)
     acks: Vec<(usize, usize, f64, f64, f64)>,
-    /// (binds, delivered/s, daemon CPU µs/msg)
-    e2e: Vec<(usize, f64, f64)>,
+    /// (webhook, binds, delivered/s, daemon CPU µs/msg)
+    e2e: Vec<(&'static str, usize, f64, f64)>,
     /// ack p50, p99, webhook p50, p99, CPU µs/msg
     latency: Option<[f64; 5]>,
     /// (messages, VmHWM KiB, VmRSS KiB, CPU µs/msg, delivered/s)
@@ -342,27 +370,30 @@ impl Summary {
                 get(4)
             );
         }
-        let e2e = |b: usize, f: fn(&(usize, f64, f64)) -> String| {
-            self.e2e
-                .iter()
-                .find(|e| e.0 == b)
-                .map_or("-".to_string(), f)
-        };
-        println!(
-            "| delivered to HTTP msg/s, window 100 | {} | {} | >= 25,000 | 6,100-7,400 |",
-            e2e(1, |e| format!("{:.0}", e.1)),
-            e2e(4, |e| format!("{:.0}", e.1))
-        );
-        println!(
-            "| daemon CPU µs/msg end to end | {} | {} | <= 40 | ~250 |",
-            e2e(1, |e| format!("{:.1}", e.2)),
-            e2e(4, |e| format!("{:.1}", e.2))
-        );
-        println!(
-            "| daemon CPU s per 10,000 msgs | {} | {} | <= 0.40 | ~2.5 |",
-            e2e(1, |e| format!("{:.3}", e.2 / 100.0)),
-            e2e(4, |e| format!("{:.3}", e.2 / 100.0))
-        );
+        for webhook in WEBHOOKS {
+            let label = webhook.label;
+            let e2e = |b: usize, f: fn(&(&str, usize, f64, f64)) -> String| {
+                self.e2e
+                    .iter()
+                    .find(|e| e.0 == label && e.1 == b)
+                    .map_or("-".to_string(), f)
+            };
+            println!(
+                "| delivered to HTTP msg/s, window 100, webhook {label} | {} | {} | >= 25,000 | 6,100-7,400 |",
+                e2e(1, |e| format!("{:.0}", e.2)),
+                e2e(4, |e| format!("{:.0}", e.2))
+            );
+            println!(
+                "| daemon CPU µs/msg end to end, webhook {label} | {} | {} | <= 40 | ~250 |",
+                e2e(1, |e| format!("{:.1}", e.3)),
+                e2e(4, |e| format!("{:.1}", e.3))
+            );
+            println!(
+                "| daemon CPU s per 10,000 msgs, webhook {label} | {} | {} | <= 0.40 | ~2.5 |",
+                e2e(1, |e| format!("{:.3}", e.3 / 100.0)),
+                e2e(4, |e| format!("{:.3}", e.3 / 100.0))
+            );
+        }
         if let Some(l) = self.latency {
             println!(
                 "| ack latency p50 / p99 µs at 2,000 msg/s | {:.0} / {:.0} | | p99 <= 2,000 | - |",
@@ -427,7 +458,14 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn start(bin: &Path, smsc: &Smsc, binds: usize, webhook_url: &str) -> Daemon {
+    /// A daemon delivering to `webhook_url` with `webhook_lines` added to its webhook.
+    async fn start(
+        bin: &Path,
+        smsc: &Smsc,
+        binds: usize,
+        webhook_url: &str,
+        webhook_lines: &str,
+    ) -> Daemon {
         let dir = bench_dir();
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         // VMND_DAEMON_EXTRA: lines for [daemon], for what-if runs ("fsync = false",
@@ -444,10 +482,13 @@ impl Daemon {
                 smsc.addr().port()
             ));
         }
-        // VMND_WEBHOOK_EXTRA: lines for the webhook ("pipeline = 8").
-        let webhook_extra = std::env::var("VMND_WEBHOOK_EXTRA")
-            .unwrap_or_default()
-            .replace("\\n", "\n");
+        // VMND_WEBHOOK_EXTRA: more lines for the webhook, for what-if runs ("concurrency = 64").
+        let webhook_extra = format!(
+            "{webhook_lines}\n{}",
+            std::env::var("VMND_WEBHOOK_EXTRA")
+                .unwrap_or_default()
+                .replace("\\n", "\n")
+        );
         text.push_str(&format!(
             "[[webhook]]\nname = \"crm\"\nurl = \"{webhook_url}\"\nsecret = \"whsec-test\"\nretry_for = \"1h\"\n{webhook_extra}\n\n[[number]]\nvmn = \"{VMN}\"\ncarrier = \"sim1\"\ndefault = {{ webhook = \"crm\" }}\n"
         ));
@@ -670,7 +711,7 @@ struct AckResult {
 
 async fn ack_run(bin: &Path, binds: usize, window: usize, n: u64) -> AckResult {
     let (smsc, sink) = start_parts(window, None, false).await;
-    let daemon = Daemon::start(bin, &smsc, binds, &sink.url("/sms")).await;
+    let daemon = Daemon::start(bin, &smsc, binds, &sink.url("/sms"), "").await;
     let before = daemon.metrics().await;
     let t0 = Instant::now();
     let mut feeder = Feeder::new(&smsc, n);
@@ -719,11 +760,12 @@ async fn e2e_run(
     binds: usize,
     window: usize,
     n: u64,
+    webhook: Webhook,
     perf: Option<String>,
     progress: bool,
 ) -> E2eResult {
     let (smsc, sink) = start_parts(window, None, false).await;
-    let daemon = Daemon::start(bin, &smsc, binds, &sink.url("/sms")).await;
+    let daemon = Daemon::start(bin, &smsc, binds, &sink.url("/sms"), webhook.lines).await;
     let perf_child = PerfAttach::start(perf, &daemon).await;
     let cpu0 = daemon.cpu_secs();
     let bench0 = proc_cpu_ticks("/proc/self/stat") as f64 / daemon.clk_tck;
@@ -824,7 +866,7 @@ struct LatencyResult {
 /// Enqueue each message when due at `rate`/s, its enqueue time (ns since `epoch`) in its text.
 async fn latency_run(bin: &Path, rate: u32, secs: u64, perf: Option<String>) -> LatencyResult {
     let (smsc, sink) = start_parts(100, Some(rate), true).await;
-    let daemon = Daemon::start(bin, &smsc, 1, &sink.url("/sms")).await;
+    let daemon = Daemon::start(bin, &smsc, 1, &sink.url("/sms"), "").await;
     let perf_child = PerfAttach::start(perf, &daemon).await;
     let n = u64::from(rate) * secs;
     let cpu0 = daemon.cpu_secs();

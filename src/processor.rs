@@ -70,6 +70,9 @@ pub struct Processor {
     /// [`Store::forget_assembled`]).
     assembled_since_tidy: bool,
     last_durable: std::time::Instant,
+    /// `vmnd_messages_processed_total{carrier}` by carrier: the handle, not a registry lookup
+    /// per message.
+    processed_counters: HashMap<String, metrics::Counter>,
 }
 
 /// What became of one journal entry.
@@ -137,6 +140,7 @@ impl Processor {
             // Records left by a previous run are tidied after the first release.
             assembled_since_tidy: true,
             last_durable: std::time::Instant::now(),
+            processed_counters: HashMap::new(),
         }
     }
 
@@ -307,8 +311,15 @@ impl Processor {
         };
         let from = normalize_address(&sm.source);
         let to = normalize_address(&sm.dest);
-        metrics::counter!("vmnd_messages_processed_total", "carrier" => entry.carrier.clone())
-            .increment(1);
+        match self.processed_counters.get(&entry.carrier) {
+            Some(counter) => counter.increment(1),
+            None => {
+                let counter = metrics::counter!("vmnd_messages_processed_total", "carrier" => entry.carrier.clone());
+                counter.increment(1);
+                self.processed_counters
+                    .insert(entry.carrier.clone(), counter);
+            }
+        }
         if sm.is_receipt() {
             self.finish_receipt(journal_id, &entry, &sm, from, to)?;
             return Ok(Processed::Written);
@@ -533,7 +544,7 @@ impl Processor {
         metrics::gauge!("vmnd_jobs_held_in_memory").set(self.holds.open() as f64);
         // Attempt records of jobs that never had a hold (retries from the `jobs` tree) are
         // written by the flush too.
-        if self.processed.is_empty() && settled.is_empty() && !self.store.has_unwritten_attempts() {
+        if self.processed.is_empty() && settled.is_empty() && !self.store.has_unwritten_records() {
             return;
         }
         self.processed.extend(settled);

@@ -153,7 +153,8 @@ pub use crate::outbound::webhook_format::payload;
 /// Where a queue's jobs go.
 #[derive(Clone)]
 enum Target {
-    Webhook(Box<WebhookTarget>),
+    /// Shared by every attempt's task: cloning the config for each was measurable.
+    Webhook(Arc<WebhookTarget>),
     /// The outbound SMS engine: submit_sm on this carrier's bind.
     Sms {
         carrier: String,
@@ -161,13 +162,10 @@ enum Target {
         response_timeout: Duration,
     },
     /// E-mail forwards through `[smtp]` (see `outbound::email`).
-    Email {
-        mailer: Arc<Mailer>,
-    },
+    Email { mailer: Arc<Mailer> },
 }
 
 /// A webhook as the dispatcher uses it.
-#[derive(Clone)]
 struct WebhookTarget {
     config: Webhook,
     uri: Option<hyper::Uri>,
@@ -175,6 +173,8 @@ struct WebhookTarget {
     /// This webhook's client: the shared one, or its own when it trusts a private CA or
     /// pipelines (`pipeline`).
     client: WebhookClient,
+    /// Its metrics' handles, looked up once rather than for every request.
+    meters: WebhookMeters,
 }
 
 struct Endpoint {
@@ -292,7 +292,8 @@ pub async fn run(
             }),
         }
         .pipelined(w.pipeline, w.concurrency);
-        let target = Target::Webhook(Box::new(WebhookTarget {
+        let target = Target::Webhook(Arc::new(WebhookTarget {
+            meters: WebhookMeters::new(&w.name),
             config: w.clone(),
             uri: w.url.parse::<hyper::Uri>().ok(),
             fallback: w
@@ -697,14 +698,7 @@ impl AttemptTask {
         job.first_attempt_ms.get_or_insert(now);
         job.attempts += 1;
         let outcome = match &self.target {
-            Target::Webhook(target) => {
-                let urls = WebhookUrls {
-                    primary: target.uri.as_ref(),
-                    fallback: target.fallback.as_ref(),
-                };
-                self.post_webhook(&job, &target.config, urls, &target.client, primary_ok)
-                    .await?
-            }
+            Target::Webhook(target) => self.post_webhook(&job, target, primary_ok).await?,
             Target::Sms {
                 carrier,
                 sender,
@@ -795,11 +789,19 @@ impl AttemptTask {
     async fn post_webhook(
         &self,
         job: &Job,
-        config: &Webhook,
-        urls: WebhookUrls<'_>,
-        client: &WebhookClient,
+        target: &WebhookTarget,
         primary_ok: &mut Option<bool>,
     ) -> store::Result<Outcome> {
+        let WebhookTarget {
+            config,
+            client,
+            meters,
+            ..
+        } = target;
+        let urls = WebhookUrls {
+            primary: target.uri.as_ref(),
+            fallback: target.fallback.as_ref(),
+        };
         let record = match &self.fresh {
             Some(fresh) => fresh.record.clone(),
             None => match self.store.message(job.message_id)? {
@@ -848,15 +850,9 @@ impl AttemptTask {
                 },
             };
             let outage = is_outage(&attempt);
-            let which = if fallback { "fallback" } else { "url" };
-            let outcome = if attempt.is_delivered() {
-                "delivered"
-            } else {
-                "failed"
-            };
-            metrics::counter!("vmnd_webhook_attempts_total", "webhook" => config.name.clone(), "outcome" => outcome, "target" => which).increment(1);
-            metrics::histogram!("vmnd_webhook_latency_seconds", "webhook" => config.name.clone())
-                .record(attempt.latency().as_secs_f64());
+            meters.attempts[usize::from(fallback)][usize::from(attempt.is_delivered())]
+                .increment(1);
+            meters.latency.record(attempt.latency().as_secs_f64());
             if !fallback {
                 *primary_ok = match (&attempt, outage) {
                     (Attempt::Delivered { .. }, _) => Some(true),
@@ -1052,6 +1048,31 @@ fn new_outbound_record(job: &Job, sms: &SmsJob) -> OutboundRecord {
         error: None,
         created_ms: job.created_ms,
         updated_ms: clock::now_ms(),
+    }
+}
+
+/// The handles of a webhook's metrics.
+struct WebhookMeters {
+    /// `vmnd_webhook_attempts_total{webhook, target, outcome}`, by target (`url`,
+    /// `fallback`), then outcome (`failed`, `delivered`).
+    attempts: [[metrics::Counter; 2]; 2],
+    /// `vmnd_webhook_latency_seconds{webhook}`.
+    latency: metrics::Histogram,
+}
+
+impl WebhookMeters {
+    fn new(name: &str) -> WebhookMeters {
+        let attempts = |target: &'static str, outcome: &'static str| metrics::counter!("vmnd_webhook_attempts_total", "webhook" => name.to_string(), "outcome" => outcome, "target" => target);
+        WebhookMeters {
+            attempts: [
+                [attempts("url", "failed"), attempts("url", "delivered")],
+                [
+                    attempts("fallback", "failed"),
+                    attempts("fallback", "delivered"),
+                ],
+            ],
+            latency: metrics::histogram!("vmnd_webhook_latency_seconds", "webhook" => name.to_string()),
+        }
     }
 }
 

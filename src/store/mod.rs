@@ -478,9 +478,10 @@ impl Store {
         self.inner.journal.is_live(id)
     }
 
-    /// True when attempt records wait in memory for the next [`Store::flush_main`].
-    pub fn has_unwritten_attempts(&self) -> bool {
-        self.inner.records.has_pending_attempts()
+    /// True when attempt records or contacts' seen times wait in memory for the next
+    /// [`Store::flush_main`].
+    pub fn has_unwritten_records(&self) -> bool {
+        self.inner.records.has_pending_writes()
     }
 
     /// Number of journal entries not yet processed.
