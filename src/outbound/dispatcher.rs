@@ -659,7 +659,10 @@ impl AttemptTask {
     async fn run(self) {
         let mut primary_ok = None;
         let mut unsettled = None;
-        let retry_at = match self.attempt(&mut primary_ok).await {
+        // Boxed: the attempt's future is kilobytes (an HTTP exchange, an SMS submit or an
+        // e-mail), and a task's future is moved into place when it is spawned; the small one
+        // moves, the large one is allocated where it stays.
+        let retry_at = match Box::pin(self.attempt(&mut primary_ok)).await {
             Ok(r) => {
                 // Done, dead-lettered or written for its retry: whatever it needed is stored.
                 if let Some(hold) = self.fresh.as_ref().and_then(|f| f.hold.as_ref()) {
