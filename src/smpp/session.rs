@@ -125,6 +125,31 @@ struct Session {
     acks_tx: mpsc::UnboundedSender<AckOutcome>,
     /// deliver_sm journaled but not yet answered.
     unanswered: usize,
+    /// Handles of the per-message metrics, looked up once per session, not per PDU.
+    meters: SessionMeters,
+}
+
+/// The metrics every deliver_sm touches.
+struct SessionMeters {
+    /// `vmnd_deliver_sm_received_total{carrier}`.
+    received: metrics::Counter,
+    /// `vmnd_deliver_sm_acked_total{carrier, status}`: `ok`, `tempfail`.
+    acked_ok: metrics::Counter,
+    acked_tempfail: metrics::Counter,
+    /// `vmnd_ack_latency_seconds`.
+    ack_latency: metrics::Histogram,
+}
+
+impl SessionMeters {
+    fn new(carrier: &str) -> SessionMeters {
+        let acked = |status: &'static str| metrics::counter!("vmnd_deliver_sm_acked_total", "carrier" => carrier.to_string(), "status" => status);
+        SessionMeters {
+            received: metrics::counter!("vmnd_deliver_sm_received_total", "carrier" => carrier.to_string()),
+            acked_ok: acked("ok"),
+            acked_tempfail: acked("tempfail"),
+            ack_latency: metrics::histogram!("vmnd_ack_latency_seconds"),
+        }
+    }
 }
 
 /// Binds over `stream` and serves the session until it ends.
@@ -139,6 +164,7 @@ pub async fn run(
     let mut reader = FramedRead::with_capacity(read_half, FrameCodec, 64 * 1024);
     let (acks_tx, mut acks_rx) = mpsc::unbounded_channel();
     let mut s = Session {
+        meters: SessionMeters::new(&ctx.carrier_name),
         ctx,
         writer: BufWriter::with_capacity(64 * 1024, write_half),
         out: BytesMut::with_capacity(4096),
@@ -375,13 +401,13 @@ impl Session {
                 },
             };
             self.send(&resp).await?;
-            let label = if ack.status == status::ESME_ROK {
-                "ok"
+            if ack.status == status::ESME_ROK {
+                self.meters.acked_ok.increment(1);
             } else {
-                "tempfail"
-            };
-            metrics::counter!("vmnd_deliver_sm_acked_total", "carrier" => self.ctx.carrier_name.to_string(), "status" => label).increment(1);
-            metrics::histogram!("vmnd_ack_latency_seconds")
+                self.meters.acked_tempfail.increment(1);
+            }
+            self.meters
+                .ack_latency
                 .record(ack.received.elapsed().as_secs_f64());
             next = acks.try_recv().ok();
         }
@@ -417,7 +443,7 @@ impl Session {
         };
         match p.body {
             Body::DeliverSm(_) => {
-                metrics::counter!("vmnd_deliver_sm_received_total", "carrier" => self.ctx.carrier_name.to_string()).increment(1);
+                self.meters.received.increment(1);
                 let request = JournalRequest {
                     entry: JournalEntry {
                         carrier: self.ctx.carrier_name.to_string(),
