@@ -202,8 +202,8 @@ impl Processor {
                         }
                         return;
                     }
-                    for (id, entry) in batch.drain(..) {
-                        self.process(id, Some(entry));
+                    for committed in batch.drain(..) {
+                        self.process(committed.id, Some((committed.entry, committed.decoded)));
                     }
                     self.after_batch();
                     if n < LINGER_BELOW {
@@ -257,7 +257,12 @@ impl Processor {
     /// journal and is retried at the next start (nothing acknowledged is dropped).
     /// `entry` is the journal entry when the writer hands it over; `None` reads it from the
     /// journal (recovery).
-    fn process(&mut self, journal_id: u64, entry: Option<JournalEntry>) {
+    /// `entry` comes with the session's decode of its PDU when there was one.
+    fn process(
+        &mut self,
+        journal_id: u64,
+        entry: Option<(JournalEntry, Option<Box<ShortMessage>>)>,
+    ) {
         match self.try_process(journal_id, entry) {
             Ok(Processed::Written) => self.processed.push(journal_id),
             // `write_finished` decides when its journal entry can go.
@@ -274,19 +279,27 @@ impl Processor {
     fn try_process(
         &mut self,
         journal_id: u64,
-        entry: Option<JournalEntry>,
+        entry: Option<(JournalEntry, Option<Box<ShortMessage>>)>,
     ) -> store::Result<Processed> {
-        let entry = match entry {
-            Some(entry) => entry,
+        let (entry, decoded) = match entry {
+            Some(handed) => handed,
             // Recovery. An entry may have been processed already, the crash coming before its
             // release from the journal was durable: processing it again rewrites the same record
             // and jobs (a stored record alone does not prove its jobs were stored with it).
             None => match self.store.journal_entry(journal_id)? {
-                Some(entry) => entry,
+                Some(entry) => (entry, None),
                 None => return Ok(Processed::Written), // already processed
             },
         };
-        let sm = match pdu::decode(&entry.pdu) {
+        let decoded = match decoded {
+            Some(sm) => Ok(pdu::Pdu {
+                command_status: 0,
+                sequence_number: 0,
+                body: Body::DeliverSm(sm),
+            }),
+            None => pdu::decode(&entry.pdu),
+        };
+        let sm = match decoded {
             Ok(pdu::Pdu {
                 body: Body::DeliverSm(sm),
                 ..

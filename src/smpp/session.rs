@@ -442,7 +442,7 @@ impl Session {
             }
         };
         match p.body {
-            Body::DeliverSm(_) => {
+            Body::DeliverSm(sm) => {
                 self.meters.received.increment(1);
                 let request = JournalRequest {
                     entry: JournalEntry {
@@ -450,6 +450,7 @@ impl Session {
                         received_at_ms: clock::now_ms(),
                         pdu: bytes,
                     },
+                    decoded: Some(sm),
                     sequence_number: p.sequence_number,
                     received: Instant::now(),
                     reply: self.acks_tx.clone(),

@@ -19,7 +19,7 @@ use std::time::Instant;
 use tokio::sync::{Notify, mpsc};
 
 use super::{JournalEntry, Store};
-use crate::smpp::pdu::status;
+use crate::smpp::pdu::{ShortMessage, status};
 
 /// Most PDUs in one group commit.
 const MAX_BATCH: usize = 4096;
@@ -27,6 +27,9 @@ const MAX_BATCH: usize = 4096;
 /// A PDU to journal, and where to report the outcome.
 pub struct JournalRequest {
     pub entry: JournalEntry,
+    /// The session's decode of the PDU (its validation before the ack), handed on with the
+    /// committed entry so the processor does not decode the same bytes again.
+    pub decoded: Option<Box<ShortMessage>>,
     pub sequence_number: u32,
     /// When the PDU came off the socket, for the ack latency histogram.
     pub received: Instant,
@@ -56,9 +59,14 @@ impl JournalWriter {
     }
 }
 
-/// Committed journal entries, handed to the processor in memory so it need not read back what
+/// A committed journal entry, handed to the processor in memory so it need not read back what
 /// was just written.
-pub type Committed = (u64, JournalEntry);
+pub struct Committed {
+    pub id: u64,
+    pub entry: JournalEntry,
+    /// See [`JournalRequest::decoded`].
+    pub decoded: Option<Box<ShortMessage>>,
+}
 
 /// The writer's side of the way to the processor: see [`Handoff`].
 pub struct HandoffSender {
@@ -116,16 +124,16 @@ impl HandoffSender {
     pub fn send(&self, committed: impl IntoIterator<Item = Committed>) {
         let mut spill = self.shared.spill.lock().unwrap_or_else(|e| e.into_inner());
         let before = spill.ids.len();
-        for (id, entry) in committed {
+        for committed in committed {
             if spill.active {
-                spill.ids.push_back(id);
+                spill.ids.push_back(committed.id);
                 continue;
             }
-            match self.tx.try_send((id, entry)) {
+            match self.tx.try_send(committed) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full((id, _))) => {
+                Err(mpsc::error::TrySendError::Full(committed)) => {
                     spill.active = true;
-                    spill.ids.push_back(id);
+                    spill.ids.push_back(committed.id);
                 }
                 // The processor is gone (shutdown): the entries stay in the journal.
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
@@ -215,6 +223,7 @@ fn run(store: Store, mut rx: mpsc::Receiver<JournalRequest>, processed: HandoffS
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // The batch split in two, so the entries are journaled and then handed on without a copy.
     let mut entries = Vec::with_capacity(MAX_BATCH);
+    let mut decoded = Vec::with_capacity(MAX_BATCH);
     let mut waiting = Vec::with_capacity(MAX_BATCH);
     loop {
         batch.clear();
@@ -222,9 +231,11 @@ fn run(store: Store, mut rx: mpsc::Receiver<JournalRequest>, processed: HandoffS
             return; // every session and the daemon dropped their handles
         }
         entries.clear();
+        decoded.clear();
         waiting.clear();
         for request in batch.drain(..) {
             entries.push(request.entry);
+            decoded.push(request.decoded);
             waiting.push((request.sequence_number, request.received, request.reply));
         }
         let started = Instant::now();
@@ -256,7 +267,13 @@ fn run(store: Store, mut rx: mpsc::Receiver<JournalRequest>, processed: HandoffS
             });
         }
         if ids.first().is_some_and(Option::is_some) {
-            processed.send(ids.into_iter().flatten().zip(entries.drain(..)));
+            let entries = entries.drain(..).zip(decoded.drain(..));
+            processed.send(
+                ids.into_iter()
+                    .flatten()
+                    .zip(entries)
+                    .map(|(id, (entry, decoded))| Committed { id, entry, decoded }),
+            );
         }
         // After the acks: a fill delays the next batch, never this one.
         if let Err(e) = store.fill_journal_ahead() {
@@ -276,7 +293,11 @@ mod tests {
             received_at_ms: id,
             pdu: Bytes::from_static(b"pdu"),
         };
-        (id, entry)
+        Committed {
+            id,
+            entry,
+            decoded: None,
+        }
     }
 
     #[tokio::test]
@@ -288,10 +309,10 @@ mod tests {
         // What is in memory is still handed over; the spilled ids are not.
         let mut got = Vec::new();
         rx.rx.recv_many(&mut got, 10).await;
-        assert_eq!(got.iter().map(|c| c.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(got.iter().map(|c| c.id).collect::<Vec<_>>(), vec![1, 2]);
         assert!(rx.take_spilled(10).is_empty());
         assert_eq!(rx.spilled_left(), 3);
-        assert_eq!(rx.rx.recv().await.map(|c| c.0), None, "the channel ends");
+        assert_eq!(rx.rx.recv().await.map(|c| c.id), None, "the channel ends");
     }
 
     #[tokio::test]
@@ -301,14 +322,14 @@ mod tests {
         assert!(rx.take_spilled(10).is_empty());
         // 3 fits; 4 and 5 do not, and once spilling, 6 follows them even though 1 was taken.
         tx.send((3..=5).map(committed));
-        assert_eq!(rx.rx.recv().await.map(|c| c.0), Some(1));
+        assert_eq!(rx.rx.recv().await.map(|c| c.id), Some(1));
         tx.send([committed(6)]);
         assert_eq!(rx.spill.len(), 3);
         // While older entries wait in memory, the spilled ones wait behind them.
         assert!(rx.take_spilled(10).is_empty());
         let mut got = Vec::new();
         rx.rx.recv_many(&mut got, 10).await;
-        assert_eq!(got.iter().map(|c| c.0).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(got.iter().map(|c| c.id).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(rx.take_spilled(2), vec![4, 5]);
         // Still spilling until the last one is taken: 7 goes by id too.
         tx.send([committed(7)]);
@@ -316,7 +337,7 @@ mod tests {
         assert!(rx.spill.is_empty());
         // The spill is over: back to memory.
         tx.send([committed(8)]);
-        assert_eq!(rx.rx.recv().await.map(|c| c.0), Some(8));
+        assert_eq!(rx.rx.recv().await.map(|c| c.id), Some(8));
         assert!(rx.take_spilled(10).is_empty());
     }
 
