@@ -508,6 +508,56 @@ impl TlsSink {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_https_to_a_server_a_private_ca_signed() {
+    use vmnd::outbound::webhook::WebhookClient;
+    let (ca_pem, server_config) = private_ca();
+    let tls = TlsSink::start(server_config).await;
+    let ca_dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = ca_dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca_pem).expect("write ca");
+    let url: hyper::Uri = format!("https://localhost:{}/sms", tls.addr.port())
+        .parse()
+        .expect("url");
+    let client = WebhookClient::with_ca_file(&ca_file)
+        .expect("ca file")
+        .pipelined(8, 8);
+    let sends: Vec<_> = (0..40)
+        .map(|i| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move {
+                let body = Bytes::from(format!("{{\"n\":{i}}}"));
+                client
+                    .post(&url, &format!("ev-{i}"), Some("s"), body, STEP)
+                    .await
+            })
+        })
+        .collect();
+    for send in sends {
+        let attempt = send.await.expect("task");
+        assert!(attempt.is_delivered(), "{attempt:?}");
+    }
+    let mut got: Vec<Bytes> = tls.bodies.lock().expect("lock").clone();
+    got.sort();
+    let mut want: Vec<Bytes> = (0..40)
+        .map(|i| Bytes::from(format!("{{\"n\":{i}}}")))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "each request once, each with its own body");
+
+    // Without the CA the certificate is refused, and the attempt says so.
+    let attempt = WebhookClient::new()
+        .pipelined(8, 8)
+        .post(&url, "ev-x", None, Bytes::from_static(b"{}"), STEP)
+        .await;
+    let vmnd::outbound::webhook::Attempt::Failed { status, error, .. } = attempt else {
+        panic!("{attempt:?}")
+    };
+    assert_eq!(status, None);
+    assert!(error.starts_with("connect: TLS"), "{error}");
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_to_a_server_a_private_ca_signed() {
     let (ca_pem, server_config) = private_ca();
     let tls = TlsSink::start(server_config).await;
