@@ -168,8 +168,8 @@ enum Target {
 /// A webhook as the dispatcher uses it.
 struct WebhookTarget {
     config: Webhook,
-    uri: Option<hyper::Uri>,
-    fallback: Option<hyper::Uri>,
+    uri: Option<ParsedUrl>,
+    fallback: Option<ParsedUrl>,
     /// This webhook's client: the shared one, or its own when it trusts a private CA or
     /// pipelines (`pipeline`).
     client: WebhookClient,
@@ -295,11 +295,8 @@ pub async fn run(
         let target = Target::Webhook(Arc::new(WebhookTarget {
             meters: WebhookMeters::new(&w.name),
             config: w.clone(),
-            uri: w.url.parse::<hyper::Uri>().ok(),
-            fallback: w
-                .fallback_url
-                .as_deref()
-                .and_then(|f| f.parse::<hyper::Uri>().ok()),
+            uri: ParsedUrl::parse(&w.url),
+            fallback: w.fallback_url.as_deref().and_then(ParsedUrl::parse),
             client,
         }));
         let mut endpoint = Endpoint::new(&w.name, target, w.concurrency, w.retry_for);
@@ -843,8 +840,8 @@ impl AttemptTask {
                 },
             ));
         }
-        for (fallback, uri) in targets.into_iter().flatten() {
-            let attempt = match webhook_format::request(config, uri, &record, &job.event) {
+        for (fallback, url) in targets.into_iter().flatten() {
+            let attempt = match webhook_format::request(config, &url.uri, &record, &job.event) {
                 Ok(request) => client.send(&request, &options).await,
                 Err(error) => Attempt::Failed {
                     status: None,
@@ -864,7 +861,7 @@ impl AttemptTask {
                     (_, false) => None,
                 };
             }
-            tries.push((fallback, uri.to_string(), attempt));
+            tries.push((fallback, url.text.clone(), attempt));
             // Only an outage sends the request on to the fallback; a 4xx would be refused there
             // too (same request) and is the tenant's to fix.
             if !outage {
@@ -1082,8 +1079,24 @@ impl WebhookMeters {
 /// The `url` and `fallback_url` of a webhook job.
 #[derive(Clone, Copy)]
 struct WebhookUrls<'a> {
-    primary: Option<&'a hyper::Uri>,
-    fallback: Option<&'a hyper::Uri>,
+    primary: Option<&'a ParsedUrl>,
+    fallback: Option<&'a ParsedUrl>,
+}
+
+/// A webhook URL parsed once, with the text its attempt records show.
+struct ParsedUrl {
+    uri: hyper::Uri,
+    text: String,
+}
+
+impl ParsedUrl {
+    fn parse(url: &str) -> Option<ParsedUrl> {
+        let uri: hyper::Uri = url.parse().ok()?;
+        Some(ParsedUrl {
+            text: uri.to_string(),
+            uri,
+        })
+    }
 }
 
 /// A failure that says the endpoint is down or overloaded (no answer, 5xx, 408, 429), as

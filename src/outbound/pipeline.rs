@@ -217,14 +217,31 @@ impl Pipeline {
     fn enqueue(
         &self,
         origin: &Origin,
-        mut request: Queued,
+        request: Queued,
         avoid: Option<u64>,
     ) -> (u64, Arc<AtomicUsize>) {
         let mut all = self
             .connections
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let list = all.entry(origin.clone()).or_default();
+        // A lookup first: `entry` would clone the origin (a String) for every request.
+        match all.get_mut(origin) {
+            Some(list) => self.enqueue_on(list, origin, request, avoid),
+            None => {
+                let list = all.entry(origin.clone()).or_default();
+                self.enqueue_on(list, origin, request, avoid)
+            }
+        }
+    }
+
+    /// [`Pipeline::enqueue`] on the connections of `origin`.
+    fn enqueue_on(
+        &self,
+        list: &mut Vec<Connection>,
+        origin: &Origin,
+        mut request: Queued,
+        avoid: Option<u64>,
+    ) -> (u64, Arc<AtomicUsize>) {
         list.retain(|c| !c.queue.is_closed() && Some(c.id) != avoid);
         loop {
             let least = list
