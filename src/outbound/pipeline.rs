@@ -246,15 +246,17 @@ impl Pipeline {
         loop {
             let least = list
                 .iter()
-                .min_by_key(|c| c.outstanding.load(Ordering::Relaxed));
-            let busy = least.is_none_or(|c| c.outstanding.load(Ordering::Relaxed) >= self.depth);
-            let connection = match least {
-                Some(c) if !busy || list.len() >= self.max_connections => c,
+                .map(|c| c.outstanding.load(Ordering::Relaxed))
+                .enumerate()
+                .min_by_key(|&(_, load)| load);
+            let index = match least {
+                Some((i, load)) if load < self.depth || list.len() >= self.max_connections => i,
                 _ => {
                     list.push(self.open(origin.clone()));
-                    list.last().expect("just pushed")
+                    list.len() - 1
                 }
             };
+            let connection = &list[index];
             connection.outstanding.fetch_add(1, Ordering::Relaxed);
             match connection.queue.send(request) {
                 Ok(()) => return (connection.id, connection.outstanding.clone()),
