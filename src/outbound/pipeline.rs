@@ -162,7 +162,7 @@ impl Pipeline {
     }
 
     /// Sends `bytes` (a whole HTTP/1.1 request to `uri`) and waits for its answer until
-    /// `deadline`. Sent a second time, on a fresh connection, when the first got no byte
+    /// `deadline`. Sent a second time, on another connection, when the first got no byte
     /// of an answer on a reused connection (see the module header).
     pub async fn exchange(
         &self,
