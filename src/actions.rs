@@ -106,7 +106,8 @@ pub fn plan(
     let mut jobs = Jobs {
         message_id: store::parse_id(&record.id).unwrap_or(0),
         now_ms,
-        jobs: Vec::new(),
+        // Most messages make one job: room for it, not the four a first push would reserve.
+        jobs: Vec::with_capacity(1),
     };
     if record.event == "receipt" {
         if let Some(w) = &number.receipts_webhook {

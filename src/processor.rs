@@ -499,7 +499,10 @@ impl Processor {
     /// [`crate::store::hold`]). Other jobs (SMS, e-mail, later ones) go to the `jobs` tree.
     /// On failure the entries stay and are processed again at the next start.
     fn write_finished(&mut self) {
-        let batch = std::mem::take(&mut self.finished);
+        // The next batch gets room for as many: growing from empty copied every record again
+        // at each doubling (1% of the CPU at full load).
+        let room = self.finished.len();
+        let batch = std::mem::replace(&mut self.finished, Vec::with_capacity(room));
         if batch.is_empty() {
             return;
         }

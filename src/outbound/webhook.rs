@@ -64,13 +64,34 @@ const PIPELINE_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// A MAC keyed with `secret` that has absorbed `"<t>.<body>"`.
 fn signed_payload_mac(secret: &str, t: u64, body: &[u8]) -> HmacSha256 {
-    // HMAC accepts keys of any length (long ones are hashed), so this cannot fail.
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret.as_bytes())
-        .expect("HMAC accepts keys of any length");
+    let mut mac = keyed_mac(secret);
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
     mac
+}
+
+/// A MAC keyed with `secret`, before any message. Keying hashes the key's inner and outer pads
+/// (two SHA-256 blocks); a thread keeps the last one it made and clones it while the secret is
+/// the same, which it is for every request to one webhook.
+fn keyed_mac(secret: &str) -> HmacSha256 {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(String, HmacSha256)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((kept, mac)) = last.as_ref() {
+            if kept == secret {
+                return mac.clone();
+            }
+        }
+        // HMAC accepts keys of any length (long ones are hashed), so this cannot fail.
+        let mac = <HmacSha256 as KeyInit>::new_from_slice(secret.as_bytes())
+            .expect("HMAC accepts keys of any length");
+        *last = Some((secret.to_string(), mac.clone()));
+        mac
+    })
 }
 
 /// Signature header value for `body` signed at unix time `t`: `t=<t>,v1=<lowercase hex>`.
@@ -672,6 +693,27 @@ mod tests {
         assert!(header.starts_with("t=1700000000,v1="));
         assert_eq!(header.len(), "t=1700000000,v1=".len() + 64);
         assert!(verify_signature(SECRET, &header, BODY, 1_700_000_000, 300));
+    }
+
+    #[test]
+    fn the_kept_key_never_signs_for_another_secret() {
+        let fresh = |secret: &str| {
+            let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(b"7.");
+            mac.update(BODY);
+            format!("t=7,v1={}", hex::encode(mac.finalize().into_bytes()))
+        };
+        for secret in [
+            "a",
+            "b",
+            "a",
+            "",
+            "a-much-longer-secret-than-a-block-of-sha256-holds-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            "a",
+        ] {
+            assert_eq!(signature(secret, 7, BODY), fresh(secret), "{secret:?}");
+        }
+        assert_ne!(signature("a", 7, BODY), signature("b", 7, BODY));
     }
 
     #[test]
