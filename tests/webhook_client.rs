@@ -196,21 +196,24 @@ async fn closed_port_is_a_connection_error() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let port = socket.local_addr().unwrap().port();
-    let attempt = WebhookClient::new()
-        .post(
-            &uri(&format!("http://127.0.0.1:{port}/sms")),
-            "ev",
-            Some(SECRET),
-            event_body(),
-            TIMEOUT,
-        )
-        .await;
-    let Attempt::Failed { status, error, .. } = attempt else {
-        panic!("{attempt:?}")
-    };
-    assert_eq!(status, None);
-    assert!(error.starts_with("connect:"), "{error}");
-    assert!(error.to_lowercase().contains("refused"), "{error}");
+    // The pooled client, and the pipelined one (`outbound::pipeline`) with its own connect.
+    for client in [WebhookClient::new(), WebhookClient::new().pipelined(8, 8)] {
+        let attempt = client
+            .post(
+                &uri(&format!("http://127.0.0.1:{port}/sms")),
+                "ev",
+                Some(SECRET),
+                event_body(),
+                TIMEOUT,
+            )
+            .await;
+        let Attempt::Failed { status, error, .. } = attempt else {
+            panic!("{attempt:?}")
+        };
+        assert_eq!(status, None);
+        assert!(error.starts_with("connect:"), "{error}");
+        assert!(error.to_lowercase().contains("refused"), "{error}");
+    }
     drop(socket);
 }
 

@@ -1,4 +1,5 @@
-//! Pipelined webhook connections (`pipeline = N`, `outbound::pipeline`) on loopback: against
+//! Pipelined webhook connections (`pipeline = N`, `outbound::pipeline`) on loopback (a closed
+//! port is in `webhook_client.rs`, with the pooled client's): against
 //! the HTTP sink (hyper's server), and against hand-written servers that answer in one write,
 //! close between or in the middle of answers, or answer garbage. What must hold: every
 //! request gets its own answer, in order; a request that got no byte of an answer on a reused
@@ -149,29 +150,6 @@ async fn failures_read_as_the_pooled_clients_do() {
     sink.shutdown();
 }
 
-#[tokio::test]
-async fn a_closed_port_is_a_connection_error() {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let port = socket.local_addr().unwrap().port();
-    let attempt = WebhookClient::new()
-        .pipelined(8, 8)
-        .post(
-            &uri(&format!("http://127.0.0.1:{port}/sms")),
-            "ev",
-            None,
-            body(1),
-            TIMEOUT,
-        )
-        .await;
-    let Attempt::Failed { status, error, .. } = attempt else {
-        panic!("{attempt:?}")
-    };
-    assert_eq!(status, None);
-    assert!(error.starts_with("connect:"), "{error}");
-    drop(socket);
-}
-
 /// Reads from `stream` until `n` whole requests (head and `content-length` body) arrived.
 async fn read_requests(stream: &mut TcpStream, n: usize) -> Vec<String> {
     let mut buf = Vec::new();
@@ -222,6 +200,12 @@ fn ok_answer(id: &str) -> String {
     )
 }
 
+/// Answers `requests` 200, in one write, each with its event id as the body.
+async fn answer_ok(stream: &mut TcpStream, requests: &[String]) {
+    let reply: String = ids(requests).iter().map(|id| ok_answer(id)).collect();
+    stream.write_all(reply.as_bytes()).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_cut_off_by_a_close_go_again_on_a_fresh_connection() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -231,21 +215,13 @@ async fn requests_cut_off_by_a_close_go_again_on_a_fresh_connection() {
     let server = tokio::spawn(async move {
         let (mut first, _) = listener.accept().await.unwrap();
         let one = read_requests(&mut first, 1).await;
-        first
-            .write_all(ok_answer(&ids(&one)[0]).as_bytes())
-            .await
-            .unwrap();
+        answer_ok(&mut first, &one).await;
         let three = read_requests(&mut first, 3).await;
-        let answered = ids(&three)[0].clone();
-        first
-            .write_all(ok_answer(&answered).as_bytes())
-            .await
-            .unwrap();
+        answer_ok(&mut first, &three[..1]).await;
         drop(first);
         let (mut second, _) = listener.accept().await.unwrap();
         let again = read_requests(&mut second, 2).await;
-        let reply: String = ids(&again).iter().map(|id| ok_answer(id)).collect();
-        second.write_all(reply.as_bytes()).await.unwrap();
+        answer_ok(&mut second, &again).await;
         (ids(&one), ids(&three), ids(&again))
     });
     let client = WebhookClient::new().pipelined(8, 8);
@@ -292,10 +268,7 @@ async fn a_garbled_answer_fails_its_request_and_the_next_gets_a_new_connection()
         first.write_all(b"HTTP/1.1 2x0 What\r\n\r\n").await.unwrap();
         let (mut second, _) = listener.accept().await.unwrap();
         let next = read_requests(&mut second, 1).await;
-        second
-            .write_all(ok_answer(&ids(&next)[0]).as_bytes())
-            .await
-            .unwrap();
+        answer_ok(&mut second, &next).await;
         // Keep it open until the client has read the answer.
         let mut rest = [0u8; 16];
         let _ = second.read(&mut rest).await;

@@ -335,8 +335,8 @@ async fn run_connection(
     let connected = tokio::time::timeout_at(first.deadline, connect(&origin, tls)).await;
     let stream = match connected {
         Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return refuse_all(first, requests, &error, false),
-        Err(_) => return refuse_all(first, requests, "timeout: connecting", false),
+        Ok(Err(error)) => return refuse_all(first, requests, &error),
+        Err(_) => return refuse_all(first, requests, "timeout: connecting"),
     };
     let (reader, mut writer) = tokio::io::split(stream);
     let (expect, expected) = mpsc::unbounded_channel::<Expected>();
@@ -373,10 +373,14 @@ async fn run_connection(
             }
         };
         out.clear();
+        let mut gathered = first.bytes.len();
         let mut batch = vec![first];
-        while out.len() + batch.iter().map(|q| q.bytes.len()).sum::<usize>() < MAX_WRITE_BYTES {
+        while gathered < MAX_WRITE_BYTES {
             match requests.try_recv() {
-                Ok(q) => batch.push(q),
+                Ok(q) => {
+                    gathered += q.bytes.len();
+                    batch.push(q);
+                }
                 Err(_) => break,
             }
         }
@@ -419,19 +423,15 @@ async fn run_connection(
     let _ = writer.shutdown().await;
 }
 
-/// Fails `first` and everything queued behind it (the connection never opened).
-fn refuse_all(
-    first: Queued,
-    mut requests: mpsc::UnboundedReceiver<Queued>,
-    error: &str,
-    resend: bool,
-) {
+/// Fails `first` and everything queued behind it (the connection never opened, so another
+/// would not do better now: no resend).
+fn refuse_all(first: Queued, mut requests: mpsc::UnboundedReceiver<Queued>, error: &str) {
     requests.close();
     let mut next = Some(first);
     while let Some(q) = next.take().or_else(|| requests.try_recv().ok()) {
         let _ = q.reply.send(Err(NoAnswer {
             error: error.to_string(),
-            resend,
+            resend: false,
         }));
     }
 }
