@@ -249,14 +249,15 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
             sizes.latency_secs
         );
         println!(
-            "| run | messages | ack p50 µs | ack p99 µs | ack max µs | webhook p50 µs | webhook p99 µs | daemon CPU µs/msg |"
+            "| run | messages | ack p50 µs | ack p99 µs | ack max µs | webhook p50 µs | webhook p99 µs | daemon CPU µs/msg | daemon's acks within 1 / 2 ms | commits | commits over 1 ms |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let mut v: [Vec<f64>; 5] = Default::default();
         for r in 0..sizes.runs {
             let res = latency_run(&bin, 2_000, sizes.latency_secs, perf.take()).await;
+            let d = &res.daemon_side;
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2}% / {:.2}% | {} | {:.2}% |",
                 r + 1,
                 res.n,
                 res.ack_p50,
@@ -264,7 +265,11 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
                 res.ack_max,
                 res.hook_p50,
                 res.hook_p99,
-                res.cpu_us_per_msg
+                res.cpu_us_per_msg,
+                d.share(d.acks_within_1ms, d.acks),
+                d.share(d.acks_within_2ms, d.acks),
+                d.commits,
+                100.0 - d.share(d.commits_within_1ms, d.commits),
             );
             for (i, x) in [res.ack_p50, res.ack_p99, res.hook_p50, res.hook_p99]
                 .into_iter()
@@ -861,6 +866,7 @@ struct LatencyResult {
     hook_p50: u32,
     hook_p99: u32,
     cpu_us_per_msg: f64,
+    daemon_side: DaemonSide,
 }
 
 /// Enqueue each message when due at `rate`/s, its enqueue time (ns since `epoch`) in its text.
@@ -890,6 +896,7 @@ async fn latency_run(bin: &Path, rate: u32, secs: u64, perf: Option<String>) -> 
     assert!(ok, "latency run: only {} of {n} webhooks", sink.count());
     let cpu = daemon.cpu_secs() - cpu0;
     perf_child.stop();
+    let daemon_side = DaemonSide::parse(&http_get(daemon.admin, "/metrics").await);
     let mut acks = smsc.ack_latencies_us();
     acks.sort_unstable();
     let mut hooks: Vec<u32> = sink
@@ -914,5 +921,45 @@ async fn latency_run(bin: &Path, rate: u32, secs: u64, perf: Option<String>) -> 
         hook_p50: pct(&hooks, 50.0),
         hook_p99: pct(&hooks, 99.0),
         cpu_us_per_msg: cpu * 1e6 / n as f64,
+        daemon_side,
+    }
+}
+
+/// The daemon's own view of the acknowledgement path, from its /metrics histograms: the ack
+/// latency from reading a `deliver_sm` to writing its response (`vmnd_ack_latency_seconds`),
+/// and the group commits' write and `fdatasync` (`vmnd_store_flush_seconds`). Beside the
+/// simulator's figures, these tell the daemon's share of a latency tail from the load
+/// generator's, and the disk's share of the daemon's.
+#[derive(Debug, Default)]
+struct DaemonSide {
+    acks: u64,
+    acks_within_1ms: u64,
+    acks_within_2ms: u64,
+    commits: u64,
+    commits_within_1ms: u64,
+}
+
+impl DaemonSide {
+    fn parse(text: &str) -> DaemonSide {
+        // A histogram's cumulative bucket, e.g. `vmnd_ack_latency_seconds_bucket{le="0.001"} 5591`.
+        let bucket = |metric: &str, le: &str| {
+            let head = format!("{metric}_bucket{{le=\"{le}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(head.as_str()))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        DaemonSide {
+            acks: bucket("vmnd_ack_latency_seconds", "+Inf"),
+            acks_within_1ms: bucket("vmnd_ack_latency_seconds", "0.001"),
+            acks_within_2ms: bucket("vmnd_ack_latency_seconds", "0.002"),
+            commits: bucket("vmnd_store_flush_seconds", "+Inf"),
+            commits_within_1ms: bucket("vmnd_store_flush_seconds", "0.001"),
+        }
+    }
+
+    /// `part` as a percentage of `whole`.
+    fn share(&self, part: u64, whole: u64) -> f64 {
+        part as f64 * 100.0 / whole.max(1) as f64
     }
 }

@@ -128,7 +128,7 @@ impl Daemon {
         let processor_thread = std::thread::Builder::new()
             .name("vmnd-processor".into())
             .spawn(move || {
-                yield_cpu_to_acknowledgements();
+                crate::thread_priority::yield_cpu_to_acknowledgements();
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -390,6 +390,7 @@ impl SessionRuntime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("vmnd-smpp")
+            .on_thread_start(crate::thread_priority::prefer_low_latency)
             .enable_all()
             .build()
             .map(|rt| SessionRuntime(Some(rt)))
@@ -415,24 +416,6 @@ impl Drop for SessionRuntime {
         // runtime (a daemon is dropped in async code): let its thread wind down on its own.
         if let Some(rt) = self.0.take() {
             rt.shutdown_background();
-        }
-    }
-}
-
-/// Lowers the calling thread's CPU priority (nice +5). The processor calls it: when the CPU is
-/// short, acknowledging what carriers deliver comes first, and processing catches up from the
-/// journal a moment later. Best effort: a failure only leaves the default priority.
-fn yield_cpu_to_acknowledgements() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid and setpriority take plain integers and touch no memory of ours; on
-        // Linux, PRIO_PROCESS with a thread id applies to that thread alone.
-        let outcome = unsafe {
-            let tid = libc::gettid();
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 5)
-        };
-        if outcome != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the processor's priority");
         }
     }
 }

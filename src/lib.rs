@@ -44,6 +44,7 @@
 //! | [`smtp_sink`] | a recording SMTP server standing in for the operator's mail relay in the demo |
 //! | [`cli`] | the subcommands behind `main.rs` |
 //! | [`clock`] | durations in config syntax and timestamps in the contract's format |
+//! | [`thread_priority`] | short time slices for the acknowledgement path's threads, a lower priority for the processor |
 //! | [`allocator`] | the process's allocator (mimalloc) and how long it keeps freed memory |
 
 pub mod actions;
@@ -65,3 +66,4 @@ pub mod sim;
 pub mod smpp;
 pub mod smtp_sink;
 pub mod store;
+pub mod thread_priority;

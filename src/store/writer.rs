@@ -220,6 +220,7 @@ pub fn spawn(store: Store, processed: HandoffSender) -> JournalWriter {
 }
 
 fn run(store: Store, mut rx: mpsc::Receiver<JournalRequest>, processed: HandoffSender) {
+    crate::thread_priority::prefer_low_latency();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // The batch split in two, so the entries are journaled and then handed on without a copy.
     let mut entries = Vec::with_capacity(MAX_BATCH);
