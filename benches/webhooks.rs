@@ -195,7 +195,7 @@ fn fill_backlog(dir: &Path, n: u64) -> Duration {
                     sms: None,
                     email: None,
                 };
-                (id, record(id), vec![job])
+                (id, std::sync::Arc::new(record(id)), vec![job])
             })
             .collect();
         store.finish_messages(&batch).expect("write batch");

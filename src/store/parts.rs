@@ -15,6 +15,8 @@
 //! message under another id. With it, the replay is absorbed as a duplicate. Entries go once
 //! their journal entries are released ([`Store::forget_assembled`]).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
@@ -238,12 +240,12 @@ impl Store {
         if let Some(key) = receipt_index {
             t.receipts.insert(key, &journal_id.to_be_bytes())?;
         }
-        self.finish_messages(&[(journal_id, message.clone(), jobs.to_vec())])
+        self.finish_messages(&[(journal_id, Arc::new(message.clone()), jobs.to_vec())])
     }
 
     /// Stores many messages and their jobs (their journal entries are released later) with
     /// plain inserts: the processor's batch path.
-    pub fn finish_messages(&self, batch: &[(u64, MessageRecord, Vec<Job>)]) -> Result<()> {
+    pub fn finish_messages(&self, batch: &[(u64, Arc<MessageRecord>, Vec<Job>)]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -265,7 +267,7 @@ impl Store {
         self.inner.records.put_messages(
             batch
                 .iter()
-                .map(|(id, message, _)| (*id, encode_json(message))),
+                .map(|(id, message, _)| (*id, encode_json(message.as_ref()))),
         )
     }
 }
