@@ -179,7 +179,7 @@ fn fill_backlog(dir: &Path, n: u64) -> Duration {
     let mut i = 0;
     while i < n {
         let end = (i + 1000).min(n);
-        let batch: Vec<(u64, MessageRecord, Vec<Job>)> = (i..end)
+        let batch: Vec<(u64, Arc<MessageRecord>, Vec<Job>)> = (i..end)
             .map(|id| {
                 let job = Job {
                     id: Job::id_for(id, 0),
@@ -195,7 +195,7 @@ fn fill_backlog(dir: &Path, n: u64) -> Duration {
                     sms: None,
                     email: None,
                 };
-                (id, std::sync::Arc::new(record(id)), vec![job])
+                (id, Arc::new(record(id)), vec![job])
             })
             .collect();
         store.finish_messages(&batch).expect("write batch");
