@@ -14,10 +14,27 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
+/// The main runtime: the dispatcher, webhook, SMS and e-mail attempts, the admin API. See
+/// [`main_workers`] for its size; `TOKIO_WORKER_THREADS` in the environment overrides it.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        builder.worker_threads(main_workers(cores));
+    }
+    builder.enable_all().build()
+}
+
+/// Worker threads of the main runtime on a machine with `cores`: one fewer than the cores, at
+/// least one. The processor, the journal writer, the carriers' sessions and the records
+/// store's worker have threads of their own and keep about one core busy between them at full
+/// load; a worker per core on top of them made the workers hand tasks to each other, wake
+/// each other and park again. On two cores, one worker instead of two took the CPU per
+/// delivered message from about 75 to 60 µs (default webhook) and from 45 to 35 (pipelined):
+/// BENCHMARKS.md, eighth session, where it also says why the first try (seventh session) had
+/// to be reverted (the processor's pace window, see `processor::PACE_WINDOW`).
+fn main_workers(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
 }
 
 /// `vmnd check --config FILE`: every problem as `FILE:LINE:COL: message`; exit 1 if any.
@@ -144,4 +161,17 @@ pub fn route(args: &RouteArgs) -> ExitCode {
         print!("{explanation}");
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_main_runtime_leaves_a_core_to_the_dedicated_threads() {
+        assert_eq!(main_workers(0), 1);
+        assert_eq!(main_workers(1), 1);
+        assert_eq!(main_workers(2), 1);
+        assert_eq!(main_workers(8), 7);
+    }
 }

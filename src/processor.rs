@@ -101,8 +101,16 @@ const _: () = assert!(MAX_HELD + BATCH <= crate::outbound::dispatcher::MAX_FRESH
 /// [`PACE_WINDOW`] (2,000 a second). Below that rate (an endpoint that hangs, is slow, or sits
 /// behind an open circuit) the processor goes on: one slow endpoint must not set the pace for
 /// every other webhook, reply and record; its jobs past the cap go to the `jobs` tree.
-const PACE_WINDOW: Duration = Duration::from_millis(10);
-const PACE_MIN_SETTLES: usize = 20;
+///
+/// Why 50 ms and not shorter: the window must outlast the time a busy machine can keep the
+/// dispatcher's thread off the CPU. With one main-runtime worker on two cores, a 10 ms window
+/// saw "too few settles" whenever that worker waited out other threads' time slices during an
+/// ack burst; the processor then went on, jobs past the cap went through the `jobs` tree, and
+/// a 1,000,000-message run took 132 µs/msg and peaked at 152 MiB instead of 84 µs and 66 MiB
+/// (BENCHMARKS.md, eighth session). A hung endpoint costs the other endpoints one window per
+/// batch of [`BATCH`] while it hangs.
+const PACE_WINDOW: Duration = Duration::from_millis(50);
+const PACE_MIN_SETTLES: usize = 100;
 
 /// After a batch smaller than this, the processor waits [`LINGER`] before the next one.
 const LINGER_BELOW: usize = 32;
