@@ -518,14 +518,21 @@ impl Processor {
         let now = clock::now_ms();
         let recovering = self.recovering;
         let mut in_memory: Vec<Vec<Job>> = Vec::with_capacity(batch.len());
+        let in_memory_now = |job: &Job| {
+            !recovering && is_webhook_job(job) && job.due_ms <= now + IN_MEMORY_DUE_WITHIN_MS
+        };
         for (_, _, jobs) in &mut batch {
-            let (held, stored): (Vec<Job>, Vec<Job>) =
-                std::mem::take(jobs).into_iter().partition(|job| {
-                    !recovering
-                        && is_webhook_job(job)
-                        && job.due_ms <= now + IN_MEMORY_DUE_WITHIN_MS
-                });
-            *jobs = stored;
+            // Usually all of a message's jobs go the same way (one webhook, held): the Vec
+            // moves whole then, with no new Vec and no copy of each job.
+            let held = if jobs.iter().all(in_memory_now) {
+                std::mem::take(jobs)
+            } else if !jobs.iter().any(in_memory_now) {
+                Vec::new()
+            } else {
+                let (held, stored) = std::mem::take(jobs).into_iter().partition(in_memory_now);
+                *jobs = stored;
+                held
+            };
             in_memory.push(held);
         }
         if let Err(e) = self.store.finish_messages(&batch) {
