@@ -167,7 +167,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                async move { Ok::<_, Infallible>(off_the_workers(handle(&state, req)).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -176,6 +176,20 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
                 tracing::debug!(%peer, error = %e, "admin connection ended with an error");
             }
         });
+    }
+}
+
+/// Runs an admin request off the runtime's worker threads. Its store reads block, and some are
+/// long (a filtered listing may read every message record), while the main runtime has one
+/// worker on a two-core machine (see `cli::main_workers`): on that worker the request would
+/// hold up every webhook, reply and e-mail until it ends. `block_in_place` hands the worker's
+/// queue to a new thread for the duration. A current-thread runtime (tests) runs it in place.
+async fn off_the_workers<F: std::future::Future>(request: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| runtime.block_on(request))
+        }
+        _ => request.await,
     }
 }
 
@@ -979,4 +993,56 @@ async fn delete_keyword(state: &AdminState, number: &Number, keyword: &str) -> R
         .store(Arc::new(Router::with_runtime(&state.config, &runtime)));
     tracing::info!(vmn = %number.vmn, keyword, "keyword deleted through the admin API");
     reply(StatusCode::NO_CONTENT, "application/json", Bytes::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Ticks of a task that counts milliseconds, taken while an admin request blocks its
+    /// thread for 300 ms.
+    fn ticks_during_a_blocking_request(runtime: &tokio::runtime::Runtime) -> usize {
+        runtime.block_on(async {
+            let ticks = Arc::new(AtomicUsize::new(0));
+            let counter = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            // The request itself runs on a task too, as under hyper.
+            let request = tokio::spawn(off_the_workers(async {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                7
+            }));
+            assert_eq!(request.await.unwrap(), 7, "the request's answer comes back");
+            ticker.abort();
+            ticks.load(Ordering::Relaxed)
+        })
+    }
+
+    #[test]
+    fn a_blocking_admin_request_leaves_the_only_worker_to_other_tasks() {
+        let one_worker = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        // Without `off_the_workers` the ticker gets no turn during the 300 ms (0 ticks); with
+        // it, a tick per millisecond or so. 50 leaves room for a busy machine.
+        let ticks = ticks_during_a_blocking_request(&one_worker);
+        assert!(ticks >= 50, "only {ticks} ticks while the request blocked");
+    }
+
+    #[test]
+    fn on_a_current_thread_runtime_the_request_runs_in_place() {
+        let current = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // No panic (block_in_place would panic here), and the answer comes back.
+        ticks_during_a_blocking_request(&current);
+    }
 }
