@@ -1,9 +1,9 @@
 //! Scheduling hints for the daemon's threads: the acknowledgement path (the sessions' worker and
 //! the journal writer) asks for short time slices, the processor runs at a lower priority.
 //!
-//! Both are best effort and need no privilege. A failure is logged at debug level and leaves
-//! the thread as it was: the daemon works the same, only its latency under CPU contention is
-//! worse.
+//! Both are best effort and need no privilege. A failure leaves the thread as it was (logged
+//! once at info for the slices, at debug for the nice value): the daemon works the same, only
+//! its latency under CPU contention is worse.
 //!
 //! Why short slices: at a steady 2,000 messages/s each `deliver_sm` is a commit of its own, and
 //! its acknowledgement waits for three thread wake-ups (session, writer, session). On a busy
@@ -26,8 +26,13 @@ const PROCESSOR_NICE: i32 = 5;
 pub fn prefer_low_latency() {
     #[cfg(target_os = "linux")]
     {
+        static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         if let Err(e) = set_slice(ACK_PATH_SLICE_NS) {
-            tracing::debug!(error = %e, "cannot ask for short time slices");
+            // Once per process (several threads ask): an operator who locked the call away
+            // (seccomp) learns why the ack latency's tail is longer than it could be.
+            if !REPORTED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!(error = %e, "cannot ask for short time slices for the acknowledgement path; it works, with more latency under CPU contention");
+            }
         }
     }
 }
