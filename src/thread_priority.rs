@@ -8,7 +8,9 @@
 //! Why short slices: at a steady 2,000 messages/s each `deliver_sm` is a commit of its own, and
 //! its acknowledgement waits for three thread wake-ups (session, writer, session). On a busy
 //! two-core machine a woken thread may wait for the running one to use up its slice (0.7 to 3 ms
-//! under Linux's EEVDF scheduler), which was where the ack latency's p99 came from. Since Linux
+//! under Linux's EEVDF scheduler), which is part of the ack latency's tail (the rest is the
+//! disk's slow syncs). In seven alternating rounds at 2,000 msg/s the median ack p99 went from
+//! 5.3 to 3.9 ms with this (BENCHMARKS.md, eighth session). Since Linux
 //! 6.12 a normal (`SCHED_OTHER`) thread may ask for a shorter slice through `sched_setattr`'s
 //! `sched_runtime`; a thread with a shorter slice gets an earlier deadline when it wakes and
 //! may preempt one with a longer slice (the scheduler's `PREEMPT_SHORT`). It costs nothing in
