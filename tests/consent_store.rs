@@ -554,6 +554,37 @@ async fn start() -> Harness {
     Harness::start(SmscConfig::default(), SinkMode::Ok, "").await
 }
 
+/// An import whose body arrives well after its head is still answered. The admin server runs
+/// requests that can block off the runtime's workers (`block_in_place`), but only once their
+/// body has arrived: the body is read by the connection's own task, and a request run that
+/// way before its body came waited for it forever (the CI run of 2026-11-29 hung here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_whose_body_comes_late_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = start().await;
+    let csv = "msisdn\n919800000007\n";
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(h.daemon().admin_addr)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /api/numbers/567678/contacts/import HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            csv.len()
+        );
+        s.write_all(head.as_bytes()).await.expect("write head");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(csv.as_bytes()).await.expect("write body");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("the import was never answered");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"imported\":1"), "{answer}");
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }

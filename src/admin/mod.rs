@@ -167,7 +167,19 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(off_the_workers(handle(&state, req)).await) }
+                async move {
+                    // Only a request whose body has all arrived (none, for a GET) leaves the
+                    // workers: a body still to come is read by this connection's own task,
+                    // which `block_in_place` would be holding, and the request would wait
+                    // for it forever. Bodies go to short handlers (an import parses on the
+                    // blocking pool itself).
+                    let reply = if hyper::body::Body::is_end_stream(req.body()) {
+                        off_the_workers(handle(&state, req)).await
+                    } else {
+                        handle(&state, req).await
+                    };
+                    Ok::<_, Infallible>(reply)
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
