@@ -528,6 +528,11 @@ fn changes_made_while_the_index_builds_are_not_lost() {
 
 /// A raw HTTP/1.1 POST; returns (status, body).
 async fn post(h: &Harness, path: &str, body: &[u8]) -> (u16, String) {
+    post_after(h, path, body, Duration::ZERO).await
+}
+
+/// [`post`], with `pause` between writing the head and writing the body.
+async fn post_after(h: &Harness, path: &str, body: &[u8], pause: Duration) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(h.daemon().admin_addr)
         .await
@@ -537,6 +542,9 @@ async fn post(h: &Harness, path: &str, body: &[u8]) -> (u16, String) {
         body.len()
     );
     s.write_all(head.as_bytes()).await.expect("write");
+    if !pause.is_zero() {
+        tokio::time::sleep(pause).await;
+    }
     // The server may answer (413) before reading everything: a failed write is not a failure.
     let _ = s.write_all(body).await;
     let mut out = Vec::new();
@@ -560,29 +568,19 @@ async fn start() -> Harness {
 /// way before its body came waited for it forever (the CI run of 2026-11-29 hung here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_whose_body_comes_late_is_answered() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let h = start().await;
     let csv = "msisdn\n919800000007\n";
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(h.daemon().admin_addr)
-            .await
-            .expect("connect");
-        let head = format!(
-            "POST /api/numbers/567678/contacts/import HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            csv.len()
-        );
-        s.write_all(head.as_bytes()).await.expect("write head");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        s.write_all(csv.as_bytes()).await.expect("write body");
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out).await;
-        String::from_utf8_lossy(&out).into_owned()
-    };
-    let answer = tokio::time::timeout(Duration::from_secs(20), exchange)
+    let exchange = post_after(
+        &h,
+        "/api/numbers/567678/contacts/import",
+        csv.as_bytes(),
+        Duration::from_millis(300),
+    );
+    let (status, body) = tokio::time::timeout(Duration::from_secs(20), exchange)
         .await
         .expect("the import was never answered");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains("\"imported\":1"), "{answer}");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["imported"], 1, "{body}");
 }
 
 fn json(body: &str) -> serde_json::Value {

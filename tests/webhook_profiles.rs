@@ -507,14 +507,21 @@ impl TlsSink {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_https_to_a_server_a_private_ca_signed() {
-    use vmnd::outbound::webhook::WebhookClient;
+/// An https server whose certificate a private CA signed, and that CA's certificate in a file
+/// (in a directory that lasts as long as the returned guard).
+async fn tls_server_and_ca_file() -> (TlsSink, tempfile::TempDir, std::path::PathBuf) {
     let (ca_pem, server_config) = private_ca();
     let tls = TlsSink::start(server_config).await;
     let ca_dir = tempfile::tempdir().expect("tempdir");
     let ca_file = ca_dir.path().join("ca.pem");
     std::fs::write(&ca_file, &ca_pem).expect("write ca");
+    (tls, ca_dir, ca_file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_https_to_a_server_a_private_ca_signed() {
+    use vmnd::outbound::webhook::WebhookClient;
+    let (tls, _ca_dir, ca_file) = tls_server_and_ca_file().await;
     let url: hyper::Uri = format!("https://localhost:{}/sms", tls.addr.port())
         .parse()
         .expect("url");
@@ -559,11 +566,7 @@ async fn pipelined_https_to_a_server_a_private_ca_signed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_to_a_server_a_private_ca_signed() {
-    let (ca_pem, server_config) = private_ca();
-    let tls = TlsSink::start(server_config).await;
-    let ca_dir = tempfile::tempdir().expect("tempdir");
-    let ca_file = ca_dir.path().join("ca.pem");
-    std::fs::write(&ca_file, &ca_pem).expect("write ca");
+    let (tls, _ca_dir, ca_file) = tls_server_and_ca_file().await;
     let url = format!("https://localhost:{}/sms", tls.addr.port());
     let h = start_with(SinkMode::Ok, |text, sink| {
         let text = crm_with(text, &format!("ca_file = \"{}\"", ca_file.display())).replacen(

@@ -62,10 +62,10 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// pooled client's own retry would otherwise spare.
 const PIPELINE_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// A MAC keyed with `secret` that has absorbed `"<t>.<body>"`.
-fn signed_payload_mac(secret: &str, t: u64, body: &[u8]) -> HmacSha256 {
+/// A MAC keyed with `secret` that has absorbed `"<t>.<body>"`, `t` in decimal.
+fn signed_payload_mac(secret: &str, t: &str, body: &[u8]) -> HmacSha256 {
     let mut mac = keyed_mac(secret);
-    mac.update(t.to_string().as_bytes());
+    mac.update(t.as_bytes());
     mac.update(b".");
     mac.update(body);
     mac
@@ -96,13 +96,15 @@ fn keyed_mac(secret: &str) -> HmacSha256 {
 
 /// Signature header value for `body` signed at unix time `t`: `t=<t>,v1=<lowercase hex>`.
 pub fn signature(secret: &str, t: u64, body: &[u8]) -> String {
-    let tag = signed_payload_mac(secret, t, body).finalize().into_bytes();
+    // The timestamp's digits, once for the MAC and the header both.
+    let t = t.to_string();
+    let tag = signed_payload_mac(secret, &t, body).finalize().into_bytes();
     // Written into one buffer: `format!` with `hex::encode` (a String built char by char)
     // was half of the signature's cost, once per request.
     let mut hex = [0u8; 64];
     let mut out = String::with_capacity(4 + 20 + 4 + hex.len());
     out.push_str("t=");
-    out.push_str(&t.to_string());
+    out.push_str(&t);
     out.push_str(",v1=");
     match hex::encode_to_slice(tag, &mut hex) {
         // Hex digits are ASCII.
@@ -145,7 +147,8 @@ pub fn verify_signature(
     if now.abs_diff(t) > tolerance_secs {
         return false;
     }
-    let mac = signed_payload_mac(secret, t, body);
+    // Its canonical digits, as the signer wrote them (a header's "t=007" was signed as "7").
+    let mac = signed_payload_mac(secret, &t.to_string(), body);
     let mut valid = false;
     for part in header.split(',') {
         if let Some(("v1", value)) = part.trim().split_once('=') {

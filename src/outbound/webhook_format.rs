@@ -69,13 +69,8 @@ pub fn payload(record: &MessageRecord, event: &str) -> Vec<u8> {
         receipt: record.receipt.as_ref(),
         consent: record.consent.as_ref(),
     };
-    // Room for a typical event up front (to_vec starts at 128 bytes and grows).
-    let mut out = Vec::with_capacity(512);
     // Strings and numbers only: serde_json cannot fail on this struct.
-    match serde_json::to_writer(&mut out, &p) {
-        Ok(()) => out,
-        Err(_) => Vec::new(),
-    }
+    crate::store::encode_json(&p)
 }
 
 /// The value of one field (a placeholder of `fields` templates) for `record`; `None` when the

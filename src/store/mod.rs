@@ -645,8 +645,8 @@ pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(raw: &[u8]) -> Result<
 }
 
 pub(crate) fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
-    // A message record is 400-600 bytes: room for it up front, where `to_vec` would start at
-    // 128 and grow three times.
+    // A message record is 400-600 bytes, a webhook's payload 300-500: room for either up
+    // front, where `to_vec` would start at 128 and grow up to three times.
     let mut out = Vec::with_capacity(512);
     // Serialising our own plain structs to a Vec cannot fail.
     match serde_json::to_writer(&mut out, value) {
