@@ -223,6 +223,7 @@ impl Processor {
                 }
                 () = handoff.spill.notified() => {}
                 _ = durable_tick.tick() => {
+                    self.scheduler.drop_spent();
                     if self.last_durable.elapsed() >= DURABLE_INTERVAL {
                         self.make_durable();
                     }
@@ -244,6 +245,8 @@ impl Processor {
     async fn keep_pace_with_the_dispatcher(&mut self) {
         let holds = self.holds.clone();
         wait_for_settles(&holds, MAX_HELD, PACE_WINDOW, PACE_MIN_SETTLES, || {
+            // What the dispatcher settles meanwhile comes back to be dropped here.
+            self.scheduler.drop_spent();
             if self.last_durable.elapsed() >= DURABLE_INTERVAL {
                 self.make_durable();
             }
@@ -253,6 +256,7 @@ impl Processor {
 
     /// After each batch: write it, and make it durable when due.
     fn after_batch(&mut self) {
+        self.scheduler.drop_spent();
         self.write_finished();
         if self.processed.len() >= DURABLE_ENTRIES
             || self.last_durable.elapsed() >= DURABLE_INTERVAL
@@ -863,6 +867,55 @@ mod tests {
                 chunk.iter().for_each(JournalHold::settle);
             }
         })
+    }
+
+    /// What the dispatcher hands back is dropped by the processor even when no message comes:
+    /// its durable tick runs while idle, so deliveries do not pile up there.
+    #[tokio::test]
+    async fn an_idle_processor_drops_what_the_dispatcher_handed_back() {
+        use crate::outbound::dispatcher::Fresh;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 16, false).unwrap();
+        let text = format!("[daemon]\ndata_dir = \"{}\"\n", dir.path().display());
+        let (config, _) = crate::config::parse(&text, "test.toml", &|_| None).unwrap();
+        let router = Arc::new(ArcSwap::from_pointee(Router::new(&config)));
+        let (scheduler, announced) = Scheduler::channel();
+        let watch = scheduler.clone();
+        let processor = Processor::new(store, &Arc::new(config), router, scheduler);
+        let (writer_side, handoff) = crate::store::writer::handoff(16);
+        let running = tokio::spawn(processor.run(handoff));
+        let record = Arc::new(crate::store::tests::sample_message(1));
+        let watched = Arc::downgrade(&record);
+        let job = Job {
+            id: 1 << 8,
+            message_id: 1,
+            webhook: "crm".into(),
+            event: "message".into(),
+            attempts: 1,
+            created_ms: 1,
+            due_ms: 1,
+            first_attempt_ms: Some(1),
+            last_error: None,
+            last_status: None,
+            sms: None,
+            email: None,
+        };
+        let fresh = Arc::new(Fresh {
+            job,
+            record,
+            hold: None,
+            since_ms: 1,
+        });
+        announced.give_back(&mut vec![fresh]);
+        assert_eq!(watch.spent_waiting(), 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while watch.spent_waiting() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(watch.spent_waiting(), 0, "dropped without a message coming");
+        assert!(watched.upgrade().is_none());
+        drop(writer_side);
+        running.await.unwrap();
     }
 
     #[tokio::test]
