@@ -31,6 +31,7 @@
 //! | [`outbound::webhook`] | one signed HTTP(S) request with a keep-alive pool (rustls) |
 //! | [`outbound::pipeline`] | HTTP/1.1 pipelining for webhooks with `pipeline = N`: many requests per write, answers parsed in order (httparse) |
 //! | [`outbound::webhook_format`] | what an event looks like for one webhook: JSON, form or GET, chosen fields |
+//! | [`json_write`] | JSON strings and numbers written by hand for the per-message documents, byte for byte serde_json's |
 //! | [`outbound::email`] | e-mail forwards over SMTP (lettre, rustls): reply token, stable Message-ID, threading |
 //! | [`inbound_mail`] | LMTP listener: replies by e-mail to a forward's `Reply-To` go back as SMS |
 //! | [`inbound_mail::reply`] | a reply's own text: plain over HTML, quoted history and signatures cut |
@@ -59,6 +60,7 @@ pub mod demo;
 pub mod guard;
 pub mod http_sink;
 pub mod inbound_mail;
+pub mod json_write;
 pub mod outbound;
 pub mod processor;
 pub mod routing;

@@ -12,16 +12,74 @@
 
 use bytes::Bytes;
 use hyper::{Method, Uri};
-use serde::Serialize;
 
 use crate::config::{WEBHOOK_FIELD_PLACEHOLDERS, Webhook, WebhookMethod, render_template};
 use crate::outbound::webhook::Outgoing;
 use crate::store::MessageRecord;
 
-/// The webhook body, exactly the contract's fields (plus `complete`/`missing_parts` for a
-/// concatenated message delivered incomplete, `receipt` for receipts and `consent` for
-/// `optin`/`optout` events).
-#[derive(Serialize)]
+/// The contract's JSON body for a message record and event: exactly the contract's fields,
+/// plus `complete`/`missing_parts` for a concatenated message delivered incomplete, `receipt`
+/// for receipts and `consent` for `optin`/`optout` events.
+///
+/// Written by hand (see [`crate::json_write`]), once per attempt: the bytes are serde_json's
+/// for [`Payload`], which the tests hold it to.
+pub fn payload(record: &MessageRecord, event: &str) -> Vec<u8> {
+    use crate::json_write::{optional_string, string, unsigned};
+    let mut out = Vec::with_capacity(320 + record.text.len());
+    out.extend_from_slice(b"{\"event\":");
+    string(&mut out, event);
+    out.extend_from_slice(b",\"id\":");
+    string(&mut out, &record.id);
+    out.extend_from_slice(b",\"to\":");
+    string(&mut out, &record.to);
+    out.extend_from_slice(b",\"from\":");
+    string(&mut out, &record.from);
+    out.extend_from_slice(b",\"text\":");
+    string(&mut out, &record.text);
+    out.extend_from_slice(b",\"keyword\":");
+    optional_string(&mut out, record.keyword.as_deref());
+    out.extend_from_slice(b",\"inbox\":");
+    optional_string(&mut out, record.inbox.as_deref());
+    out.extend_from_slice(b",\"args\":");
+    optional_string(&mut out, record.args.as_deref());
+    out.extend_from_slice(b",\"carrier\":");
+    string(&mut out, &record.carrier);
+    out.extend_from_slice(b",\"received_at\":");
+    string(&mut out, &record.received_at);
+    out.extend_from_slice(b",\"parts\":");
+    unsigned(&mut out, u64::from(record.parts));
+    out.extend_from_slice(b",\"encoding\":");
+    string(&mut out, &record.encoding);
+    if !record.complete {
+        out.extend_from_slice(b",\"complete\":false");
+    }
+    if !record.missing_parts.is_empty() {
+        out.extend_from_slice(b",\"missing_parts\":[");
+        for (i, part) in record.missing_parts.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            unsigned(&mut out, u64::from(*part));
+        }
+        out.push(b']');
+    }
+    // Rare (receipts, consent changes), nested and of several fields: serde_json writes them.
+    // Plain structs of strings: writing them into a Vec cannot fail.
+    if let Some(receipt) = &record.receipt {
+        out.extend_from_slice(b",\"receipt\":");
+        let _ = serde_json::to_writer(&mut out, receipt);
+    }
+    if let Some(consent) = &record.consent {
+        out.extend_from_slice(b",\"consent\":");
+        let _ = serde_json::to_writer(&mut out, consent);
+    }
+    out.push(b'}');
+    out
+}
+
+/// The payload as a serde struct: the reference [`payload`] is held to.
+#[cfg(test)]
+#[derive(serde::Serialize)]
 struct Payload<'a> {
     event: &'a str,
     id: &'a str,
@@ -45,13 +103,14 @@ struct Payload<'a> {
     consent: Option<&'a crate::store::ConsentInfo>,
 }
 
+#[cfg(test)]
 fn is_true(b: &bool) -> bool {
     *b
 }
 
-/// The contract's JSON body for a message record and event.
-pub fn payload(record: &MessageRecord, event: &str) -> Vec<u8> {
-    let p = Payload {
+#[cfg(test)]
+fn payload_by_serde(record: &MessageRecord, event: &str) -> Vec<u8> {
+    serde_json::to_vec(&Payload {
         event,
         id: &record.id,
         to: &record.to,
@@ -68,9 +127,8 @@ pub fn payload(record: &MessageRecord, event: &str) -> Vec<u8> {
         missing_parts: &record.missing_parts,
         receipt: record.receipt.as_ref(),
         consent: record.consent.as_ref(),
-    };
-    // Strings and numbers only: serde_json cannot fail on this struct.
-    crate::store::encode_json(&p)
+    })
+    .unwrap()
 }
 
 /// The value of one field (a placeholder of `fields` templates) for `record`; `None` when the
@@ -219,6 +277,58 @@ mod tests {
             webhooks: vec![],
             consent: None,
             guarded: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_hand_written_payload_is_byte_for_byte_serde_jsons() {
+        use crate::smpp::receipt::Receipt;
+        use crate::store::ConsentInfo;
+        use crate::store::consent::ConsentState;
+        let mut records = vec![record()];
+        let mut odd = record();
+        odd.text = "say \"hi\"\\ \n\t\u{1}\u{7f} € 😀 </script>".into();
+        odd.keyword = None;
+        odd.inbox = Some("in\"box".into());
+        odd.args = None;
+        odd.parts = 3;
+        odd.complete = false;
+        odd.missing_parts = vec![2, 3];
+        odd.encoding = "ucs2".into();
+        records.push(odd);
+        let mut receipt = record();
+        receipt.event = "receipt".into();
+        receipt.receipt = Some(Receipt {
+            id: "abc\"1".into(),
+            sub: Some("001".into()),
+            dlvrd: None,
+            submit_date: Some("2611281400".into()),
+            done_date: None,
+            stat: "DELIVRD".into(),
+            err: Some("000".into()),
+            text: Some("hello\nthere".into()),
+        });
+        records.push(receipt);
+        let mut consent = record();
+        consent.consent = Some(ConsentInfo {
+            previous: ConsentState::OptedIn,
+            state: ConsentState::OptedOut,
+            matched: "STOP".into(),
+        });
+        let mut incomplete_only = record();
+        incomplete_only.complete = false;
+        records.push(consent);
+        records.push(incomplete_only);
+        for record in &records {
+            for event in ["message", "optout", "receipt", "ex\"pired"] {
+                let ours = payload(record, event);
+                assert_eq!(
+                    String::from_utf8_lossy(&ours),
+                    String::from_utf8_lossy(&payload_by_serde(record, event))
+                );
+                let value: serde_json::Value = serde_json::from_slice(&ours).unwrap();
+                assert_eq!(value["event"], event);
+            }
         }
     }
 

@@ -184,9 +184,7 @@ impl Store {
     ) -> Result<()> {
         let t = self.trees();
         let id = meta.first_journal_id;
-        self.inner
-            .records
-            .put_messages([(id, encode_json(message))])?;
+        self.inner.records.put_messages([(id, message.encode())])?;
         self.inner.records.persist()?;
         let job_values: Vec<(u64, Vec<u8>)> = jobs.iter().map(|j| (j.id, encode_json(j))).collect();
         let mut part_keys = vec![group.with(0)];
@@ -264,11 +262,9 @@ impl Store {
                 t.jobs.insert(job.id.to_be_bytes(), encode_json(job))?;
             }
         }
-        self.inner.records.put_messages(
-            batch
-                .iter()
-                .map(|(id, message, _)| (*id, encode_json(message.as_ref()))),
-        )
+        self.inner
+            .records
+            .put_messages(batch.iter().map(|(id, message, _)| (*id, message.encode())))
     }
 }
 
