@@ -22,7 +22,7 @@ use crate::store::MessageRecord;
 /// for receipts and `consent` for `optin`/`optout` events.
 ///
 /// Written by hand (see [`crate::json_write`]), once per attempt: the bytes are serde_json's
-/// for [`Payload`], which the tests hold it to.
+/// for the same fields as a serde struct, which the tests hold it to.
 pub fn payload(record: &MessageRecord, event: &str) -> Vec<u8> {
     use crate::json_write::{optional_string, string, unsigned};
     let mut out = Vec::with_capacity(320 + record.text.len());
@@ -75,60 +75,6 @@ pub fn payload(record: &MessageRecord, event: &str) -> Vec<u8> {
     }
     out.push(b'}');
     out
-}
-
-/// The payload as a serde struct: the reference [`payload`] is held to.
-#[cfg(test)]
-#[derive(serde::Serialize)]
-struct Payload<'a> {
-    event: &'a str,
-    id: &'a str,
-    to: &'a str,
-    from: &'a str,
-    text: &'a str,
-    keyword: Option<&'a str>,
-    inbox: Option<&'a str>,
-    args: Option<&'a str>,
-    carrier: &'a str,
-    received_at: &'a str,
-    parts: u32,
-    encoding: &'a str,
-    #[serde(skip_serializing_if = "is_true")]
-    complete: bool,
-    #[serde(skip_serializing_if = "<[u8]>::is_empty")]
-    missing_parts: &'a [u8],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    receipt: Option<&'a crate::smpp::receipt::Receipt>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    consent: Option<&'a crate::store::ConsentInfo>,
-}
-
-#[cfg(test)]
-fn is_true(b: &bool) -> bool {
-    *b
-}
-
-#[cfg(test)]
-fn payload_by_serde(record: &MessageRecord, event: &str) -> Vec<u8> {
-    serde_json::to_vec(&Payload {
-        event,
-        id: &record.id,
-        to: &record.to,
-        from: &record.from,
-        text: &record.text,
-        keyword: record.keyword.as_deref(),
-        inbox: record.inbox.as_deref(),
-        args: record.args.as_deref(),
-        carrier: &record.carrier,
-        received_at: &record.received_at,
-        parts: record.parts,
-        encoding: &record.encoding,
-        complete: record.complete,
-        missing_parts: &record.missing_parts,
-        receipt: record.receipt.as_ref(),
-        consent: record.consent.as_ref(),
-    })
-    .unwrap()
 }
 
 /// The value of one field (a placeholder of `fields` templates) for `record`; `None` when the
@@ -278,6 +224,57 @@ mod tests {
             consent: None,
             guarded: Vec::new(),
         }
+    }
+
+    /// The payload as a serde struct: the reference [`payload`] is held to.
+    #[derive(serde::Serialize)]
+    struct Payload<'a> {
+        event: &'a str,
+        id: &'a str,
+        to: &'a str,
+        from: &'a str,
+        text: &'a str,
+        keyword: Option<&'a str>,
+        inbox: Option<&'a str>,
+        args: Option<&'a str>,
+        carrier: &'a str,
+        received_at: &'a str,
+        parts: u32,
+        encoding: &'a str,
+        #[serde(skip_serializing_if = "is_true")]
+        complete: bool,
+        #[serde(skip_serializing_if = "<[u8]>::is_empty")]
+        missing_parts: &'a [u8],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        receipt: Option<&'a crate::smpp::receipt::Receipt>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        consent: Option<&'a crate::store::ConsentInfo>,
+    }
+
+    fn is_true(b: &bool) -> bool {
+        *b
+    }
+
+    fn payload_by_serde(record: &MessageRecord, event: &str) -> Vec<u8> {
+        serde_json::to_vec(&Payload {
+            event,
+            id: &record.id,
+            to: &record.to,
+            from: &record.from,
+            text: &record.text,
+            keyword: record.keyword.as_deref(),
+            inbox: record.inbox.as_deref(),
+            args: record.args.as_deref(),
+            carrier: &record.carrier,
+            received_at: &record.received_at,
+            parts: record.parts,
+            encoding: &record.encoding,
+            complete: record.complete,
+            missing_parts: &record.missing_parts,
+            receipt: record.receipt.as_ref(),
+            consent: record.consent.as_ref(),
+        })
+        .unwrap()
     }
 
     #[test]
