@@ -195,7 +195,7 @@ impl Scheduler {
         )
     }
 
-    /// Drops the fresh jobs the dispatcher is done with (see [`Spent`]). The processor calls
+    /// Drops the fresh jobs the dispatcher is done with (see `Spent`). The processor calls
     /// this on its own thread.
     pub fn drop_spent(&self) {
         self.spent.drop_here();

@@ -36,7 +36,8 @@
 //!
 //! Layout:
 //! - `messages`: message id (u64 BE) -> [`super::MessageRecord`] (JSON).
-//! - `attempts`: job id (u64 BE) ++ attempt (u32 BE) ++ fallback (u8) -> attempt record (JSON),
+//! - `attempts`: job id (u64 BE) ++ attempt (u32 BE) ++ fallback (u8) -> attempt record (binary,
+//!   [`super::queue::AttemptRecord::encode`]; JSON in stores written before it),
 //!   see [`super::queue`].
 //! - `contacts_seen`: a contact's key in sled's `contacts` tree -> first seen (ms, u64 BE) ++
 //!   last seen (ms, u64 BE). Every message from a phone number reads and writes its sender's
