@@ -40,6 +40,27 @@ pub fn unsigned(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+/// Writes an array of strings.
+pub fn strings(out: &mut Vec<u8>, items: &[String]) {
+    array(out, items, |out, s| string(out, s));
+}
+
+/// Writes an array of numbers.
+pub fn unsigneds(out: &mut Vec<u8>, items: &[u8]) {
+    array(out, items, |out, n| unsigned(out, u64::from(*n)));
+}
+
+fn array<T>(out: &mut Vec<u8>, items: &[T], mut write: impl FnMut(&mut Vec<u8>, &T)) {
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, item);
+    }
+    out.push(b']');
+}
+
 /// True for the bytes JSON does not allow unescaped in a string: control characters, the
 /// quote and the backslash. (Bytes of multi-byte UTF-8 characters are all 0x80 or above.)
 fn escapes(b: u8) -> bool {
@@ -144,7 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn null_and_numbers() {
+    fn null_numbers_and_arrays() {
         let mut out = Vec::new();
         optional_string(&mut out, None);
         out.push(b',');
@@ -153,6 +174,19 @@ mod tests {
         unsigned(&mut out, 0);
         out.push(b',');
         unsigned(&mut out, u64::MAX);
-        assert_eq!(out, b"null,\"x\",0,18446744073709551615");
+        out.push(b',');
+        unsigneds(&mut out, &[]);
+        unsigneds(&mut out, &[2, 3]);
+        strings(&mut out, &["a\"".to_string()]);
+        assert_eq!(out, b"null,\"x\",0,18446744073709551615,[][2,3][\"a\\\"\"]");
+        let mut arrays = Vec::new();
+        unsigneds(&mut arrays, &[2, 3]);
+        strings(&mut arrays, &["a\"".to_string(), String::new()]);
+        let serde = format!(
+            "{}{}",
+            serde_json::to_string(&[2u8, 3]).unwrap(),
+            serde_json::to_string(&["a\"", ""]).unwrap()
+        );
+        assert_eq!(String::from_utf8(arrays).unwrap(), serde);
     }
 }

@@ -24,7 +24,7 @@ use crate::store::MessageRecord;
 /// Written by hand (see [`crate::json_write`]), once per attempt: the bytes are serde_json's
 /// for the same fields as a serde struct, which the tests hold it to.
 pub fn payload(record: &MessageRecord, event: &str) -> Vec<u8> {
-    use crate::json_write::{optional_string, string, unsigned};
+    use crate::json_write::{optional_string, string, unsigned, unsigneds};
     let mut out = Vec::with_capacity(320 + record.text.len());
     out.extend_from_slice(b"{\"event\":");
     string(&mut out, event);
@@ -54,14 +54,8 @@ pub fn payload(record: &MessageRecord, event: &str) -> Vec<u8> {
         out.extend_from_slice(b",\"complete\":false");
     }
     if !record.missing_parts.is_empty() {
-        out.extend_from_slice(b",\"missing_parts\":[");
-        for (i, part) in record.missing_parts.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            unsigned(&mut out, u64::from(*part));
-        }
-        out.push(b']');
+        out.extend_from_slice(b",\"missing_parts\":");
+        unsigneds(&mut out, &record.missing_parts);
     }
     // Rare (receipts, consent changes), nested and of several fields: serde_json writes them.
     // Plain structs of strings: writing them into a Vec cannot fail.

@@ -190,7 +190,7 @@ impl MessageRecord {
     /// [`crate::json_write`]) because every message is encoded once; the tests hold it to
     /// serde's. Reading it back is serde's.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        use crate::json_write::{optional_string, string, unsigned};
+        use crate::json_write::{optional_string, string, strings, unsigned, unsigneds};
         // Every field, by name: a field added to the struct does not compile here until it is
         // written (serde would write it; this must too, or the store would lose it).
         let MessageRecord {
@@ -248,14 +248,8 @@ impl MessageRecord {
             b",\"complete\":false"
         });
         if !missing_parts.is_empty() {
-            out.extend_from_slice(b",\"missing_parts\":[");
-            for (i, part) in missing_parts.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                unsigned(&mut out, u64::from(*part));
-            }
-            out.push(b']');
+            out.extend_from_slice(b",\"missing_parts\":");
+            unsigneds(&mut out, missing_parts);
         }
         out.extend_from_slice(if *routed {
             b",\"routed\":true"
@@ -268,27 +262,15 @@ impl MessageRecord {
             out.extend_from_slice(b",\"receipt\":");
             let _ = serde_json::to_writer(&mut out, receipt);
         }
-        out.extend_from_slice(b",\"webhooks\":[");
-        for (i, webhook) in webhooks.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            string(&mut out, webhook);
-        }
-        out.push(b']');
+        out.extend_from_slice(b",\"webhooks\":");
+        strings(&mut out, webhooks);
         if let Some(consent) = consent {
             out.extend_from_slice(b",\"consent\":");
             let _ = serde_json::to_writer(&mut out, consent);
         }
         if !guarded.is_empty() {
-            out.extend_from_slice(b",\"guarded\":[");
-            for (i, held_back) in guarded.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                string(&mut out, held_back);
-            }
-            out.push(b']');
+            out.extend_from_slice(b",\"guarded\":");
+            strings(&mut out, guarded);
         }
         out.push(b'}');
         out
