@@ -36,6 +36,8 @@
 //!   using the enqueue time carried in the message text.
 //! - `rss`: 1,000,000 messages (200,000 in quick mode) at window 100 end to end; VmHWM and VmRSS
 //!   of the daemon after the last webhook, and CPU per message over the whole run.
+//!   After each latency run, the same rate for as long through a bare group commit in the data
+//!   directory (`group_commit_floor`): the disk's floor under the ack latency in those seconds.
 //! - `disk`: the cost of a 4 KiB write + fdatasync in the data directory, the floor under every
 //!   group commit.
 
@@ -249,15 +251,22 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
             sizes.latency_secs
         );
         println!(
-            "| run | messages | ack p50 µs | ack p99 µs | ack max µs | webhook p50 µs | webhook p99 µs | daemon CPU µs/msg | daemon's acks within 1 / 2 ms | commits | commits over 1 ms |"
+            "| run | messages | ack p50 µs | ack p99 µs | ack max µs | webhook p50 µs | webhook p99 µs | daemon CPU µs/msg | daemon's acks within 1 / 2 ms | commits | commits over 1 ms | disk alone p50 / p99 µs |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let mut v: [Vec<f64>; 5] = Default::default();
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut v: [Vec<f64>; 7] = Default::default();
         for r in 0..sizes.runs {
             let res = latency_run(&bin, 2_000, sizes.latency_secs, perf.take()).await;
+            // Right after the daemon's run, the same rate for as long through a bare group
+            // commit: what the disk allowed in those seconds.
+            let secs = sizes.latency_secs;
+            let (floor_p50, floor_p99) =
+                tokio::task::spawn_blocking(move || group_commit_floor(2_000, secs))
+                    .await
+                    .expect("group commit floor");
             let d = &res.daemon_side;
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2}% / {:.2}% | {} | {:.2}% |",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2}% / {:.2}% | {} | {:.2}% | {floor_p50:.0} / {floor_p99:.0} |",
                 r + 1,
                 res.n,
                 res.ack_p50,
@@ -278,14 +287,10 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
                 v[i].push(f64::from(x));
             }
             v[4].push(res.cpu_us_per_msg);
+            v[5].push(floor_p50);
+            v[6].push(floor_p99);
         }
-        summary.latency = Some([
-            median(&mut v[0]),
-            median(&mut v[1]),
-            median(&mut v[2]),
-            median(&mut v[3]),
-            median(&mut v[4]),
-        ]);
+        summary.latency = Some(v.each_mut().map(|runs| median(runs)));
         println!("load average: {}\n", load_average());
     }
 
@@ -337,7 +342,7 @@ struct Summary {
     /// (webhook, binds, delivered/s, daemon CPU µs/msg)
     e2e: Vec<(&'static str, usize, f64, f64)>,
     /// ack p50, p99, webhook p50, p99, CPU µs/msg
-    latency: Option<[f64; 5]>,
+    latency: Option<[f64; 7]>,
     /// (messages, VmHWM KiB, VmRSS KiB, CPU µs/msg, delivered/s)
     rss: Option<(u64, u64, u64, f64, f64)>,
 }
@@ -412,6 +417,10 @@ impl Summary {
                 "| daemon CPU µs/msg at 2,000 msg/s | {:.1} | | - | - |",
                 l[4]
             );
+            println!(
+                "| the disk alone at 2,000 msg/s: group commit p50 / p99 µs | {:.0} / {:.0} | | - | - |",
+                l[5], l[6]
+            );
         }
         if let Some((n, hwm, rss, cpu, rate)) = self.rss {
             println!(
@@ -448,6 +457,85 @@ fn disk_sync_cost() -> (f64, f64) {
         f.sync_data().expect("fdatasync");
         us.push(t.elapsed().as_secs_f64() * 1e6);
     }
+    us.sort_by(f64::total_cmp);
+    (pct_f(&us, 50.0), pct_f(&us, 99.0))
+}
+
+/// The disk's floor under the ack latency at `rate` messages per second: a group commit that
+/// does nothing but what the journal does on the ack path, for `secs` seconds in the bench's
+/// data directory. One thread brings a message due every `1 / rate` s; a writer takes all that
+/// have come, writes 256 bytes each into a file zero-filled beforehand (the journal's
+/// `fill_ahead`) and calls `fdatasync`; a message's latency runs from its arrival to the end of
+/// its sync. No decoding, no network, no other thread: p50 / p99 in µs of what no ESME writing
+/// before it acks could beat on this disk in these seconds.
+fn group_commit_floor(rate: u32, secs: u64) -> (f64, f64) {
+    use std::os::unix::fs::FileExt;
+    use std::sync::{Arc, Condvar, Mutex};
+    const RECORD: usize = 256;
+    let n = u64::from(rate) * secs;
+    let dir = bench_dir();
+    let path = dir.path().join("group-commit-floor");
+    let file = std::fs::File::create(&path).expect("floor file");
+    let zeros = vec![0u8; 1 << 20];
+    let mut filled = 0;
+    while filled < n as usize * RECORD {
+        file.write_all_at(&zeros, filled as u64).expect("zero-fill");
+        filled += zeros.len();
+    }
+    file.sync_all().expect("fsync");
+    std::fs::File::open(dir.path())
+        .and_then(|d| d.sync_all())
+        .expect("sync dir");
+
+    // Arrival times not yet taken by the writer, and whether the last has come.
+    let arrivals = Arc::new((Mutex::new((Vec::<Instant>::new(), false)), Condvar::new()));
+    let bringer = {
+        let arrivals = Arc::clone(&arrivals);
+        std::thread::spawn(move || {
+            let epoch = Instant::now();
+            for i in 0..n {
+                let due = epoch + Duration::from_secs_f64(i as f64 / f64::from(rate));
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let (lock, ready) = &*arrivals;
+                lock.lock().expect("arrivals").0.push(Instant::now());
+                ready.notify_one();
+            }
+            let (lock, ready) = &*arrivals;
+            lock.lock().expect("arrivals").1 = true;
+            ready.notify_one();
+        })
+    };
+    let record = vec![0x5au8; RECORD];
+    let mut batch_bytes = Vec::new();
+    let mut offset = 0u64;
+    let mut us = Vec::with_capacity(n as usize);
+    loop {
+        let (taken, last) = {
+            let (lock, ready) = &*arrivals;
+            let mut state = lock.lock().expect("arrivals");
+            while state.0.is_empty() && !state.1 {
+                state = ready.wait(state).expect("arrivals");
+            }
+            (std::mem::take(&mut state.0), state.1)
+        };
+        if !taken.is_empty() {
+            batch_bytes.clear();
+            for _ in &taken {
+                batch_bytes.extend_from_slice(&record);
+            }
+            file.write_all_at(&batch_bytes, offset).expect("write");
+            file.sync_data().expect("fdatasync");
+            offset += batch_bytes.len() as u64;
+            let done = Instant::now();
+            us.extend(taken.iter().map(|t| (done - *t).as_secs_f64() * 1e6));
+        }
+        if last {
+            break;
+        }
+    }
+    bringer.join().expect("arrival thread");
     us.sort_by(f64::total_cmp);
     (pct_f(&us, 50.0), pct_f(&us, 99.0))
 }
