@@ -1,6 +1,6 @@
 //! Everything vmnd keeps on disk, behind one module: the pre-ack inbound journal with group
 //! commit ([`journal`], our own append-only segment files), message records and delivery
-//! attempts in an LSM tree ([`records`], fjall, in `<data_dir>/records/`) and sled 0.34 for
+//! attempts in an LSM tree (`store::records`, fjall, in `<data_dir>/records/`) and sled 0.34 for
 //! everything else (see DESIGN.md on its durability caveats): concatenation parts, receipts,
 //! consent, and (in [`queue`]) the durable job queue and dead letters.
 //!
@@ -57,7 +57,7 @@ use crate::smpp::receipt::Receipt;
 #[derive(Debug)]
 pub enum StoreError {
     Sled(sled::Error),
-    /// The records database (fjall), see [`records`].
+    /// The records database (fjall), see `store::records` (src/store/records.rs).
     Records(String),
     Io(std::io::Error),
     Corrupt(String),

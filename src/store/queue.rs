@@ -8,7 +8,7 @@
 //! keeps the schedule in memory and rebuilds it from this tree at startup, so nothing claimed
 //! but unfinished before a crash is forgotten.
 //! `dead`: job id (u64 BE) -> [`DeadLetter`] (JSON).
-//! `attempts` (in the records database, see [`super::records`]): job id (u64 BE) ++ attempt
+//! `attempts` (in the records database, see `store::records`): job id (u64 BE) ++ attempt
 //! number (u32 BE) ++ try (u8: 0 the `url`, 1 the `fallback_url`) -> [`AttemptRecord`] (JSON):
 //! every request a webhook job made, kept with the messages (no retention yet, like them).
 
@@ -393,7 +393,7 @@ impl Store {
     }
 
     /// Records one request of a webhook job (see the module header for which are kept). Held
-    /// in memory until the next [`Store::flush_main`], which writes it (see [`super::records`]).
+    /// in memory until the next [`Store::flush_main`], which writes it (see `store::records`).
     pub fn record_attempt(
         &self,
         job_id: u64,
