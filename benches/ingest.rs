@@ -34,10 +34,10 @@
 //!   simulator, and webhook latency from the enqueue (which is at most the wake-up of the
 //!   simulator's session before its send) to the moment the receiver got the request head,
 //!   using the enqueue time carried in the message text.
-//! - `rss`: 1,000,000 messages (200,000 in quick mode) at window 100 end to end; VmHWM and VmRSS
-//!   of the daemon after the last webhook, and CPU per message over the whole run.
 //!   After each latency run, the same rate for as long through a bare group commit in the data
 //!   directory (`group_commit_floor`): the disk's floor under the ack latency in those seconds.
+//! - `rss`: 1,000,000 messages (200,000 in quick mode) at window 100 end to end; VmHWM and VmRSS
+//!   of the daemon after the last webhook, and CPU per message over the whole run.
 //! - `disk`: the cost of a 4 KiB write + fdatasync in the data directory, the floor under every
 //!   group commit.
 
@@ -341,7 +341,7 @@ struct Summary {
     acks: Vec<(usize, usize, f64, f64, f64)>,
     /// (webhook, binds, delivered/s, daemon CPU µs/msg)
     e2e: Vec<(&'static str, usize, f64, f64)>,
-    /// ack p50, p99, webhook p50, p99, CPU µs/msg
+    /// ack p50, p99, webhook p50, p99, CPU µs/msg, and the bare group commit's p50, p99
     latency: Option<[f64; 7]>,
     /// (messages, VmHWM KiB, VmRSS KiB, CPU µs/msg, delivered/s)
     rss: Option<(u64, u64, u64, f64, f64)>,
