@@ -457,6 +457,12 @@ pub async fn run(
     let mut spent = Vec::new();
     let mut hold_sweep = tokio::time::interval(HOLD_AT_MOST / 2);
     hold_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Wakes the loop when the earliest waiting job falls due. One timer, reset only when that
+    // time changes: a new `sleep` on every pass registered and removed a timer entry per batch
+    // of announcements and finished attempts.
+    let due_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(due_timer);
+    let mut armed_for: Option<u64> = None;
     loop {
         let mut total = 0;
         for ep in endpoints.values() {
@@ -512,10 +518,13 @@ pub async fn run(
                 tokio::spawn(task.run());
             }
         }
-        let sleep = match next_due {
-            Some(due) => Duration::from_millis(due.saturating_sub(now).max(1)),
-            None => Duration::from_secs(3600),
-        };
+        if let Some(due) = next_due
+            && armed_for != Some(due)
+        {
+            let wait = Duration::from_millis(due.saturating_sub(now).max(1));
+            due_timer.as_mut().reset(tokio::time::Instant::now() + wait);
+            armed_for = Some(due);
+        }
         tokio::select! {
             Some(s) = incoming.recv() => {
                 enqueue(&store, &mut endpoints, s);
@@ -530,7 +539,7 @@ pub async fn run(
                 }
                 incoming.give_back(&mut spent);
             }
-            _ = tokio::time::sleep(sleep) => {}
+            _ = &mut due_timer, if armed_for.is_some() => armed_for = None,
             _ = hold_sweep.tick() => {
                 persist_held(&store, waiting_holds(&endpoints), "waited for its first attempt").await;
             }
