@@ -251,10 +251,12 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
             sizes.latency_secs
         );
         println!(
-            "| run | messages | ack p50 µs | ack p99 µs | ack max µs | webhook p50 µs | webhook p99 µs | daemon CPU µs/msg | daemon's acks within 1 / 2 ms | commits | commits over 1 ms | disk alone p50 / p99 µs | disk alone: commits over 1 ms |"
+            "| run | messages | ack p50 µs | ack p99 µs | ack max µs | webhook p50 µs | webhook p99 µs | daemon CPU µs/msg | daemon context switches/msg | daemon's acks within 1 / 2 ms | commits | commits over 1 ms | disk alone p50 / p99 µs | disk alone: commits over 1 ms |"
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let mut v: [Vec<f64>; 7] = Default::default();
+        // Printed under the table, so the table stays one row per run.
+        let mut switch_lines = Vec::new();
         for r in 0..sizes.runs {
             let res = latency_run(&bin, 2_000, sizes.latency_secs, perf.take()).await;
             // Right after the daemon's run, the same rate for as long through a bare group
@@ -266,7 +268,7 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
                     .expect("group commit floor");
             let d = &res.daemon_side;
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2}% / {:.2}% | {} | {:.2}% | {floor_p50:.0} / {floor_p99:.0} | {floor_slow:.2}% |",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {:.2}% / {:.2}% | {} | {:.2}% | {floor_p50:.0} / {floor_p99:.0} | {floor_slow:.2}% |",
                 r + 1,
                 res.n,
                 res.ack_p50,
@@ -275,11 +277,22 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
                 res.hook_p50,
                 res.hook_p99,
                 res.cpu_us_per_msg,
+                res.switches_per_msg,
                 d.share(d.acks_within_1ms, d.acks),
                 d.share(d.acks_within_2ms, d.acks),
                 d.commits,
                 100.0 - d.share(d.commits_within_1ms, d.commits),
             );
+            let by_thread: Vec<String> = res
+                .switches_by_thread
+                .iter()
+                .map(|(name, per_msg)| format!("{name} {per_msg:.2}"))
+                .collect();
+            switch_lines.push(format!(
+                "run {}: context switches per message by thread: {}",
+                r + 1,
+                by_thread.join(", ")
+            ));
             for (i, x) in [res.ack_p50, res.ack_p99, res.hook_p50, res.hook_p99]
                 .into_iter()
                 .enumerate()
@@ -291,6 +304,10 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
             v[6].push(floor_p99);
         }
         summary.latency = Some(v.each_mut().map(|runs| median(runs)));
+        println!();
+        for line in &switch_lines {
+            println!("{line}");
+        }
         println!("load average: {}\n", load_average());
     }
 
@@ -639,6 +656,27 @@ impl Daemon {
         proc_cpu_ticks(&format!("/proc/{}/stat", self.pid())) as f64 / self.clk_tck
     }
 
+    /// Context switches (voluntary and not) of the daemon's threads alive now, summed by
+    /// thread name from /proc/<pid>/task/*/status. Each voluntary one is a thread going to
+    /// sleep, so their count per message says how many wake-ups a message costs, and where.
+    /// Threads that ended before the reading are not counted (the daemon's are long-lived;
+    /// tokio's blocking pool keeps its threads for 10 s).
+    fn context_switches(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut by_name = std::collections::BTreeMap::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return by_name;
+        };
+        for task in tasks.flatten() {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let status = task.path().join("status");
+            let path = status.to_string_lossy();
+            *by_name.entry(name.trim().to_string()).or_insert(0) +=
+                proc_status_kib(&path, "voluntary_ctxt_switches:")
+                    + proc_status_kib(&path, "nonvoluntary_ctxt_switches:");
+        }
+        by_name
+    }
+
     /// A `Vm*:` line of /proc/<pid>/status, in KiB.
     fn status_kib(&self, key: &str) -> u64 {
         proc_status_kib(&format!("/proc/{}/status", self.pid()), key)
@@ -980,6 +1018,10 @@ struct LatencyResult {
     hook_p50: u32,
     hook_p99: u32,
     cpu_us_per_msg: f64,
+    /// The daemon's context switches per message over the run (see `Daemon::context_switches`).
+    switches_per_msg: f64,
+    /// ... by thread name (the runtime's workers summed), those at 0.01 or more.
+    switches_by_thread: Vec<(String, f64)>,
     daemon_side: DaemonSide,
 }
 
@@ -990,6 +1032,7 @@ async fn latency_run(bin: &Path, rate: u32, secs: u64, perf: Option<String>) -> 
     let perf_child = PerfAttach::start(perf, &daemon).await;
     let n = u64::from(rate) * secs;
     let cpu0 = daemon.cpu_secs();
+    let switches0 = daemon.context_switches();
     let epoch = Instant::now();
     let mut sent = 0u64;
     while sent < n {
@@ -1009,6 +1052,15 @@ async fn latency_run(bin: &Path, rate: u32, secs: u64, perf: Option<String>) -> 
     let ok = sink.wait_for(n as usize, Duration::from_secs(120)).await;
     assert!(ok, "latency run: only {} of {n} webhooks", sink.count());
     let cpu = daemon.cpu_secs() - cpu0;
+    let switches_by_thread: Vec<(String, f64)> = daemon
+        .context_switches()
+        .into_iter()
+        .map(|(name, count)| {
+            let before = switches0.get(&name).copied().unwrap_or(0);
+            (name, count.saturating_sub(before) as f64 / n as f64)
+        })
+        .filter(|(_, per_msg)| *per_msg >= 0.01)
+        .collect();
     perf_child.stop();
     let daemon_side = DaemonSide::parse(&http_get(daemon.admin, "/metrics").await);
     let mut acks = smsc.ack_latencies_us();
@@ -1035,6 +1087,8 @@ async fn latency_run(bin: &Path, rate: u32, secs: u64, perf: Option<String>) -> 
         hook_p50: pct(&hooks, 50.0),
         hook_p99: pct(&hooks, 99.0),
         cpu_us_per_msg: cpu * 1e6 / n as f64,
+        switches_per_msg: switches_by_thread.iter().map(|(_, x)| x).sum(),
+        switches_by_thread,
         daemon_side,
     }
 }
