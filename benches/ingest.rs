@@ -20,6 +20,9 @@
 //! `VMND_DAEMON_EXTRA="fsync = false"` (lines separated by `\n`) adds keys to the daemon's
 //! `[daemon]` section for what-if runs; the numbers in BENCHMARKS.md are with the defaults.
 //! `VMND_WEBHOOK_EXTRA="concurrency = 64"` does the same for the webhook's section.
+//! `VMND_FLOOR_DURING=500` also runs a bare group commit at that rate *during* each latency
+//! run, in a directory of its own, to compare syncs made in the same seconds (a what-if: its
+//! syncs share the disk with the daemon's).
 //! The machine is shared: the load average is printed at the start and at the end of a run.
 //!
 //! Scenarios (each run 3 times in full mode, once in quick mode; medians are reported):
@@ -257,8 +260,22 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
         let mut v: [Vec<f64>; 7] = Default::default();
         // Printed under the table, so the table stays one row per run.
         let mut switch_lines = Vec::new();
+        let mut floor_during_lines = Vec::new();
         for r in 0..sizes.runs {
+            // VMND_FLOOR_DURING=RATE: a bare group commit at RATE/s in a directory of its own
+            // *during* the daemon's run (for a what-if: it adds its own syncs to the disk).
+            let floor_during = floor_during_rate().map(|rate| {
+                let secs = sizes.latency_secs + 1;
+                tokio::task::spawn_blocking(move || group_commit_floor(rate, secs))
+            });
             let res = latency_run(&bin, 2_000, sizes.latency_secs, perf.take()).await;
+            if let Some(floor) = floor_during {
+                let (p50, p99, slow) = floor.await.expect("group commit floor during the run");
+                floor_during_lines.push(format!(
+                    "run {}: a bare group commit during the run: p50 {p50:.0} µs, p99 {p99:.0} µs, commits over 1 ms {slow:.2}%",
+                    r + 1
+                ));
+            }
             // Right after the daemon's run, the same rate for as long through a bare group
             // commit: what the disk allowed in those seconds.
             let secs = sizes.latency_secs;
@@ -305,7 +322,7 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
         }
         summary.latency = Some(v.each_mut().map(|runs| median(runs)));
         println!();
-        for line in &switch_lines {
+        for line in switch_lines.iter().chain(&floor_during_lines) {
             println!("{line}");
         }
         println!("load average: {}\n", load_average());
@@ -476,6 +493,15 @@ fn disk_sync_cost() -> (f64, f64) {
     }
     us.sort_by(f64::total_cmp);
     (pct_f(&us, 50.0), pct_f(&us, 99.0))
+}
+
+/// `VMND_FLOOR_DURING`: the rate of a bare group commit to run beside each latency run.
+fn floor_during_rate() -> Option<u32> {
+    let raw = std::env::var("VMND_FLOOR_DURING").ok()?;
+    match raw.parse() {
+        Ok(rate) if rate > 0 => Some(rate),
+        _ => panic!("VMND_FLOOR_DURING={raw:?}: a rate in commits per second, above 0"),
+    }
 }
 
 /// The disk's floor under the ack latency at `rate` messages per second: a group commit that
