@@ -38,7 +38,7 @@
 //!   simulator's session before its send) to the moment the receiver got the request head,
 //!   using the enqueue time carried in the message text.
 //!   After each latency run, the same rate for as long through a bare group commit in the data
-//!   directory (`group_commit_floor`): the disk's floor under the ack latency in those seconds.
+//!   directory (`group_commit_floor`): the disk's floor under the ack latency, on a quiet machine.
 //! - `rss`: 1,000,000 messages (200,000 in quick mode) at window 100 end to end; VmHWM and VmRSS
 //!   of the daemon after the last webhook, and CPU per message over the whole run.
 //! - `disk`: the cost of a 4 KiB write + fdatasync in the data directory, the floor under every
@@ -277,7 +277,7 @@ async fn run(bin: PathBuf, sizes: Sizes, only: &[&str]) {
                 ));
             }
             // Right after the daemon's run, the same rate for as long through a bare group
-            // commit: what the disk allowed in those seconds.
+            // commit: what the disk allows with nothing else running.
             let secs = sizes.latency_secs;
             let (floor_p50, floor_p99, floor_slow) =
                 tokio::task::spawn_blocking(move || group_commit_floor(2_000, secs))
@@ -510,7 +510,7 @@ fn floor_during_rate() -> Option<u32> {
 /// have come, writes 256 bytes each into a file zero-filled beforehand (the journal's
 /// `fill_ahead`) and calls `fdatasync`; a message's latency runs from its arrival to the end of
 /// its sync. No decoding, no network, no other thread: p50 / p99 in µs of what no ESME writing
-/// before it acks could beat on this disk in these seconds, and the share of its commits (write
+/// before it acks could beat on this disk with the machine otherwise quiet, and the share of its commits (write
 /// and sync) over 1 ms, to set beside the daemon's.
 fn group_commit_floor(rate: u32, secs: u64) -> (f64, f64, f64) {
     use std::os::unix::fs::FileExt;
