@@ -10,7 +10,7 @@
 //! `dead`: job id (u64 BE) -> [`DeadLetter`] (JSON).
 //! `attempts` (in the records database, see `store::records`): job id (u64 BE) ++ attempt
 //! number (u32 BE) ++ try (u8: 0 the `url`, 1 the `fallback_url`) -> [`AttemptRecord`] (a
-//! small binary layout, [`AttemptRecord::encode`]; JSON in stores written before it): every
+//! small binary layout, `AttemptRecord::encode`; JSON in stores written before it): every
 //! request a webhook job made, kept with the messages (no retention yet, like them).
 
 use serde::{Deserialize, Serialize};
