@@ -268,12 +268,10 @@ pub struct Number {
     pub vmn: String,
     /// Where replies leave (`carrier`), optional until outbound SMS exists.
     pub carrier: Option<String>,
-    /// `default = { webhook = "crm" }`: where messages that match nothing go.
-    pub default_webhook: Option<String>,
     /// `receipts = "<webhook>"`: where delivery receipts for this number go.
     pub receipts_webhook: Option<String>,
     /// `default = { webhook = .., reply = .., ... }`: the actions for messages that match no
-    /// keyword (`default_webhook` above mirrors `default_actions.webhook`).
+    /// keyword (`default = { webhook = "crm" }`: where they are forwarded).
     pub default_actions: Actions,
     /// `[[number.keyword]]`, in file order.
     pub keywords: Vec<KeywordRule>,
@@ -2645,7 +2643,6 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
                 Some(Number {
                     vmn,
                     carrier: number.carrier.as_ref().map(|c| c.get_ref().clone()),
-                    default_webhook: default_actions.webhook.clone(),
                     receipts_webhook: number.receipts.as_ref().map(|r| r.get_ref().clone()),
                     default_actions,
                     keywords,
@@ -4453,7 +4450,7 @@ receipts = "crm"
         assert_eq!(w.pipeline, 1);
         let n = config.number("567678").unwrap();
         assert_eq!(n.vmn, "567678");
-        assert_eq!(n.default_webhook.as_deref(), Some("crm"));
+        assert_eq!(n.default_actions.webhook.as_deref(), Some("crm"));
         assert_eq!(n.receipts_webhook.as_deref(), Some("crm"));
         assert_eq!(
             n.default_actions,
@@ -4982,7 +4979,7 @@ invalid_reply = "One of {options}"
         let (config, warnings) = parse(&source, "t.toml", &no_env).expect("valid");
         assert!(warnings.is_empty(), "{warnings:?}");
         let n = &config.numbers[0];
-        assert_eq!(n.default_webhook, None);
+        assert_eq!(n.default_actions.webhook, None);
         assert_eq!(n.default_actions.reply.as_deref(), Some("Got it"));
 
         let source = VALID.replace("default = { webhook = \"crm\" }", "default = { }");

@@ -147,7 +147,7 @@ fn full_fixture_resolves_every_key() {
     assert_eq!(short.receipts_webhook.as_deref(), Some("receipts"));
     let long = config.number("98 7654 3210").expect("long code");
     assert_eq!(long.vmn, "9876543210");
-    assert_eq!(long.default_webhook.as_deref(), Some("crm"));
+    assert_eq!(long.default_actions.webhook.as_deref(), Some("crm"));
 }
 
 #[test]
@@ -208,7 +208,6 @@ fn campaigns_fixture_resolves_keywords_polls_and_time_zones() {
     assert_eq!(config.carrier("sim").expect("sim").submit_per_second, 20);
 
     let n = config.number("567678").expect("number");
-    assert_eq!(n.default_webhook.as_deref(), Some("acme"));
     assert_eq!(n.default_actions.webhook.as_deref(), Some("acme"));
     assert!(n.default_actions.reply.is_some());
     let names: Vec<&str> = n.keywords.iter().map(|k| k.keyword.as_str()).collect();
