@@ -508,6 +508,9 @@ async fn api_messages_filters_pages_and_refuses_bad_parameters() {
         ("since=yesterday", "since"),
         ("since=2026-13-01T00:00:00Z", "since"),
         ("until=tomorrow", "until"),
+        // Seconds whose milliseconds overflow u64: refused, not wrapped (or a panic).
+        ("since=18446744073709552", "since"),
+        ("until=18446744073709551615", "until"),
         ("before=nonsense", "before"),
     ] {
         let (status, body) = h.admin_get(&format!("/api/messages?{query}")).await;

@@ -333,6 +333,11 @@ async fn fallback_url_takes_what_the_url_cannot_and_both_attempts_are_recorded()
     );
     let (status, _) = h.admin_get("/api/jobs/nothex/attempts").await;
     assert_eq!(status, 400);
+    // The prefix and the suffix overlap here: no id, no such path (this once panicked).
+    let (status, body) = h.admin_get("/api/jobs/attempts").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = h.admin_get("/api/jobs//attempts").await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -294,8 +294,13 @@ async fn handle(state: &AdminState, req: Request<Incoming>) -> Reply {
         p if p.starts_with("/api/deadletters/") => {
             deadletters::one(state, &p["/api/deadletters/".len()..])
         }
-        p if p.starts_with("/api/jobs/") && p.ends_with("/attempts") => {
-            deadletters::attempts(state, &p["/api/jobs/".len()..p.len() - "/attempts".len()])
+        // strip_prefix then strip_suffix: in "/api/jobs/attempts" the two overlap, and slicing
+        // by both lengths would panic.
+        p if let Some(id) = p
+            .strip_prefix("/api/jobs/")
+            .and_then(|rest| rest.strip_suffix("/attempts")) =>
+        {
+            deadletters::attempts(state, id)
         }
         p if p.starts_with("/api/numbers/") => {
             number_api(state, &p["/api/numbers/".len()..], &query)
@@ -381,7 +386,8 @@ pub(super) fn parse_limit(
 
 /// `since`/`until`: RFC 3339, or Unix seconds.
 fn parse_time(text: &str) -> Option<u64> {
-    clock::parse_rfc3339_ms(text).or_else(|| text.parse::<u64>().ok().map(|s| s * 1000))
+    // Seconds past what milliseconds can hold are not a time: a 400, not a wrapped filter.
+    clock::parse_rfc3339_ms(text).or_else(|| text.parse::<u64>().ok()?.checked_mul(1000))
 }
 
 fn list_messages(state: &AdminState, q: &HashMap<String, String>) -> Reply {
