@@ -426,3 +426,73 @@ async fn packed_gsm_is_decoded_for_a_carrier_that_packs() {
     );
     daemon.shutdown().await;
 }
+
+/// A sloppy SMSC: bind responses and submit_sm_resp without the id's NUL, enquire_link_resp
+/// with a stray octet. Each fails a strict decode, and each still settles its request: the
+/// bind is made and holds past `response_timeout`, enquire_links keep being answered, and the
+/// accepted submit_sm is sent once, with the carrier's id kept for its receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sloppy_responses_settle_their_requests_and_the_bind_holds() {
+    let sloppy = SmscConfig {
+        sloppy_responses: true,
+        ..SmscConfig::default()
+    };
+    let keyword = "[[number.keyword]]\nkeyword = \"JOIN\"\nreply = \"Thanks\"\n";
+    let mut h = Harness::start(sloppy, SinkMode::Ok, keyword).await;
+    assert!(
+        h.smsc.wait_until(LONG, |s| s.sessions_bound == 1).await,
+        "a bind_transceiver_resp without its NUL was not taken: {:?}",
+        h.smsc.stats()
+    );
+    // Again with the daemon asking every 200 ms and waiting at most 1 s for any answer.
+    h.stop_daemon().await;
+    let text = h.config_text(keyword).replace(
+        "enquire_link = \"30s\"",
+        "enquire_link = \"200ms\"\nresponse_timeout = \"1s\"",
+    );
+    h.daemon = Some(
+        vmnd::daemon::Daemon::start(common::parse_config(&text))
+            .await
+            .expect("daemon"),
+    );
+    assert!(h.smsc.wait_until(LONG, |s| s.sessions_bound == 1).await);
+    let bound = h.smsc.stats();
+    h.smsc
+        .enqueue(mo::gsm("919812345678", "9876543210", "JOIN"));
+    assert!(
+        eventually(LONG, || h.smsc.submitted().len() == 1).await,
+        "{:?}",
+        h.smsc.stats()
+    );
+    let asked = h.smsc.stats().enquire_links_received;
+    assert!(
+        h.smsc
+            .wait_until(LONG, |s| s.enquire_links_received >= asked + 8)
+            .await,
+        "the daemon stopped asking: {:?}",
+        h.smsc.stats()
+    );
+    // Past response_timeout: an unsettled request would have ended the session by now.
+    let after = h.smsc.stats();
+    assert_eq!(
+        (after.binds_ok, after.connections),
+        (bound.binds_ok, bound.connections),
+        "the bind was dropped: {after:?}"
+    );
+    assert_eq!(
+        h.smsc.submitted().len(),
+        1,
+        "the accepted submit_sm was sent again"
+    );
+    let (status, body) = h.admin_get("/api/outbound").await;
+    assert_eq!(status, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let record = &page["outbound"][0];
+    assert_eq!(record["state"], "sent", "{page}");
+    assert!(
+        record["segments"][0]["carrier_message_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("sim-")),
+        "{page}"
+    );
+}

@@ -80,6 +80,10 @@ pub struct SmscConfig {
     /// to test the daemon's retries); the rest with ESME_ROK. Refused ones are not recorded
     /// in `submitted()`.
     pub submit_statuses: Vec<u32>,
+    /// Answer like a sloppy SMSC (tests of the daemon's leniency): bind responses and
+    /// submit_sm_resp carry their id without its NUL terminator, and enquire_link_resp has a
+    /// stray octet for a body. Each fails a strict decode. Default false.
+    pub sloppy_responses: bool,
 }
 
 impl Default for SmscConfig {
@@ -98,6 +102,7 @@ impl Default for SmscConfig {
             record_acks: true,
             smsc_system_id: "vmnd-sim".into(),
             submit_statuses: Vec::new(),
+            sloppy_responses: false,
         }
     }
 }

@@ -256,6 +256,12 @@ impl Session {
     }
 
     fn push(&mut self, pdu: &Pdu) {
+        if self.inner.cfg.sloppy_responses
+            && let Some(bytes) = sloppy(pdu)
+        {
+            self.out.extend_from_slice(&bytes);
+            return;
+        }
         pdu::encode(pdu, &mut self.out);
     }
 
@@ -738,4 +744,24 @@ impl Session {
             c.gave_up.fetch_add(unacked.len() as u64, Ordering::AcqRel);
         }
     }
+}
+
+/// `pdu` as a sloppy SMSC writes it (see `SmscConfig::sloppy_responses`), or None for PDUs it
+/// writes correctly.
+fn sloppy(pdu: &Pdu) -> Option<Vec<u8>> {
+    let body: &[u8] = match &pdu.body {
+        Body::BindReceiverResp { system_id }
+        | Body::BindTransmitterResp { system_id }
+        | Body::BindTransceiverResp { system_id } => system_id.as_bytes(),
+        Body::SubmitSmResp { message_id } => message_id.as_bytes(),
+        Body::EnquireLinkResp => &[0],
+        _ => return None,
+    };
+    let mut out = Vec::with_capacity(pdu::HEADER_LEN + body.len());
+    out.extend_from_slice(&((pdu::HEADER_LEN + body.len()) as u32).to_be_bytes());
+    out.extend_from_slice(&pdu.command_id().to_be_bytes());
+    out.extend_from_slice(&pdu.command_status.to_be_bytes());
+    out.extend_from_slice(&pdu.sequence_number.to_be_bytes());
+    out.extend_from_slice(body);
+    Some(out)
 }

@@ -508,6 +508,57 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// Longest id [`salvage_response`] keeps, in octets: well past SMPP's 65 (which sloppy SMSCs
+/// exceed), short of letting a broken PDU put kilobytes into the carrier-id index.
+const MAX_SALVAGED_ID: usize = 255;
+
+/// A response whose body did not decode, read leniently: the header's status and sequence
+/// number, and for the responses that carry an id (`message_id`, `system_id`) the octets up to
+/// the first NUL or the end, at most [`MAX_SALVAGED_ID`], as text (bytes that are not UTF-8
+/// become U+FFFD). Anything after the id is ignored.
+///
+/// Why: SMSCs send ids without their terminator, padded with NULs, longer than SMPP allows,
+/// or with a stray octet after an empty body. The request such a response answers must still
+/// be settled. Otherwise the session waits for it until `response_timeout` and drops the bind,
+/// and a submit_sm the SMSC accepted is sent again (the handset gets it twice).
+///
+/// None for frames that are not one of the responses vmnd reads (and for requests: a bad
+/// request is answered with an error, see [`error_response`]).
+pub fn salvage_response(frame: &[u8]) -> Option<Pdu> {
+    let h = header(frame)?;
+    let body = frame.get(HEADER_LEN..)?;
+    let id = || {
+        let end = body
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(body.len())
+            .min(MAX_SALVAGED_ID);
+        String::from_utf8_lossy(&body[..end]).into_owned()
+    };
+    let body = match h.command_id {
+        command_id::SUBMIT_SM_RESP => Body::SubmitSmResp { message_id: id() },
+        command_id::DELIVER_SM_RESP => Body::DeliverSmResp { message_id: id() },
+        command_id::BIND_RECEIVER_RESP => Body::BindReceiverResp { system_id: id() },
+        command_id::BIND_TRANSMITTER_RESP => Body::BindTransmitterResp { system_id: id() },
+        command_id::BIND_TRANSCEIVER_RESP => Body::BindTransceiverResp { system_id: id() },
+        command_id::ENQUIRE_LINK_RESP => Body::EnquireLinkResp,
+        command_id::UNBIND_RESP => Body::UnbindResp,
+        command_id::GENERIC_NACK => Body::GenericNack,
+        _ => return None,
+    };
+    Some(Pdu {
+        command_status: h.command_status,
+        sequence_number: h.sequence_number,
+        body,
+    })
+}
+
+/// True when a response with command id `response` settles a request sent with `request`:
+/// its own `_resp`, or `generic_nack` (the SMSC did not understand the request).
+pub fn answers(response: u32, request: u32) -> bool {
+    response == request | command_id::RESPONSE_BIT || response == command_id::GENERIC_NACK
+}
+
 /// The response to send for a frame that failed to decode: for a request command id, its _resp
 /// with the error's status and sequence number; for a response command id or an unknown id,
 /// generic_nack (ESME_RINVCMDID for unknown ids).
@@ -1212,6 +1263,141 @@ mod tests {
         f.extend_from_slice(&seq.to_be_bytes());
         f.extend_from_slice(body);
         f
+    }
+
+    /// The sloppy responses real SMSCs send: each fails the strict decode, and each is salvaged
+    /// with the header's status and sequence number and the id up to its NUL or the end.
+    #[test]
+    fn responses_that_do_not_decode_are_salvaged_with_their_header_and_id() {
+        let long_id = "9".repeat(80);
+        let cases: Vec<(u32, u32, Vec<u8>, Body)> = vec![
+            // No NUL after the id.
+            (
+                command_id::SUBMIT_SM_RESP,
+                status::ESME_ROK,
+                b"abc123".to_vec(),
+                Body::SubmitSmResp {
+                    message_id: "abc123".into(),
+                },
+            ),
+            // Padded with NULs to a fixed width, then a stray octet: not a TLV stream.
+            (
+                command_id::SUBMIT_SM_RESP,
+                status::ESME_ROK,
+                b"id7\0\0\0\0\x05".to_vec(),
+                Body::SubmitSmResp {
+                    message_id: "id7".into(),
+                },
+            ),
+            // Longer than SMPP's 65 octets.
+            (
+                command_id::SUBMIT_SM_RESP,
+                status::ESME_ROK,
+                [long_id.as_bytes(), b"\0"].concat(),
+                Body::SubmitSmResp {
+                    message_id: long_id.clone(),
+                },
+            ),
+            // Not ASCII.
+            (
+                command_id::DELIVER_SM_RESP,
+                status::ESME_ROK,
+                b"x\xffy\0".to_vec(),
+                Body::DeliverSmResp {
+                    message_id: "x\u{fffd}y".into(),
+                },
+            ),
+            // A system_id with no terminator, and one too long for SMPP's 16 octets.
+            (
+                command_id::BIND_TRANSCEIVER_RESP,
+                status::ESME_ROK,
+                b"SMSC".to_vec(),
+                Body::BindTransceiverResp {
+                    system_id: "SMSC".into(),
+                },
+            ),
+            (
+                command_id::BIND_RECEIVER_RESP,
+                status::ESME_RINVPASWD,
+                b"a-very-long-system-id\0".to_vec(),
+                Body::BindReceiverResp {
+                    system_id: "a-very-long-system-id".into(),
+                },
+            ),
+            // A body where there should be none.
+            (
+                command_id::ENQUIRE_LINK_RESP,
+                status::ESME_ROK,
+                vec![0],
+                Body::EnquireLinkResp,
+            ),
+            (
+                command_id::UNBIND_RESP,
+                status::ESME_ROK,
+                vec![1, 2],
+                Body::UnbindResp,
+            ),
+            (
+                command_id::GENERIC_NACK,
+                status::ESME_RINVCMDID,
+                vec![0],
+                Body::GenericNack,
+            ),
+        ];
+        for (id, st, body, want) in cases {
+            let f = frame(id, st, 77, &body);
+            assert!(decode(&f).is_err(), "0x{id:08x} {body:?} decodes strictly");
+            let got = salvage_response(&f).unwrap_or_else(|| panic!("0x{id:08x}: not salvaged"));
+            assert_eq!(
+                got,
+                Pdu {
+                    command_status: st,
+                    sequence_number: 77,
+                    body: want
+                }
+            );
+        }
+        // The id is capped, whatever the PDU claims.
+        let huge = frame(command_id::SUBMIT_SM_RESP, 0, 1, &[b'7'; 4000]);
+        match salvage_response(&huge).map(|p| p.body) {
+            Some(Body::SubmitSmResp { message_id }) => {
+                assert_eq!(message_id.len(), MAX_SALVAGED_ID)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn requests_unknown_ids_and_short_frames_are_not_salvaged() {
+        for id in [
+            command_id::DELIVER_SM,
+            command_id::SUBMIT_SM,
+            command_id::ENQUIRE_LINK,
+            command_id::BIND_TRANSCEIVER,
+            0x8000_0777,
+            0x8000_0003, // query_sm_resp: vmnd never asks
+        ] {
+            assert_eq!(
+                salvage_response(&frame(id, 0, 5, b"junk")),
+                None,
+                "0x{id:08x}"
+            );
+        }
+        assert_eq!(salvage_response(&[0, 0, 0, 16, 0x80, 0, 0]), None);
+        assert_eq!(salvage_response(&[]), None);
+    }
+
+    #[test]
+    fn a_response_answers_its_own_request_or_a_generic_nack_does() {
+        use command_id::*;
+        assert!(answers(SUBMIT_SM_RESP, SUBMIT_SM));
+        assert!(answers(ENQUIRE_LINK_RESP, ENQUIRE_LINK));
+        assert!(answers(GENERIC_NACK, SUBMIT_SM));
+        assert!(answers(GENERIC_NACK, ENQUIRE_LINK));
+        assert!(!answers(ENQUIRE_LINK_RESP, SUBMIT_SM));
+        assert!(!answers(DELIVER_SM_RESP, SUBMIT_SM));
+        assert!(!answers(SUBMIT_SM_RESP, ENQUIRE_LINK));
+        assert!(!answers(UNBIND_RESP, BIND_TRANSCEIVER));
     }
 
     /// A deliver_sm body written octet by octet from SMPP 3.4 section 4.6.1: an MO concatenated

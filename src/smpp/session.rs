@@ -270,7 +270,14 @@ impl Session {
                 Ok(Some(Ok(frame))) => frame,
             };
             let Frame::Pdu(bytes) = frame else { continue };
-            match pdu::decode(&bytes) {
+            // A sloppy answer to our bind (an unterminated or overlong system_id) still
+            // answers it: its status decides, and vmnd never reads the system_id.
+            let decoded = pdu::decode(&bytes).or_else(|e| {
+                pdu::salvage_response(&bytes)
+                    .filter(|p| p.sequence_number == seq)
+                    .ok_or(e)
+            });
+            match decoded {
                 Ok(p) if p.sequence_number == seq && is_bind_resp(p.command_id()) => {
                     self.pending.remove(&seq);
                     if p.command_status != status::ESME_ROK {
@@ -435,11 +442,20 @@ impl Session {
         };
         let p = match pdu::decode(&bytes) {
             Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(carrier = %self.ctx.carrier_name, error = ?e, "PDU does not decode; answered with an error");
-                metrics::counter!("vmnd_pdu_errors_total", "carrier" => self.ctx.carrier_name.to_string(), "kind" => "bad_body").increment(1);
-                return self.send(&pdu::error_response(&e)).await;
-            }
+            Err(e) => match pdu::salvage_response(&bytes) {
+                // A response is never answered; one that does not decode is read leniently
+                // so that the request it answers is settled (see `salvage_response`).
+                Some(p) => {
+                    tracing::warn!(carrier = %self.ctx.carrier_name, error = ?e, "response does not decode; read leniently");
+                    metrics::counter!("vmnd_pdu_errors_total", "carrier" => self.ctx.carrier_name.to_string(), "kind" => "bad_response").increment(1);
+                    p
+                }
+                None => {
+                    tracing::warn!(carrier = %self.ctx.carrier_name, error = ?e, "PDU does not decode; answered with an error");
+                    metrics::counter!("vmnd_pdu_errors_total", "carrier" => self.ctx.carrier_name.to_string(), "kind" => "bad_body").increment(1);
+                    return self.send(&pdu::error_response(&e)).await;
+                }
+            },
         };
         match p.body {
             Body::DeliverSm(sm) => {
@@ -498,9 +514,21 @@ impl Session {
             | Body::BindTransceiverResp { .. }
             | Body::DeliverSmResp { .. } => {
                 match self.pending.remove(&p.sequence_number) {
+                    // The sequence number of one request, the command of another: it settles
+                    // nothing (an enquire_link_resp must not mark a submit_sm accepted).
+                    Some(pending) if !pdu::answers(p.command_id(), pending.command_id) => {
+                        tracing::warn!(carrier = %self.ctx.carrier_name, seq = p.sequence_number, response = p.command_id(), request = pending.command_id, "response does not answer the request with its sequence number; ignored");
+                        metrics::counter!("vmnd_pdu_errors_total", "carrier" => self.ctx.carrier_name.to_string(), "kind" => "mismatched_response").increment(1);
+                        self.pending.insert(p.sequence_number, pending);
+                    }
                     Some(pending) => {
-                        if p.command_status != status::ESME_ROK {
-                            tracing::warn!(carrier = %self.ctx.carrier_name, command_id = pending.command_id, status = %pdu::status_name(p.command_status), "request refused");
+                        // generic_nack means "not understood", whatever its status says.
+                        let answer = match (&p.body, p.command_status) {
+                            (Body::GenericNack, status::ESME_ROK) => status::ESME_RUNKNOWNERR,
+                            (_, s) => s,
+                        };
+                        if answer != status::ESME_ROK {
+                            tracing::warn!(carrier = %self.ctx.carrier_name, command_id = pending.command_id, status = %pdu::status_name(answer), "request refused");
                         }
                         if let Some(reply) = pending.reply {
                             let message_id = match &p.body {
@@ -508,7 +536,7 @@ impl Session {
                                 _ => String::new(),
                             };
                             let _ = reply.send(SubmitOutcome {
-                                status: p.command_status,
+                                status: answer,
                                 message_id,
                             });
                         }
