@@ -140,7 +140,7 @@ fn describe() {
     );
     describe_counter!(
         "vmnd_pdu_errors_total",
-        "PDUs that could not be framed or decoded, answered with an error"
+        "PDUs that could not be framed or decoded, by kind: bad_length and bad_body are answered with an error, bad_response is read leniently, mismatched_response is ignored"
     );
     describe_counter!(
         "vmnd_messages_unrouted_total",
