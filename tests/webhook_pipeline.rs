@@ -285,3 +285,54 @@ async fn a_garbled_answer_fails_its_request_and_the_next_gets_a_new_connection()
     drop(client);
     server.abort();
 }
+
+/// An answer nobody asked for (a second 200 written with the first's) must not be taken for
+/// the next request's: the connection is dropped, and the next request gets its own answer
+/// (here a 500) on a new one.
+#[tokio::test]
+async fn bytes_after_the_last_answer_are_not_taken_for_the_next_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = uri(&format!("http://{}/hook", listener.local_addr().unwrap()));
+    let server = tokio::spawn(async move {
+        let (mut first, _) = listener.accept().await.unwrap();
+        let one = read_requests(&mut first, 1).await;
+        let stray = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let reply = format!("{}{stray}", ok_answer(&ids(&one)[0]));
+        first.write_all(reply.as_bytes()).await.unwrap();
+        let refuse = "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n";
+        // Wherever the next request comes (on this connection if it was kept), it gets 500.
+        let kept = tokio::select! {
+            next = read_requests(&mut first, 1) => !next.is_empty(),
+            // The client dropped the first connection without closing it yet.
+            _ = tokio::time::sleep(Duration::from_millis(500)) => false,
+        };
+        if kept {
+            first.write_all(refuse.as_bytes()).await.unwrap();
+            return "kept";
+        }
+        let (mut second, _) = listener.accept().await.unwrap();
+        read_requests(&mut second, 1).await;
+        second.write_all(refuse.as_bytes()).await.unwrap();
+        let mut rest = [0u8; 16];
+        let _ = second.read(&mut rest).await;
+        "new"
+    });
+    let client = WebhookClient::new().pipelined(8, 8);
+    let first = client.post(&url, "ev-1", None, body(1), TIMEOUT).await;
+    assert!(first.is_delivered(), "{first:?}");
+    let second = client.post(&url, "ev-2", None, body(2), TIMEOUT).await;
+    assert!(
+        matches!(
+            second,
+            Attempt::Failed {
+                status: Some(500),
+                ..
+            }
+        ),
+        "a stray 200 was taken for ev-2's answer: {second:?}"
+    );
+    drop(client);
+    if let Ok(Ok(path)) = tokio::time::timeout(Duration::from_secs(1), server).await {
+        assert_eq!(path, "new");
+    }
+}

@@ -468,7 +468,16 @@ async fn read_answers(
         unanswered.fetch_sub(1, Ordering::Relaxed);
         match read {
             Ok(Ok((answer, keep))) => {
+                // Bytes after this answer while no request is announced answer nothing: the
+                // writer announces a request before writing it, so a real answer never comes
+                // before its announcement. Left in the buffer, they would be read as the next
+                // request's answer, and a stray 2xx would mark an undelivered event delivered.
+                // Decided before this caller is woken, so its next request cannot race it.
+                let stray = !buf.is_empty() && expected.is_empty();
                 let _ = next.reply.send(Ok(answer));
+                if stray {
+                    break Some("request: bytes came with no request outstanding".to_string());
+                }
                 if !keep {
                     break None;
                 }
