@@ -336,3 +336,31 @@ async fn bytes_after_the_last_answer_are_not_taken_for_the_next_request() {
         assert_eq!(path, "new");
     }
 }
+
+/// A server that accepts but never reads (a hung application): the write that fills its
+/// buffers is given up with the request, and the next request goes out on a new connection
+/// instead of waiting behind that write for good.
+#[tokio::test]
+async fn a_server_that_stops_reading_does_not_hold_later_requests() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = uri(&format!("http://{}/hook", listener.local_addr().unwrap()));
+    let server = tokio::spawn(async move {
+        let (stuck, _) = listener.accept().await.unwrap();
+        let (mut second, _) = listener.accept().await.unwrap();
+        let next = read_requests(&mut second, 1).await;
+        answer_ok(&mut second, &next).await;
+        let mut rest = [0u8; 16];
+        let _ = second.read(&mut rest).await;
+        drop(stuck);
+    });
+    let client = WebhookClient::new().pipelined(8, 8);
+    // Far more than loopback's socket buffers hold: the write cannot finish.
+    let huge = Bytes::from(vec![b'x'; 64 * 1024 * 1024]);
+    let short = Duration::from_millis(300);
+    let attempt = client.post(&url, "ev-big", None, huge, short).await;
+    assert!(!attempt.is_delivered(), "{attempt:?}");
+    let attempt = client.post(&url, "ev-next", None, body(2), TIMEOUT).await;
+    assert!(attempt.is_delivered(), "{attempt:?}");
+    drop(client);
+    server.abort();
+}

@@ -385,6 +385,12 @@ async fn run_connection(
             }
         }
         let mut broken = false;
+        // Past the last deadline in the batch nothing written now can be answered in time.
+        let give_up_at = batch
+            .iter()
+            .map(|q| q.deadline)
+            .max()
+            .unwrap_or_else(Instant::now);
         for q in batch {
             out.extend_from_slice(&q.bytes);
             unanswered.fetch_add(1, Ordering::Relaxed);
@@ -406,10 +412,28 @@ async fn run_connection(
         if broken {
             break;
         }
-        if let Err(e) = writer.write_all(&out).await {
-            // The reader sees the same break and fails what it expects.
-            tracing::debug!(host = %origin.host, error = %e, "pipelined write failed");
-            break;
+        // A server that stops reading (a hung application whose kernel still accepts the
+        // connection) would hold this write forever, and with it `requests`: the connection
+        // would look open, and every request sent to it would wait there for good. So the
+        // write ends when the reader gives up (an answer timed out) or past the deadlines.
+        let written = tokio::select! {
+            written = tokio::time::timeout_at(give_up_at, writer.write_all(&out)) => written,
+            _ = expect.closed() => {
+                tracing::debug!(host = %origin.host, "pipelined write abandoned: the reader gave up");
+                break;
+            }
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // The reader sees the same break and fails what it expects.
+                tracing::debug!(host = %origin.host, error = %e, "pipelined write failed");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!(host = %origin.host, "pipelined write stalled past every deadline");
+                break;
+            }
         }
     }
     // No more writes: what is still queued goes to another connection.
@@ -420,7 +444,8 @@ async fn run_connection(
             resend: true,
         }));
     }
-    let _ = writer.shutdown().await;
+    // Bounded for the same reason: over TLS the shutdown writes a close_notify.
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.shutdown()).await;
 }
 
 /// Fails `first` and everything queued behind it (the connection never opened, so another
