@@ -922,3 +922,58 @@ async fn a_clean_stop_settles_the_request_in_flight_and_writes_down_held_jobs() 
     assert_eq!(ids.len(), 3);
     h.stop_daemon().await;
 }
+
+/// The admin server's limits on clients that hold connections: one that sends nothing is
+/// closed after `HEADER_TIMEOUT`; past `MAX_CONNECTIONS` open at once a new connection is
+/// closed at once, and once some go, requests are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_that_hold_on_are_closed_or_capped() {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+    let h = Harness::start(SmscConfig::default(), SinkMode::Ok, "").await;
+    let addr = h.daemon().admin_addr;
+    let closed_within = |mut s: TcpStream, limit: Duration| async move {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(limit, s.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    };
+    let silent = TcpStream::connect(addr).await.expect("connect");
+    assert!(
+        closed_within(
+            silent,
+            vmnd::admin::HEADER_TIMEOUT + Duration::from_secs(10)
+        )
+        .await,
+        "a connection that sent nothing was kept open"
+    );
+
+    let mut held = Vec::new();
+    for _ in 0..vmnd::admin::MAX_CONNECTIONS {
+        held.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // The server takes them in order; the last one must have been accepted before the next.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let extra = TcpStream::connect(addr).await.expect("connect");
+    assert!(
+        closed_within(extra, Duration::from_secs(5)).await,
+        "a connection past the cap was kept"
+    );
+    // The server sees these close when it next reads them; then a request gets through.
+    held.truncate(10);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut served = false;
+    for _ in 0..50 {
+        if h.admin_get("/healthz").await.0 == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        served,
+        "no admin request served after connections were freed"
+    );
+    drop(held);
+}

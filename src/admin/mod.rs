@@ -149,8 +149,18 @@ fn describe() {
     mail::describe();
 }
 
+/// How long a new connection may take to send its first request's headers (a slow-headers
+/// or silent client is closed after it). Hyper starts it when the connection is accepted.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Admin connections open at once, at most. A keep-alive connection that went quiet after a
+/// request is not closed by [`HEADER_TIMEOUT`]; without a cap, enough of them would use up the
+/// daemon's file descriptors, which its carrier binds, webhooks and databases need too.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Serves until `shutdown` turns true. Connection errors are logged and never stop the server.
 pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -163,8 +173,14 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
             },
             _ = shutdown.changed() => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = MAX_CONNECTIONS, "admin connection refused: too many open");
+            drop(stream);
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move {
@@ -182,6 +198,8 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
                 }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
