@@ -82,10 +82,27 @@ fn memchr_lf(bytes: &[u8]) -> Option<usize> {
 
 /// Tells a connection over the limit to come back later.
 pub async fn refuse<S: AsyncWrite + Unpin>(mut stream: S) {
-    let _ = stream
-        .write_all(b"421 4.3.2 too many connections, try again later\r\n")
-        .await;
-    let _ = stream.shutdown().await;
+    let _ = send(
+        &mut stream,
+        b"421 4.3.2 too many connections, try again later\r\n",
+    )
+    .await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.shutdown()).await;
+}
+
+/// How long one reply may take to be written. A client that sends commands and never reads
+/// the replies would otherwise hold its session (one of the few allowed) for good.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Writes one reply, within [`WRITE_TIMEOUT`].
+async fn send<W: AsyncWrite + Unpin + ?Sized>(write: &mut W, reply: &[u8]) -> std::io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(reply)).await {
+        Ok(written) => written,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client does not read its replies",
+        )),
+    }
 }
 
 /// The transaction in progress.
@@ -110,9 +127,11 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         .as_ref()
         .map_or("vmnd", |s| s.reply_domain.as_str())
         .to_string();
-    write
-        .write_all(format!("220 {name} LMTP vmnd ready\r\n").as_bytes())
-        .await?;
+    send(
+        &mut write,
+        format!("220 {name} LMTP vmnd ready\r\n").as_bytes(),
+    )
+    .await?;
     let mut greeted = false;
     let mut tx = Transaction::default();
     let mut line = Vec::with_capacity(256);
@@ -120,16 +139,14 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         let read = tokio::select! {
             r = tokio::time::timeout(IDLE_TIMEOUT, read_line(&mut reader, &mut line, MAX_COMMAND_LINE)) => r,
             _ = shutdown.changed() => {
-                write.write_all(b"421 4.3.0 shutting down\r\n").await?;
+                send(&mut write, b"421 4.3.0 shutting down\r\n").await?;
                 return Ok(());
             }
         };
         let read = match read {
             Ok(r) => r?,
             Err(_) => {
-                write
-                    .write_all(b"421 4.4.2 idle too long, closing\r\n")
-                    .await?;
+                send(&mut write, b"421 4.4.2 idle too long, closing\r\n").await?;
                 return Ok(());
             }
         };
@@ -146,14 +163,10 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     Ok(Request::Lhlo { .. }) => {
                         greeted = true;
                         tx = Transaction::default();
-                        write
-                            .write_all(
-                                format!(
-                                    "250-{name}\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250 SIZE {MAX_MESSAGE_SIZE}\r\n"
-                                )
-                                .as_bytes(),
-                            )
-                            .await?;
+                        let capabilities = format!(
+                            "250-{name}\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250 SIZE {MAX_MESSAGE_SIZE}\r\n"
+                        );
+                        send(&mut write, capabilities.as_bytes()).await?;
                         continue;
                     }
                     Ok(Request::Ehlo { .. } | Request::Helo { .. }) => {
@@ -190,9 +203,11 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                         } else if tx.recipients.is_empty() {
                             Reply::new(503, "5.5.1", "no valid recipients")
                         } else {
-                            write
-                                .write_all(b"354 start mail input; end with <CRLF>.<CRLF>\r\n")
-                                .await?;
+                            send(
+                                &mut write,
+                                b"354 start mail input; end with <CRLF>.<CRLF>\r\n",
+                            )
+                            .await?;
                             let transaction = std::mem::take(&mut tx);
                             if !data(&mut reader, &mut write, ctx, transaction).await? {
                                 return Ok(());
@@ -206,7 +221,7 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     Ok(Request::Noop { .. }) => Reply::new(250, "2.0.0", "ok"),
                     Ok(Request::Quit) => {
-                        write.write_all(b"221 2.0.0 bye\r\n").await?;
+                        send(&mut write, b"221 2.0.0 bye\r\n").await?;
                         return Ok(());
                     }
                     Ok(Request::Vrfy { .. }) => {
@@ -220,7 +235,7 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         };
-        write.write_all(answer.line().as_bytes()).await?;
+        send(&mut write, answer.line().as_bytes()).await?;
     }
 }
 
@@ -295,14 +310,52 @@ where
         );
         for recipient in &tx.recipients {
             ctx.reject_message(&from, recipient, &reply, "too_big");
-            write.write_all(reply.line().as_bytes()).await?;
+            send(&mut *write, reply.line().as_bytes()).await?;
         }
         return Ok(true);
     }
     let parsed = reply::parse(&message);
     for recipient in &tx.recipients {
         let answer = ctx.deliver(&from, recipient, parsed.as_ref()).await;
-        write.write_all(answer.line().as_bytes()).await?;
+        send(&mut *write, answer.line().as_bytes()).await?;
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that never reads its replies: once its buffer is full, a reply is given up
+    /// after WRITE_TIMEOUT (the clock is paused and jumps ahead), instead of holding the
+    /// session for good. Every reply the session writes goes through `send`.
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_to_a_client_that_never_reads_is_given_up() {
+        let (mut server_end, _client_end) = tokio::io::duplex(64);
+        let reply = vec![b'2'; 4096];
+        let started = tokio::time::Instant::now();
+        let err = send(&mut server_end, &reply)
+            .await
+            .expect_err("a write nobody reads cannot finish");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= WRITE_TIMEOUT);
+        // And `refuse` returns too.
+        let (server_end, _client_end) = tokio::io::duplex(8);
+        refuse(server_end).await;
+    }
+
+    #[tokio::test]
+    async fn a_reply_to_a_reading_client_is_written_whole() {
+        let (mut server_end, mut client_end) = tokio::io::duplex(64);
+        let reply = b"250 2.0.0 ok\r\n".repeat(100);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut client_end, &mut got)
+                .await
+                .map(|_| got)
+        });
+        send(&mut server_end, &reply).await.expect("written");
+        drop(server_end);
+        assert_eq!(reader.await.expect("joined").expect("read"), reply);
+    }
 }
