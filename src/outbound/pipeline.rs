@@ -417,6 +417,9 @@ async fn run_connection(
         // would look open, and every request sent to it would wait there for good. So the
         // write ends when the reader gives up (an answer timed out) or past the deadlines.
         let written = tokio::select! {
+            // The write first: it usually completes at once, and then neither the timer (a
+            // `Timeout` polls its future before its delay) nor `closed` is ever registered.
+            biased;
             written = tokio::time::timeout_at(give_up_at, writer.write_all(&out)) => written,
             _ = expect.closed() => {
                 tracing::debug!(host = %origin.host, "pipelined write abandoned: the reader gave up");
