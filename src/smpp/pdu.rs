@@ -514,8 +514,8 @@ const MAX_SALVAGED_ID: usize = 255;
 
 /// A response whose body did not decode, read leniently: the header's status and sequence
 /// number, and for the responses that carry an id (`message_id`, `system_id`) the octets up to
-/// the first NUL or the end, at most [`MAX_SALVAGED_ID`], as text (bytes that are not UTF-8
-/// become U+FFFD). Anything after the id is ignored.
+/// the first NUL or the end, at most `MAX_SALVAGED_ID` (255), as text (bytes that are not
+/// UTF-8 become U+FFFD). Anything after the id is ignored.
 ///
 /// Why: SMSCs send ids without their terminator, padded with NULs, longer than SMPP allows,
 /// or with a stray octet after an empty body. The request such a response answers must still
