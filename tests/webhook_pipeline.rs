@@ -150,6 +150,20 @@ async fn failures_read_as_the_pooled_clients_do() {
     sink.shutdown();
 }
 
+/// A listener on a free loopback port and the webhook URL that points at it.
+async fn hook_listener() -> (TcpListener, Uri) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = uri(&format!("http://{}/hook", listener.local_addr().unwrap()));
+    (listener, url)
+}
+
+/// Keeps `stream` open until the client sends more or closes, so that it reads what was
+/// written before the connection goes.
+async fn hold_until_read(stream: &mut TcpStream) {
+    let mut rest = [0u8; 16];
+    let _ = stream.read(&mut rest).await;
+}
+
 /// Reads from `stream` until `n` whole requests (head and `content-length` body) arrived.
 async fn read_requests(stream: &mut TcpStream, n: usize) -> Vec<String> {
     let mut buf = Vec::new();
@@ -208,8 +222,7 @@ async fn answer_ok(stream: &mut TcpStream, requests: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_cut_off_by_a_close_go_again_on_a_fresh_connection() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = uri(&format!("http://{}/hook", listener.local_addr().unwrap()));
+    let (listener, url) = hook_listener().await;
     // First connection: answers one request, then takes three pipelined ones, answers the
     // first of them and closes. Second connection: answers whatever comes, in one write.
     let server = tokio::spawn(async move {
@@ -260,8 +273,7 @@ async fn requests_cut_off_by_a_close_go_again_on_a_fresh_connection() {
 
 #[tokio::test]
 async fn a_garbled_answer_fails_its_request_and_the_next_gets_a_new_connection() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = uri(&format!("http://{}/hook", listener.local_addr().unwrap()));
+    let (listener, url) = hook_listener().await;
     let server = tokio::spawn(async move {
         let (mut first, _) = listener.accept().await.unwrap();
         read_requests(&mut first, 1).await;
@@ -269,9 +281,7 @@ async fn a_garbled_answer_fails_its_request_and_the_next_gets_a_new_connection()
         let (mut second, _) = listener.accept().await.unwrap();
         let next = read_requests(&mut second, 1).await;
         answer_ok(&mut second, &next).await;
-        // Keep it open until the client has read the answer.
-        let mut rest = [0u8; 16];
-        let _ = second.read(&mut rest).await;
+        hold_until_read(&mut second).await;
     });
     let client = WebhookClient::new().pipelined(8, 8);
     let attempt = client.post(&url, "ev-1", None, body(1), TIMEOUT).await;
@@ -291,8 +301,7 @@ async fn a_garbled_answer_fails_its_request_and_the_next_gets_a_new_connection()
 /// (here a 500) on a new one.
 #[tokio::test]
 async fn bytes_after_the_last_answer_are_not_taken_for_the_next_request() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = uri(&format!("http://{}/hook", listener.local_addr().unwrap()));
+    let (listener, url) = hook_listener().await;
     let server = tokio::spawn(async move {
         let (mut first, _) = listener.accept().await.unwrap();
         let one = read_requests(&mut first, 1).await;
@@ -313,8 +322,7 @@ async fn bytes_after_the_last_answer_are_not_taken_for_the_next_request() {
         let (mut second, _) = listener.accept().await.unwrap();
         read_requests(&mut second, 1).await;
         second.write_all(refuse.as_bytes()).await.unwrap();
-        let mut rest = [0u8; 16];
-        let _ = second.read(&mut rest).await;
+        hold_until_read(&mut second).await;
         "new"
     });
     let client = WebhookClient::new().pipelined(8, 8);
@@ -342,15 +350,13 @@ async fn bytes_after_the_last_answer_are_not_taken_for_the_next_request() {
 /// instead of waiting behind that write for good.
 #[tokio::test]
 async fn a_server_that_stops_reading_does_not_hold_later_requests() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = uri(&format!("http://{}/hook", listener.local_addr().unwrap()));
+    let (listener, url) = hook_listener().await;
     let server = tokio::spawn(async move {
         let (stuck, _) = listener.accept().await.unwrap();
         let (mut second, _) = listener.accept().await.unwrap();
         let next = read_requests(&mut second, 1).await;
         answer_ok(&mut second, &next).await;
-        let mut rest = [0u8; 16];
-        let _ = second.read(&mut rest).await;
+        hold_until_read(&mut second).await;
         drop(stuck);
     });
     let client = WebhookClient::new().pipelined(8, 8);

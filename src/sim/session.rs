@@ -256,13 +256,11 @@ impl Session {
     }
 
     fn push(&mut self, pdu: &Pdu) {
-        if self.inner.cfg.sloppy_responses
-            && let Some(bytes) = sloppy(pdu)
-        {
-            self.out.extend_from_slice(&bytes);
-            return;
-        }
+        let start = self.out.len();
         pdu::encode(pdu, &mut self.out);
+        if self.inner.cfg.sloppy_responses {
+            make_sloppy(pdu, &mut self.out, start);
+        }
     }
 
     /// Hand records and retries to the shared state, then take raw PDUs and messages to fill the
@@ -746,22 +744,22 @@ impl Session {
     }
 }
 
-/// `pdu` as a sloppy SMSC writes it (see `SmscConfig::sloppy_responses`), or None for PDUs it
-/// writes correctly.
-fn sloppy(pdu: &Pdu) -> Option<Vec<u8>> {
-    let body: &[u8] = match &pdu.body {
-        Body::BindReceiverResp { system_id }
-        | Body::BindTransmitterResp { system_id }
-        | Body::BindTransceiverResp { system_id } => system_id.as_bytes(),
-        Body::SubmitSmResp { message_id } => message_id.as_bytes(),
-        Body::EnquireLinkResp => &[0],
-        _ => return None,
-    };
-    let mut out = Vec::with_capacity(pdu::HEADER_LEN + body.len());
-    out.extend_from_slice(&((pdu::HEADER_LEN + body.len()) as u32).to_be_bytes());
-    out.extend_from_slice(&pdu.command_id().to_be_bytes());
-    out.extend_from_slice(&pdu.command_status.to_be_bytes());
-    out.extend_from_slice(&pdu.sequence_number.to_be_bytes());
-    out.extend_from_slice(body);
-    Some(out)
+/// Rewrites the PDU encoded at `out[start..]` as a sloppy SMSC writes it (see
+/// `SmscConfig::sloppy_responses`): an id response loses its id's NUL terminator, an
+/// enquire_link_resp gains a stray octet. Other PDUs stay as they are.
+fn make_sloppy(pdu: &Pdu, out: &mut BytesMut, start: usize) {
+    match &pdu.body {
+        Body::BindReceiverResp { .. }
+        | Body::BindTransmitterResp { .. }
+        | Body::BindTransceiverResp { .. }
+        | Body::SubmitSmResp { .. }
+            if out.last() == Some(&0) =>
+        {
+            out.truncate(out.len() - 1);
+        }
+        Body::EnquireLinkResp => out.extend_from_slice(&[0]),
+        _ => return,
+    }
+    let length = (out.len() - start) as u32;
+    out[start..start + 4].copy_from_slice(&length.to_be_bytes());
 }
