@@ -392,15 +392,36 @@ impl Processor {
                     user_data: body,
                     udh_octets,
                 };
-                match self
-                    .store
-                    .add_part(journal_id, entry.received_at_ms, &group, total, &part)?
-                {
+                let mut added =
+                    self.store
+                        .add_part(journal_id, entry.received_at_ms, &group, total, &part)?;
+                if let PartAdded::ReferenceReused(old) = added {
+                    // A new message under a reference still open: the old one will get no
+                    // more parts that could be told from the new one's, so it goes now as it
+                    // is, and this part starts the new group.
+                    tracing::info!(journal_id, part = seq, missing = ?old.missing(), "concatenation reference reused; the open message is delivered incomplete");
+                    metrics::counter!("vmnd_parts_reference_reused_total").increment(1);
+                    self.finish_group(&group, &old, false)?;
+                    added = self.store.add_part(
+                        journal_id,
+                        entry.received_at_ms,
+                        &group,
+                        total,
+                        &part,
+                    )?;
+                }
+                match added {
                     PartAdded::Waiting => {}
                     PartAdded::Duplicate => {
                         metrics::counter!("vmnd_parts_duplicate_total").increment(1);
                     }
                     PartAdded::Complete(meta) => self.finish_group(&group, &meta, true)?,
+                    // The old group was removed in one transaction just above.
+                    PartAdded::ReferenceReused(_) => {
+                        return Err(store::StoreError::Corrupt(format!(
+                            "part {seq} of a reused reference still conflicts after its old group was delivered"
+                        )));
+                    }
                 }
                 Ok(Processed::Written)
             }
@@ -677,18 +698,16 @@ impl Processor {
         let parts = self.store.group_parts(group, meta)?;
         let (carrier, from, to) = group_fields(group);
         let gsm_packed = self.gsm_packed.get(&carrier).copied().unwrap_or(false);
-        let mut text_out = String::new();
-        let mut encoding = None;
-        for part in &parts {
-            let decoded = text::decode_text(
-                part.data_coding,
-                &part.user_data,
-                gsm_packed,
-                part.udh_octets,
-            );
-            encoding.get_or_insert(decoded.encoding);
-            text_out.push_str(&decoded.text);
-        }
+        let part_data: Vec<text::PartData<'_>> = parts
+            .iter()
+            .map(|part| text::PartData {
+                seq: part.seq,
+                data_coding: part.data_coding,
+                user_data: &part.user_data,
+                udh_octets: part.udh_octets,
+            })
+            .collect();
+        let decoded = text::decode_parts(&part_data, gsm_packed);
         let entry = JournalEntry {
             carrier,
             received_at_ms: meta.first_received_ms,
@@ -701,8 +720,8 @@ impl Processor {
             &to,
             meta.first_received_ms,
         );
-        record.text = text_out;
-        record.encoding = encoding.unwrap_or(Encoding::Gsm7).as_str().to_string();
+        record.text = decoded.text;
+        record.encoding = decoded.encoding.as_str().to_string();
         record.parts = u32::from(meta.total);
         record.complete = complete;
         record.missing_parts = meta.missing();

@@ -881,6 +881,90 @@ async fn records_of_assembled_parts_go_once_their_journal_entries_are_released()
     h.stop_daemon().await;
 }
 
+/// A UDH-concatenated part built by hand: `user_data` after a UDH with an 8-bit reference.
+fn udh_part(
+    data_coding: u8,
+    reference: u16,
+    total: u8,
+    seq: u8,
+    user_data: &[u8],
+) -> vmnd::smpp::pdu::ShortMessage {
+    let mut sm = mo::binary(ALICE, SHORT_CODE, &[]);
+    sm.data_coding = data_coding;
+    sm.esm_class = vmnd::smpp::pdu::esm_class::UDHI;
+    let mut data = vmnd::smpp::udh::concat_udh(reference, total, seq, false);
+    data.extend_from_slice(user_data);
+    sm.short_message = data.into();
+    sm
+}
+
+/// A phone reuses a concatenation reference (it has 256) for a new message while the old one
+/// still misses a part: the old one is delivered as it is, incomplete, and the new one whole;
+/// neither's text is mixed into the other's or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_reference_keeps_both_messages_apart() {
+    let mut h = start_with(SinkMode::Ok, |text| text).await;
+    let septets = |text: &str| mo::gsm_septets(text);
+    // Old: parts 1 and 2 of 3 (part 3 never comes). New: all three, same reference.
+    h.smsc.enqueue_many([
+        udh_part(0, 5, 3, 1, &septets("old one ")),
+        udh_part(0, 5, 3, 2, &septets("old two ")),
+        udh_part(0, 5, 3, 1, &septets("new one ")),
+        udh_part(0, 5, 3, 2, &septets("new two ")),
+        udh_part(0, 5, 3, 3, &septets("new three")),
+    ]);
+    let sink = h.sink.clone();
+    assert!(
+        eventually(STEP, || sink.count() == 2).await,
+        "{} deliveries",
+        sink.count()
+    );
+    let mut bodies = sink_bodies(&h.sink);
+    bodies.sort_by_key(|b| b["text"].as_str().unwrap_or_default().to_string());
+    assert_eq!(bodies[0]["text"], "new one new two new three");
+    assert_eq!(bodies[0]["parts"], 3);
+    assert!(bodies[0].get("complete").is_none(), "{}", bodies[0]);
+    assert_eq!(bodies[1]["text"], "old one old two ");
+    assert_eq!(bodies[1]["complete"], false);
+    assert_eq!(bodies[1]["missing_parts"], serde_json::json!([3]));
+    // Nothing more comes after the reassembly timeout (2 s): no group was left open.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(sink.count(), 2);
+    h.stop_daemon().await;
+}
+
+/// Senders cut where the part is full, even inside a GSM escape pair or a UTF-16 surrogate
+/// pair: the parts are joined before they are decoded, so the character survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn characters_split_between_parts_are_joined() {
+    let mut h = start_with(SinkMode::Ok, |text| text).await;
+    // "Pay 5€ now": ESC ends part 1, the euro's code (0x65) starts part 2.
+    let mut gsm_one = mo::gsm_septets("Pay 5");
+    gsm_one.push(0x1B);
+    let mut gsm_two = vec![0x65];
+    gsm_two.extend(mo::gsm_septets(" now"));
+    // "Hi 😀!": the high surrogate ends part 1, the low one starts part 2.
+    let ucs2 = vmnd::smpp::text::encode_ucs2("Hi 😀!");
+    let (ucs2_one, ucs2_two) = ucs2.split_at(8);
+    h.smsc.enqueue_many([
+        udh_part(0x00, 21, 2, 1, &gsm_one),
+        udh_part(0x00, 21, 2, 2, &gsm_two),
+        udh_part(0x08, 22, 2, 2, ucs2_two),
+        udh_part(0x08, 22, 2, 1, ucs2_one),
+    ]);
+    let sink = h.sink.clone();
+    assert!(eventually(STEP, || sink.count() == 2).await);
+    let texts: BTreeSet<String> = sink_bodies(&h.sink)
+        .iter()
+        .map(|b| b["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        texts,
+        BTreeSet::from(["Pay 5€ now".to_string(), "Hi 😀!".to_string()])
+    );
+    h.stop_daemon().await;
+}
+
 /// A clean stop lets the request in flight finish and writes down the jobs still held in
 /// memory, so their journal entries go: the next start sends each message once more only if
 /// it was never answered, and runs the written jobs as they were planned.

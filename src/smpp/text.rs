@@ -184,18 +184,86 @@ pub fn decode_text(
 ) -> DecodedText {
     let charset = charset_for_dcs(data_coding);
     let text = match charset {
-        Charset::Gsm7 if gsm_packed => decode_gsm7_packed(user_data, fill_bits_for_udh(udh_octets)),
-        Charset::Gsm7 => decode_gsm7_septets(user_data),
-        // IA5 has no bytes above 0x7F; Latin-1 reads them losslessly.
-        Charset::Ascii | Charset::Latin1 => decode_latin1(user_data),
-        Charset::Cyrillic => user_data.iter().map(|&b| iso_8859_5(b)).collect(),
-        Charset::Hebrew => user_data.iter().map(|&b| iso_8859_8(b)).collect(),
-        Charset::Ucs2 => decode_ucs2(user_data),
-        Charset::Binary => hex::encode(user_data),
+        Charset::Gsm7 if gsm_packed => decode_in(
+            charset,
+            &packed_septets(user_data, fill_bits_for_udh(udh_octets)),
+        ),
+        _ => decode_in(charset, user_data),
     };
     DecodedText {
         text,
         encoding: charset.encoding(),
+    }
+}
+
+/// One part of a concatenated message, as [`decode_parts`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct PartData<'a> {
+    /// The part number (from 1): a gap between two parts' numbers ends the run they join in.
+    pub seq: u8,
+    pub data_coding: u8,
+    /// User data after the UDH.
+    pub user_data: &'a [u8],
+    /// Octets of the removed UDH, UDHL included (packed GSM fill bits depend on it).
+    pub udh_octets: usize,
+}
+
+/// Decodes a concatenated message's parts, in part-number order, into one text.
+///
+/// Consecutive parts in the same character set are joined *before* decoding: senders split a
+/// GSM escape pair (ESC ending one part, the extension code starting the next) or a UTF-16
+/// surrogate pair across parts, and decoding each part alone would turn either into two wrong
+/// characters. Packed GSM parts are unpacked to septets first, each with its own fill bits and
+/// padding. A missing part or a change of character set ends the run, and so does a UCS2 run
+/// with an odd number of octets (joining past it would shift every later unit). The encoding
+/// reported is the first part's. Never fails, like [`decode_text`].
+pub fn decode_parts(parts: &[PartData<'_>], gsm_packed: bool) -> DecodedText {
+    let mut text = String::new();
+    // GSM: septets; every other character set: octets.
+    let mut run: Vec<u8> = Vec::new();
+    let mut run_charset: Option<Charset> = None;
+    let mut last_seq: Option<u8> = None;
+    for part in parts {
+        let charset = charset_for_dcs(part.data_coding);
+        let follows = last_seq.and_then(|s| s.checked_add(1)) == Some(part.seq);
+        let joins = follows
+            && run_charset == Some(charset)
+            && !(charset == Charset::Ucs2 && run.len() % 2 != 0);
+        if !joins {
+            if let Some(c) = run_charset {
+                text.push_str(&decode_in(c, &run));
+            }
+            run.clear();
+        }
+        run_charset = Some(charset);
+        last_seq = Some(part.seq);
+        match charset {
+            Charset::Gsm7 if gsm_packed => run.extend(packed_septets(
+                part.user_data,
+                fill_bits_for_udh(part.udh_octets),
+            )),
+            _ => run.extend_from_slice(part.user_data),
+        }
+    }
+    if let Some(c) = run_charset {
+        text.push_str(&decode_in(c, &run));
+    }
+    let encoding = parts.first().map_or(Encoding::Gsm7, |p| {
+        charset_for_dcs(p.data_coding).encoding()
+    });
+    DecodedText { text, encoding }
+}
+
+/// Decodes `data` in `charset`; for GSM 7-bit, `data` is septets (one per octet).
+fn decode_in(charset: Charset, data: &[u8]) -> String {
+    match charset {
+        Charset::Gsm7 => decode_gsm7_septets(data),
+        // IA5 has no bytes above 0x7F; Latin-1 reads them losslessly.
+        Charset::Ascii | Charset::Latin1 => decode_latin1(data),
+        Charset::Cyrillic => data.iter().map(|&b| iso_8859_5(b)).collect(),
+        Charset::Hebrew => data.iter().map(|&b| iso_8859_8(b)).collect(),
+        Charset::Ucs2 => decode_ucs2(data),
+        Charset::Binary => hex::encode(data),
     }
 }
 
@@ -242,8 +310,9 @@ fn gsm_extension_char(code: u8) -> Option<char> {
         .map(|(_, ch)| *ch)
 }
 
-/// Packed GSM 7-bit: septet count from the octets, then the padding rule of the module header.
-fn decode_gsm7_packed(octets: &[u8], fill_bits: u8) -> String {
+/// Packed GSM 7-bit to septets: septet count from the octets, then the padding rule of the
+/// module header.
+fn packed_septets(octets: &[u8], fill_bits: u8) -> Vec<u8> {
     let bits = (octets.len() * 8).saturating_sub(usize::from(fill_bits));
     let count = bits / 7;
     let mut septets = unpack_septets(octets, fill_bits, count);
@@ -253,7 +322,7 @@ fn decode_gsm7_packed(octets: &[u8], fill_bits: u8) -> String {
     if count > 0 && bits % 7 == 0 && matches!(septets.last(), Some(0x00 | 0x0D)) {
         septets.pop();
     }
-    decode_gsm7_septets(&septets)
+    septets
 }
 
 fn decode_latin1(bytes: &[u8]) -> String {
@@ -857,6 +926,130 @@ mod tests {
             let fill = rng.u8(..);
             let _ = unpack_septets(&data, fill, rng.usize(0..400));
             let _ = pack_septets(&data, fill);
+        }
+    }
+
+    fn part(seq: u8, data_coding: u8, user_data: &[u8]) -> PartData<'_> {
+        PartData {
+            seq,
+            data_coding,
+            user_data,
+            udh_octets: 6,
+        }
+    }
+
+    #[test]
+    fn parts_join_a_gsm_escape_split_between_them() {
+        // "Price 5€": ESC ends part 1, the euro's code starts part 2.
+        let mut one = encode_gsm7_unpacked("Price 5").unwrap();
+        one.push(GSM_ESC);
+        let two = [0x65, b'!'];
+        let d = decode_parts(&[part(1, 0x00, &one), part(2, 0x00, &two)], false);
+        assert_eq!((d.text.as_str(), d.encoding), ("Price 5€!", Encoding::Gsm7));
+        // Decoded part by part it would be "Price 5 " + "e!" (lone ESC, then 0x65 alone).
+        let alone =
+            decode_text(0x00, &one, false, 6).text + &decode_text(0x00, &two, false, 6).text;
+        assert_eq!(alone, "Price 5 e!");
+
+        // Packed, each part with its own fill bits after a 6-octet UDH.
+        let fill = fill_bits_for_udh(6);
+        let packed_one = pack_septets(&one, fill);
+        let packed_two = pack_septets(&two, fill);
+        let d = decode_parts(
+            &[part(1, 0x00, &packed_one), part(2, 0x00, &packed_two)],
+            true,
+        );
+        assert_eq!(d.text, "Price 5€!");
+    }
+
+    #[test]
+    fn parts_join_a_surrogate_pair_split_between_them() {
+        // "Hi 😀": the high surrogate ends part 1, the low one starts part 2.
+        let bytes = encode_ucs2("Hi 😀 ok");
+        let (one, two) = bytes.split_at(8);
+        let d = decode_parts(&[part(1, 0x08, one), part(2, 0x08, two)], false);
+        assert_eq!((d.text.as_str(), d.encoding), ("Hi 😀 ok", Encoding::Ucs2));
+    }
+
+    #[test]
+    fn a_missing_part_or_another_charset_ends_the_run() {
+        // Part 2 missing: ESC at the end of part 1 is a lone ESC (a space), and part 3's first
+        // septet is read on its own.
+        let one = [b'a', GSM_ESC];
+        let three = [0x65, b'b'];
+        let d = decode_parts(&[part(1, 0x00, &one), part(3, 0x00, &three)], false);
+        assert_eq!(d.text, "a eb");
+        // A high surrogate before a gap becomes U+FFFD; it is not paired with part 3's unit.
+        let d = decode_parts(
+            &[
+                part(1, 0x08, &[0x00, 0x41, 0xD8, 0x3D]),
+                part(3, 0x08, &[0xDE, 0x00, 0x00, 0x42]),
+            ],
+            false,
+        );
+        assert_eq!(d.text, "A\u{FFFD}\u{FFFD}B");
+        // GSM then Latin-1: each decoded in its own set; the first part's encoding is reported.
+        let d = decode_parts(
+            &[part(1, 0x00, &[b'x', GSM_ESC]), part(2, 0x03, &[0xE9])],
+            false,
+        );
+        assert_eq!((d.text.as_str(), d.encoding), ("x é", Encoding::Gsm7));
+        // A UCS2 part with an odd octet does not shift the next part's units.
+        let d = decode_parts(
+            &[
+                part(1, 0x08, &[0x00, 0x41, 0x00]),
+                part(2, 0x08, &[0x00, 0x42]),
+            ],
+            false,
+        );
+        assert_eq!(d.text, "A\u{FFFD}B");
+        let d = decode_parts(&[], false);
+        assert_eq!((d.text.as_str(), d.encoding), ("", Encoding::Gsm7));
+    }
+
+    #[test]
+    fn parts_decode_as_their_joined_data_would() {
+        // Cutting a message anywhere and decoding the parts gives the whole message's text.
+        let mut rng = fastrand::Rng::with_seed(0x5917);
+        for _ in 0..2_000 {
+            let (dcs, data): (u8, Vec<u8>) = if rng.bool() {
+                let text: String = (0..rng.usize(1..200))
+                    .map(|_| match rng.u8(0..6) {
+                        0 => GSM_EXTENSION[rng.usize(0..GSM_EXTENSION.len())].1,
+                        _ => rng.alphanumeric(),
+                    })
+                    .collect();
+                (0x00, encode_gsm7_unpacked(&text).unwrap())
+            } else {
+                let text: String = (0..rng.usize(1..100))
+                    .map(|_| match rng.u8(0..4) {
+                        0 => char::from_u32(rng.u32(0x1F600..0x1F650)).unwrap(),
+                        1 => char::from_u32(rng.u32(0x400..0x450)).unwrap(),
+                        _ => rng.alphanumeric(),
+                    })
+                    .collect();
+                (0x08, encode_ucs2(&text))
+            };
+            let step = if dcs == 0x08 { 2 } else { 1 };
+            let mut cuts: Vec<usize> = (0..rng.usize(0..4))
+                .map(|_| rng.usize(0..=data.len() / step) * step)
+                .collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for cut in cuts.into_iter().chain([data.len()]) {
+                pieces.push(&data[start..cut]);
+                start = cut;
+            }
+            let parts: Vec<PartData<'_>> = pieces
+                .iter()
+                .enumerate()
+                .map(|(i, p)| part(i as u8 + 1, dcs, p))
+                .collect();
+            assert_eq!(
+                decode_parts(&parts, false),
+                decode_text(dcs, &data, false, 0)
+            );
         }
     }
 }

@@ -92,8 +92,14 @@ pub struct PartRecord {
 pub enum PartAdded {
     /// Stored; others are still missing.
     Waiting,
-    /// This part number was already there (a carrier redelivery): absorbed.
+    /// This part number was already there with the same content (a carrier redelivery):
+    /// absorbed.
     Duplicate,
+    /// This part number was already there with *other* content: the sender reused the
+    /// reference (it has only 256 values) for a new message while the old one was still
+    /// missing parts. Nothing was stored. The caller delivers the old group as it is
+    /// (incomplete) and adds this part again, which then opens a new group.
+    ReferenceReused(GroupMeta),
     /// Every part is there: assemble and call [`Store::finish_group`].
     Complete(GroupMeta),
 }
@@ -130,7 +136,23 @@ impl Store {
                 },
             };
             if meta.received.contains(&part.seq) {
-                return Ok(PartAdded::Duplicate);
+                let stored = match parts.get(&part_key)? {
+                    Some(raw) => Some(
+                        decode_json::<PartRecord>(&raw)
+                            .map_err(ConflictableTransactionError::Abort)?,
+                    ),
+                    None => None,
+                };
+                // The UDH may differ between redeliveries (an 8-bit or a 16-bit reference);
+                // the text may not.
+                let same = stored.is_none_or(|stored| {
+                    stored.data_coding == part.data_coding && stored.user_data == part.user_data
+                });
+                return Ok(if same {
+                    PartAdded::Duplicate
+                } else {
+                    PartAdded::ReferenceReused(meta)
+                });
             }
             meta.received.push(part.seq);
             meta.journal_ids.push(journal_id);
@@ -323,6 +345,48 @@ mod tests {
             store.add_part(20, 4, &group, 3, &part(1)).unwrap(),
             PartAdded::Waiting
         );
+    }
+
+    #[test]
+    fn a_part_number_seen_again_is_a_duplicate_only_with_the_same_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8, false).unwrap();
+        let group = GroupKey::new("sim", "919800000011", "567678", 9, 3);
+        assert_eq!(
+            store.add_part(30, 1, &group, 3, &part(1)).unwrap(),
+            PartAdded::Waiting
+        );
+        // Redelivered under another UDH (a 16-bit reference is one octet longer): the same.
+        let redelivered = PartRecord {
+            udh_octets: 7,
+            ..part(1)
+        };
+        assert_eq!(
+            store.add_part(31, 2, &group, 3, &redelivered).unwrap(),
+            PartAdded::Duplicate
+        );
+        // Other text under the same part number: a new message reusing the reference.
+        let other = PartRecord {
+            user_data: b"other".to_vec(),
+            ..part(1)
+        };
+        let PartAdded::ReferenceReused(old) = store.add_part(32, 3, &group, 3, &other).unwrap()
+        else {
+            panic!("other text under part 1 is not a redelivery");
+        };
+        assert_eq!((old.first_journal_id, old.journal_ids), (30, vec![30]));
+        // Nothing of the new part was stored: the old group still holds its own text.
+        let (_, meta) = store.open_groups().unwrap().remove(0);
+        assert_eq!(store.group_parts(&group, &meta).unwrap(), vec![part(1)]);
+        // Other coding with the same octets is other text too.
+        let recoded = PartRecord {
+            data_coding: 8,
+            ..part(1)
+        };
+        assert!(matches!(
+            store.add_part(33, 4, &group, 3, &recoded).unwrap(),
+            PartAdded::ReferenceReused(_)
+        ));
     }
 
     #[test]
