@@ -496,3 +496,90 @@ async fn sloppy_responses_settle_their_requests_and_the_bind_holds() {
         "{page}"
     );
 }
+
+/// An SMSC that sends enquire_link and, in the same segment, the first octets of its next PDU
+/// may wait for the answer before it sends the rest: the answer goes out at once, not when
+/// something else flushes the session's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_go_out_while_a_pdu_is_half_read() {
+    let h = Harness::start(SmscConfig::default(), SinkMode::Ok, "").await;
+    assert!(h.smsc.wait_until(LONG, |s| s.sessions_bound == 1).await);
+    let deliver = pdu(
+        command_id::DELIVER_SM,
+        0x4000_0002,
+        &deliver_body(4, b"half", &[]),
+    );
+    let mut first = pdu(command_id::ENQUIRE_LINK, 0x4000_0001, b"").to_vec();
+    first.extend_from_slice(&deliver[..10]);
+    h.smsc.enqueue_raw(first.into());
+    // The daemon's own enquire_link (every 30 s) would flush it too: wait far less.
+    assert!(
+        eventually(Duration::from_secs(5), || !h
+            .smsc
+            .raw_responses()
+            .is_empty())
+        .await,
+        "enquire_link unanswered while a PDU was half read"
+    );
+    let answer = &h.smsc.raw_responses()[0];
+    assert_eq!(
+        (&answer.body, answer.sequence_number, answer.command_status),
+        (&Body::EnquireLinkResp, 0x4000_0001, status::ESME_ROK)
+    );
+    // The rest of the PDU completes it: acknowledged, and the session never dropped.
+    h.smsc.enqueue_raw(deliver.slice(10..));
+    assert!(
+        eventually(LONG, || h.smsc.raw_responses().len() == 2).await,
+        "{:?}",
+        h.smsc.raw_responses()
+    );
+    let ack = &h.smsc.raw_responses()[1];
+    assert!(matches!(ack.body, Body::DeliverSmResp { .. }), "{ack:?}");
+    assert_eq!(
+        (ack.sequence_number, ack.command_status),
+        (0x4000_0002, status::ESME_ROK)
+    );
+    assert!(h.sink.wait_for(1, LONG).await);
+    let stats = h.smsc.stats();
+    assert_eq!((stats.binds_ok, stats.connections), (1, 1), "{stats:?}");
+}
+
+/// A response settles only the request it answers: a submit_sm_resp carrying an
+/// enquire_link's sequence number leaves the enquire_link unanswered, so the session ends
+/// after `response_timeout` and binds again, and the mix-up is counted for operators.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_to_another_command_settles_nothing() {
+    let mixed_up = SmscConfig {
+        mismatched_enquire_link_resps: true,
+        ..SmscConfig::default()
+    };
+    let mut h = Harness::start(mixed_up, SinkMode::Ok, "").await;
+    assert!(h.smsc.wait_until(LONG, |s| s.sessions_bound == 1).await);
+    // Again with the daemon asking every 200 ms and waiting at most 1 s for the answer.
+    h.stop_daemon().await;
+    let text = h.config_text("").replace(
+        "enquire_link = \"30s\"",
+        "enquire_link = \"200ms\"\nresponse_timeout = \"1s\"",
+    );
+    let bound_before = h.smsc.stats().binds_ok;
+    h.daemon = Some(
+        vmnd::daemon::Daemon::start(common::parse_config(&text))
+            .await
+            .expect("daemon"),
+    );
+    assert!(
+        h.smsc
+            .wait_until(LONG, |s| s.binds_ok >= bound_before + 2)
+            .await,
+        "the unanswered enquire_link did not end the session: {:?}",
+        h.smsc.stats()
+    );
+    let (_, metrics) = h.admin_get("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("vmnd_pdu_errors_total")
+                && l.contains("kind=\"mismatched_response\"")),
+        "{metrics}"
+    );
+}

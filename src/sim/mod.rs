@@ -84,6 +84,10 @@ pub struct SmscConfig {
     /// submit_sm_resp carry their id without its NUL terminator, and enquire_link_resp has a
     /// stray octet for a body. Each fails a strict decode. Default false.
     pub sloppy_responses: bool,
+    /// Answer every enquire_link with a submit_sm_resp of the same sequence number, like an
+    /// SMSC that mixes up its answers (tests that a response settles only the request it
+    /// answers). Default false.
+    pub mismatched_enquire_link_resps: bool,
 }
 
 impl Default for SmscConfig {
@@ -103,6 +107,7 @@ impl Default for SmscConfig {
             smsc_system_id: "vmnd-sim".into(),
             submit_statuses: Vec::new(),
             sloppy_responses: false,
+            mismatched_enquire_link_resps: false,
         }
     }
 }

@@ -554,7 +554,17 @@ impl Session {
             }
             Body::EnquireLink => {
                 c.enquire_links_received.fetch_add(1, Ordering::AcqRel);
-                self.respond(&p, status::ESME_ROK);
+                if self.inner.cfg.mismatched_enquire_link_resps {
+                    self.push(&Pdu {
+                        command_status: status::ESME_ROK,
+                        sequence_number: p.sequence_number,
+                        body: Body::SubmitSmResp {
+                            message_id: String::new(),
+                        },
+                    });
+                } else {
+                    self.respond(&p, status::ESME_ROK);
+                }
             }
             Body::Unbind => {
                 // Answer, stop sending, close once the answer is written; in-flight messages

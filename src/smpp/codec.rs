@@ -39,6 +39,18 @@ pub enum Frame {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FrameCodec;
 
+/// True when `buffered` already holds the next frame whole, so that [`FrameCodec`] yields it
+/// without reading more. The session flushes its replies when this is false: a peer may wait
+/// for them before it sends the rest of a PDU whose first octets are already here.
+pub fn holds_frame(buffered: &[u8]) -> bool {
+    if buffered.len() < HEADER_LEN {
+        return false;
+    }
+    let len = word(buffered, 0) as usize;
+    // A bad length is a frame of its own (`Frame::BadLength`), yielded at once.
+    !(HEADER_LEN..=MAX_PDU_LEN).contains(&len) || buffered.len() >= len
+}
+
 /// The big-endian u32 at `at`; the caller has checked that 16 octets are buffered.
 fn word(src: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([src[at], src[at + 1], src[at + 2], src[at + 3]])
@@ -222,6 +234,23 @@ mod tests {
             FrameCodec.decode(&mut buf),
             Ok(Some(Frame::BadLength { .. }))
         ));
+    }
+
+    #[test]
+    fn holds_frame_says_whether_decode_yields_without_more_input() {
+        // Every prefix of a stream of good and bad frames: holds_frame agrees with decode.
+        let mut stream = pdu(0x0000_0005, 1, b"a body");
+        stream.extend(header_with_length(8, 5, 2));
+        stream.extend(header_with_length(MAX_PDU_LEN as u32 + 1, 5, 3));
+        for end in 0..=stream.len() {
+            for start in 0..end {
+                let buffered = &stream[start..end];
+                let mut buf = BytesMut::from(buffered);
+                let yields = FrameCodec.decode(&mut buf).expect("never errs").is_some();
+                assert_eq!(holds_frame(buffered), yields, "octets {start}..{end}");
+            }
+        }
+        assert!(!holds_frame(&[]));
     }
 
     #[test]

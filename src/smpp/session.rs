@@ -20,7 +20,7 @@ use tokio_util::codec::FramedRead;
 
 use crate::clock;
 use crate::config::{BindMode, Carrier};
-use crate::smpp::codec::{Frame, FrameCodec};
+use crate::smpp::codec::{self, Frame, FrameCodec};
 use crate::smpp::pdu::{self, Bind, Body, Pdu, ShortMessage, command_id, status};
 use crate::smpp::supervisor::CarrierState;
 use crate::store::JournalEntry;
@@ -350,7 +350,10 @@ impl Session {
                     Some(Err(e)) => Err(SessionEnd::Failed(format!("read: {e}"))),
                     Some(Ok(frame)) => {
                         let r = self.on_frame(frame).await;
-                        if r.is_ok() && reader.read_buffer().is_empty() {
+                        // Replies to frames read together go out together; once no whole
+                        // frame is left, they go now (the peer may wait for them before it
+                        // sends the rest of a PDU already begun).
+                        if r.is_ok() && !codec::holds_frame(reader.read_buffer()) {
                             self.flush().await
                         } else {
                             r
