@@ -1007,8 +1007,8 @@ async fn a_clean_stop_settles_the_request_in_flight_and_writes_down_held_jobs() 
     h.stop_daemon().await;
 }
 
-/// The admin server's limits on clients that hold connections: one that sends nothing is
-/// closed after `HEADER_TIMEOUT`; past `MAX_CONNECTIONS` open at once a new connection is
+/// The admin server's limits on clients that hold connections: one that sends nothing, and a
+/// keep-alive one idle after its request, are closed after `HEADER_TIMEOUT`; past `MAX_CONNECTIONS` open at once a new connection is
 /// closed at once, and once some go, requests are served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_connections_that_hold_on_are_closed_or_capped() {
@@ -1024,13 +1024,37 @@ async fn admin_connections_that_hold_on_are_closed_or_capped() {
         )
     };
     let silent = TcpStream::connect(addr).await.expect("connect");
+    // A keep-alive connection that made one request and went quiet: closed as well.
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    {
+        use tokio::io::AsyncWriteExt;
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: vmnd\r\n\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 12];
+        idle.read_exact(&mut head).await.expect("response");
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    let limit = vmnd::admin::HEADER_TIMEOUT + Duration::from_secs(10);
+    let (silent_closed, idle_closed) = tokio::join!(closed_within(silent, limit), async {
+        // Read past the response's rest first: only the close counts.
+        let mut idle = idle;
+        let mut rest = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(limit, idle.read(&mut rest)).await {
+                Ok(Ok(0) | Err(_)) => break true,
+                Ok(Ok(_)) => continue,
+                Err(_) => break false,
+            }
+        }
+    });
     assert!(
-        closed_within(
-            silent,
-            vmnd::admin::HEADER_TIMEOUT + Duration::from_secs(10)
-        )
-        .await,
+        silent_closed,
         "a connection that sent nothing was kept open"
+    );
+    assert!(
+        idle_closed,
+        "a keep-alive connection idle after its request was kept open"
     );
 
     let mut held = Vec::new();

@@ -149,13 +149,16 @@ fn describe() {
     mail::describe();
 }
 
-/// How long a new connection may take to send its first request's headers (a slow-headers
-/// or silent client is closed after it). Hyper starts it when the connection is accepted.
+/// How long a connection may wait before a request's headers have all arrived: a silent or
+/// slow-headers client is closed after it. Hyper (1.6 and later) starts it when the
+/// connection is accepted and again once a response is written, so it is also the idle
+/// timeout of a keep-alive connection.
 pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Admin connections open at once, at most. A keep-alive connection that went quiet after a
-/// request is not closed by [`HEADER_TIMEOUT`]; without a cap, enough of them would use up the
-/// daemon's file descriptors, which its carrier binds, webhooks and databases need too.
+/// Admin connections open at once, at most. [`HEADER_TIMEOUT`] does not bound a client that
+/// sends a body slowly or does not read its response; without a cap, enough of them would
+/// use up the daemon's file descriptors, which its carrier binds, webhooks and databases
+/// need too.
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// Serves until `shutdown` turns true. Connection errors are logged and never stop the server.
