@@ -36,7 +36,7 @@ const LONG: Duration = Duration::from_secs(120);
 
 /// The `vmnd` binary as a child process, with its config, data and logs in one temp dir.
 /// Dropping it SIGKILLs and reaps a running child, so a failing test leaves no process behind,
-/// and prints every run's log when the test is panicking.
+/// and prints every run's log and keeps the data directory when the test is panicking.
 struct Vmnd {
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -81,7 +81,11 @@ impl Vmnd {
             .arg(&self.config)
             // Warnings and errors only, plus the daemon's own start line: it names the admin
             // address (configured as port 0) and how many journal entries were recovered.
-            .env("RUST_LOG", "warn,vmnd::daemon=info")
+            // `CRASH_TEST_LOG` replaces the filter when a failure needs more.
+            .env(
+                "RUST_LOG",
+                std::env::var("CRASH_TEST_LOG").unwrap_or("warn,vmnd::daemon=info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -187,6 +191,11 @@ impl Drop for Vmnd {
         }
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
+            // The data directory is the evidence: keep it for `Store::open` to look into.
+            if let Ok(empty) = tempfile::tempdir() {
+                let kept = std::mem::replace(&mut self.dir, empty).keep();
+                eprintln!("data directory kept at {}", kept.display());
+            }
         }
     }
 }

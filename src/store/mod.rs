@@ -398,6 +398,26 @@ fn open_db(dir: &Path, cache_mb: u64) -> Result<sled::Db> {
     }
 }
 
+/// Makes sure no id this run hands out can be handed out again after a crash.
+///
+/// Every id that must be unique across restarts (journal entries, and through them message
+/// records and jobs; mail replies; ledger entries) comes from sled's `generate_id`. sled
+/// writes its counter every million ids and, when it recovers, starts two million past the
+/// last counter it finds on disk. But the first counter a run writes is not flushed: a crash
+/// before sled's next flush finds the old counter again, and the run after it hands out the
+/// same ids. Two SIGKILLs within a second of each other did that: the third run's messages
+/// took the ids of the second run's, replaced their records, and their jobs were dropped as
+/// already known (`tests/crash.rs` caught it on a loaded machine). Taking one id and flushing
+/// here puts that first counter on disk before any id is used.
+fn make_id_counter_durable(db: &sled::Db, db_file: Option<&File>) -> Result<()> {
+    db.generate_id()?;
+    db.flush()?;
+    if let Some(f) = db_file {
+        f.sync_data()?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (or creates) the database in `dir` with a page cache of `cache_mb` MiB.
     /// `fsync`: fdatasync the journal at each commit and fsync sled's file after each flush
@@ -423,6 +443,7 @@ impl Store {
         } else {
             None
         };
+        make_id_counter_durable(&db, db_file.as_ref())?;
         let dead = db.open_tree("dead")?;
         let dead_count = std::sync::atomic::AtomicU64::new(dead.len() as u64);
         Ok(Store {
@@ -801,6 +822,46 @@ pub(crate) mod tests {
             let back: MessageRecord = decode_json(&ours).unwrap();
             assert_eq!(back, record);
         }
+    }
+
+    /// Copies a directory tree: what a SIGKILL at this moment would leave on disk (the files
+    /// as the kernel has them), without stopping the store that writes there.
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for item in std::fs::read_dir(from).unwrap() {
+            let item = item.unwrap();
+            let target = to.join(item.file_name());
+            if item.file_type().unwrap().is_dir() {
+                copy_tree(&item.path(), &target);
+            } else {
+                std::fs::copy(item.path(), target).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn ids_are_not_handed_out_again_after_two_quick_crashes() {
+        let root = tempfile::tempdir().unwrap();
+        let first = root.path().join("first");
+        // A run that ends cleanly, so the next open recovers a counter.
+        drop(Store::open(&first, 8, true).unwrap());
+        // The next run journals a batch and is killed at once, before any flush of its own.
+        let running = Store::open(&first, 8, true).unwrap();
+        let ids = running.journal(&[entry(1)]).unwrap();
+        running.flush_journal().unwrap();
+        let killed = root.path().join("killed");
+        copy_tree(&first, &killed);
+        // The run after it (on what the kill left) must not take those ids again.
+        let after = Store::open(&killed, 8, true).unwrap();
+        assert_eq!(after.pending_journal_ids().unwrap(), ids);
+        let new_ids = after.journal(&[entry(2)]).unwrap();
+        assert!(
+            new_ids[0] > ids[0],
+            "id {:x} handed out again after the crash ({:x} before it)",
+            new_ids[0],
+            ids[0]
+        );
+        drop(running);
     }
 
     fn entry(n: u8) -> JournalEntry {
