@@ -118,7 +118,12 @@ impl Daemon {
         let mut submit_receivers = Vec::new();
         for carrier in &config.carriers {
             let (tx, rx) = mpsc::channel::<SubmitRequest>(carrier.window.max(1) as usize * 4);
-            submit_senders.insert(carrier.name.clone(), tx);
+            // A receiver bind never sends: without a sender its SMS jobs (queued while the
+            // config still made it a transceiver) become dead letters instead of waiting on
+            // a queue nobody takes from.
+            if carrier.bind == crate::config::BindMode::Transceiver {
+                submit_senders.insert(carrier.name.clone(), tx);
+            }
             submit_receivers.push(rx);
         }
         let (journal_ids_tx, journal_ids_rx) = writer::handoff(config.daemon.backlog_in_memory);

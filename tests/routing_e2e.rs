@@ -556,3 +556,131 @@ fn vmnd_route_explains_no_match_and_expired() {
     let unrouted = route(&["--to", "111111", "--from", "919812345678", "hi"]);
     assert!(unrouted.contains("unrouted"), "{unrouted}");
 }
+
+/// A receipt for the first segment of a long reply can come back while the next segment still
+/// waits for its turn (one submit_sm a second here): it is kept, not overwritten by the
+/// sender's older copy of the record, and the reply is delivered once both are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_that_comes_back_mid_reply_is_kept() {
+    let long = "This reply is long enough to need two segments. ".repeat(4);
+    let extra = format!(
+        "\n[[number.keyword]]\nkeyword = \"HI\"\nreply = \"{}\"\n",
+        long.trim_end()
+    );
+    let mut h = Harness::start(SmscConfig::default(), SinkMode::Ok, &extra).await;
+    h.stop_daemon().await;
+    let text = h.config_text(&extra).replace(
+        "enquire_link = \"30s\"",
+        "enquire_link = \"30s\"\nsubmit_per_second = 1",
+    );
+    h.daemon = Some(
+        vmnd::daemon::Daemon::start(common::parse_config(&text))
+            .await
+            .expect("daemon"),
+    );
+    let receipt = |id: &str| {
+        mo::receipt(
+            "919812340002",
+            VMN,
+            &Receipt {
+                id: id.into(),
+                stat: "DELIVRD".into(),
+                ..Default::default()
+            },
+        )
+    };
+    h.smsc.enqueue(mo::gsm("919812340002", VMN, "hi"));
+    assert!(eventually(LONG, || h.smsc.submitted().len() == 1).await);
+    h.smsc.enqueue(receipt("sim-1"));
+    let outbound = || async {
+        let (_, body) = h.admin_get("/api/outbound").await;
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["outbound"][0].clone()
+    };
+    let mut record = outbound().await;
+    for _ in 0..200 {
+        if record["state"] == "sent" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        record = outbound().await;
+    }
+    assert_eq!(h.smsc.submitted().len(), 2, "{record}");
+    assert_eq!(record["state"], "sent", "{record}");
+    assert_eq!(
+        record["segments"][0]["carrier_message_id"], "sim-1",
+        "{record}"
+    );
+    assert_eq!(record["segments"][0]["receipt"], "DELIVRD", "{record}");
+    assert!(record["segments"][1].get("receipt").is_none(), "{record}");
+    h.smsc.enqueue(receipt("sim-2"));
+    let mut delivered = false;
+    for _ in 0..200 {
+        if outbound().await["state"] == "delivered" {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(delivered, "{}", outbound().await);
+}
+
+/// An SMS job queued while its carrier was a transceiver, found after a restart with the
+/// carrier now a `receiver` bind, cannot leave: it becomes a dead letter (and its record
+/// says failed) instead of waiting for good on a queue no session takes from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sms_job_for_a_receiver_bind_is_dead_lettered() {
+    use vmnd::store::queue::{Job, SmsJob};
+    let mut h = Harness::start(SmscConfig::default(), SinkMode::Ok, "").await;
+    h.stop_daemon().await;
+    let job_id = 77 << 8;
+    {
+        let store = vmnd::store::Store::open(&h.dir.path().join("var"), 8, false).expect("open");
+        store
+            .job_update(&Job {
+                id: job_id,
+                message_id: 77,
+                webhook: String::new(),
+                event: "message".into(),
+                attempts: 0,
+                created_ms: 1,
+                due_ms: 1,
+                first_attempt_ms: None,
+                last_error: None,
+                last_status: None,
+                sms: Some(SmsJob {
+                    carrier: "sim".into(),
+                    from: VMN.into(),
+                    to: "919812340003".into(),
+                    text: "queued before the change".into(),
+                    purpose: "reply".into(),
+                    reference: 3,
+                    sent: Vec::new(),
+                }),
+                email: None,
+            })
+            .expect("write job");
+        store.commit().await.expect("commit");
+    }
+    let text = h.config_text("").replace(
+        "password = \"secret\"",
+        "password = \"secret\"\nbind = \"receiver\"",
+    );
+    h.daemon = Some(
+        vmnd::daemon::Daemon::start(common::parse_config(&text))
+            .await
+            .expect("daemon"),
+    );
+    let mut body = String::new();
+    for _ in 0..200 {
+        body = h.admin_get("/api/deadletters").await.1;
+        if body.contains("no longer configured") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(body.contains("no longer configured"), "{body}");
+    let (_, outbound) = h.admin_get("/api/outbound").await;
+    let page: serde_json::Value = serde_json::from_str(&outbound).expect("json");
+    assert_eq!(page["outbound"][0]["state"], "failed", "{page}");
+    assert!(h.smsc.submitted().is_empty());
+}

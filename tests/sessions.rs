@@ -583,3 +583,70 @@ async fn a_response_to_another_command_settles_nothing() {
         "{metrics}"
     );
 }
+
+/// An SMSC that keeps the connection open but stops reading (wedged, or cut off with no
+/// RST): once the socket's buffers are full the daemon's writes stall, and within
+/// `response_timeout` the session ends and the daemon connects again, rather than hanging
+/// in a write with nothing else running and the bind looking up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_smsc_that_stops_reading_is_left_and_reconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use vmnd::smpp::pdu::{self, Pdu};
+    // A small receive buffer, so that the daemon's acks fill the connection soon.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let listener = socket.listen(8).expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = vmnd::http_sink::HttpSink::start(SinkMode::Ok)
+        .await
+        .expect("sink");
+    let text = common::config_text(&dir.path().join("var"), port, &sink.url("/sms"), "").replace(
+        "enquire_link = \"30s\"",
+        "enquire_link = \"30s\"\nresponse_timeout = \"1s\"",
+    );
+    let daemon = vmnd::daemon::Daemon::start(common::parse_config(&text))
+        .await
+        .expect("daemon");
+
+    let (mut conn, _) = tokio::time::timeout(LONG, listener.accept())
+        .await
+        .expect("the daemon connects")
+        .expect("accept");
+    // Answer the bind, then send deliver_sm and never read again.
+    let mut header = [0u8; 16];
+    conn.read_exact(&mut header).await.expect("bind");
+    let length = u32::from_be_bytes(header[..4].try_into().unwrap()) as usize;
+    let mut body = vec![0u8; length - 16];
+    conn.read_exact(&mut body).await.expect("bind body");
+    let bind_seq = u32::from_be_bytes(header[12..16].try_into().unwrap());
+    let bind_resp = pdu::encode_to_bytes(&Pdu {
+        command_status: status::ESME_ROK,
+        sequence_number: bind_seq,
+        body: Body::BindTransceiverResp {
+            system_id: "wedged".into(),
+        },
+    });
+    conn.write_all(&bind_resp).await.expect("bind_resp");
+    let (_read_half, mut write_half) = conn.into_split();
+    let flood = tokio::spawn(async move {
+        for seq in 1..=200_000u32 {
+            let deliver = pdu::encode_to_bytes(&Pdu {
+                command_status: 0,
+                sequence_number: seq,
+                body: Body::DeliverSm(Box::new(mo::gsm("919812345678", "567678", "flood"))),
+            });
+            if write_half.write_all(&deliver).await.is_err() {
+                return;
+            }
+        }
+    });
+    let again = tokio::time::timeout(Duration::from_secs(20), listener.accept()).await;
+    assert!(
+        matches!(again, Ok(Ok(_))),
+        "the daemon stayed in a session whose SMSC does not read"
+    );
+    flood.abort();
+    daemon.shutdown().await;
+}

@@ -656,6 +656,21 @@ fn enqueue(store: &Store, endpoints: &mut Endpoints, s: Scheduled) {
                     if let Some(hold) = s.fresh.as_ref().and_then(|f| f.hold.as_ref()) {
                         hold.settle();
                     }
+                    // An SMS that will not go: its record says so, as an attempt's would.
+                    if let Some(sms) = &letter.job.sms {
+                        let failed = store.update_outbound(
+                            letter.job.id,
+                            &new_outbound_record(&letter.job, sms),
+                            |record| {
+                                record.state = "failed".to_string();
+                                record.error = Some(letter.reason.clone());
+                                record.updated_ms = letter.dead_at_ms;
+                            },
+                        );
+                        if let Err(e) = failed {
+                            tracing::error!(job = letter.job.id, error = %e, "cannot mark the SMS failed");
+                        }
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot dead-letter job"),
             }
@@ -878,11 +893,13 @@ impl AttemptTask {
     fn dead_letter(&self, job: Job, reason: String) -> store::Result<()> {
         tracing::warn!(job = job.id, %reason, "dead letter");
         if job.sms.is_some() {
-            if let Some(mut record) = self.store.outbound(job.id)? {
-                record.state = "failed".to_string();
-                record.error = Some(reason.clone());
-                record.updated_ms = clock::now_ms();
-                self.store.put_outbound(job.id, &record)?;
+            if let Some(sms) = &job.sms {
+                self.store
+                    .update_outbound(job.id, &new_outbound_record(&job, sms), |record| {
+                        record.state = "failed".to_string();
+                        record.error = Some(reason.clone());
+                        record.updated_ms = clock::now_ms();
+                    })?;
             }
         }
         self.store.job_dead(&DeadLetter {
@@ -1036,10 +1053,10 @@ impl AttemptTask {
             });
         };
         let segments = sms_text::segments(&sms.text, sms.reference);
-        let mut record = match self.store.outbound(job.id)? {
-            Some(r) => r,
-            None => new_outbound_record(job, &sms),
-        };
+        // The record as it starts, written at the first change. Every change below is a
+        // compare-and-swap on the stored record (`Store::update_outbound`): receipts for the
+        // segments already accepted may come back while later ones are sent.
+        let initial = new_outbound_record(job, &sms);
         // DESIGN.md promise 3: nothing reaches a person who opted out of the number but the
         // one confirmation. Checked at send time, so replies queued or scheduled before the
         // opt-out are cancelled too.
@@ -1049,10 +1066,11 @@ impl AttemptTask {
             metrics::counter!("vmnd_sms_suppressed_total", "purpose" => sms.purpose.clone())
                 .increment(1);
             tracing::info!(job = job.id, to = %sms.to, from = %sms.from, "SMS suppressed: the recipient opted out");
-            record.state = "suppressed".to_string();
-            record.error = Some(format!("{} opted out of {}", sms.to, sms.from));
-            record.updated_ms = clock::now_ms();
-            self.store.put_outbound(job.id, &record)?;
+            self.store.update_outbound(job.id, &initial, |record| {
+                record.state = "suppressed".to_string();
+                record.error = Some(format!("{} opted out of {}", sms.to, sms.from));
+                record.updated_ms = clock::now_ms();
+            })?;
             return Ok(Outcome::Done);
         }
         for (index, segment) in segments.iter().enumerate() {
@@ -1075,18 +1093,40 @@ impl AttemptTask {
                 ..Default::default()
             };
             let (reply, answer) = oneshot::channel();
-            if sender.send(SubmitRequest { sm, reply }).await.is_err() {
-                return Ok(Outcome::Retry {
-                    error: format!("carrier {carrier} is not running"),
-                    status: None,
-                });
+            // The session sends it within one response_timeout of now or not at all, and
+            // ends itself one response_timeout (and a tick) after sending it unanswered: three
+            // are enough to hear back either way, so a request sent is never abandoned here.
+            let queued = tokio::time::Instant::now();
+            let request = SubmitRequest {
+                sm,
+                reply,
+                send_by: (queued + response_timeout).into_std(),
+            };
+            // The queue is full while the carrier is not bound: wait no longer than the
+            // session would take the request, so the job retries and, in the end, dead-letters.
+            match tokio::time::timeout_at(queued + response_timeout, sender.send(request)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Ok(Outcome::Retry {
+                        error: format!("carrier {carrier} is not running"),
+                        status: None,
+                    });
+                }
+                Err(_) => {
+                    return Ok(Outcome::Retry {
+                        error: format!("carrier {carrier}: not bound (its submit queue is full)"),
+                        status: None,
+                    });
+                }
             }
-            // Queueing behind the window plus the SMSC's answer.
-            let outcome = match tokio::time::timeout(response_timeout * 3, answer).await {
+            let outcome = match tokio::time::timeout_at(queued + response_timeout * 3, answer).await
+            {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(_)) => {
                     return Ok(Outcome::Retry {
-                        error: format!("carrier {carrier}: session ended before submit_sm_resp"),
+                        error: format!(
+                            "carrier {carrier}: not sent (not bound in time) or the session ended before submit_sm_resp"
+                        ),
                         status: None,
                     });
                 }
@@ -1105,25 +1145,27 @@ impl AttemptTask {
                     if let Some(sms) = job.sms.as_mut() {
                         sms.sent.push((index, outcome.message_id.clone()));
                     }
-                    record.segments.push(OutboundSegment {
-                        seq: index,
-                        carrier_message_id: outcome.message_id,
-                        receipt: None,
-                    });
-                    record.updated_ms = clock::now_ms();
                     // Both before the next segment: a crash now re-sends only what is left.
                     self.store.job_update(job)?;
-                    self.store.put_outbound(job.id, &record)?;
+                    self.store.update_outbound(job.id, &initial, |record| {
+                        record.segments.retain(|s| s.seq != index);
+                        record.segments.push(OutboundSegment {
+                            seq: index,
+                            carrier_message_id: outcome.message_id.clone(),
+                            receipt: None,
+                        });
+                        record.updated_ms = clock::now_ms();
+                    })?;
                 }
                 s if is_transient_submit_error(s) => {
-                    self.store.put_outbound(job.id, &record)?;
+                    self.store.update_outbound(job.id, &initial, |_| {})?;
                     return Ok(Outcome::Retry {
                         error: format!("carrier {carrier}: {}", pdu::status_name(s)),
                         status: None,
                     });
                 }
                 s => {
-                    self.store.put_outbound(job.id, &record)?;
+                    self.store.update_outbound(job.id, &initial, |_| {})?;
                     return Ok(Outcome::GiveUp {
                         error: format!(
                             "carrier {carrier} refused submit_sm: {}",
@@ -1134,9 +1176,13 @@ impl AttemptTask {
                 }
             }
         }
-        record.state = "sent".to_string();
-        record.updated_ms = clock::now_ms();
-        self.store.put_outbound(job.id, &record)?;
+        self.store.update_outbound(job.id, &initial, |record| {
+            // Receipts of the segments sent first may be back already.
+            record.state = store::outbound::receipt_state(&record.segments)
+                .unwrap_or("sent")
+                .to_string();
+            record.updated_ms = clock::now_ms();
+        })?;
         metrics::counter!("vmnd_sms_sent_total", "carrier" => carrier.to_string(), "purpose" => sms.purpose.clone()).increment(1);
         Ok(Outcome::Done)
     }
@@ -1412,6 +1458,142 @@ mod tests {
             eps["crm"].fresh.contains_key(&(2 << 8)),
             "kept for its attempt"
         );
+    }
+
+    /// The dispatcher on a config with carrier "sim" (response_timeout [`SMS_RT`]), its submit
+    /// queue of `capacity` read by the test instead of a session. Returns the queue's sender too
+    /// (to fill it) and the stop switch (the dispatcher stops when it is dropped).
+    fn sms_dispatcher(
+        capacity: usize,
+    ) -> (
+        tempfile::TempDir,
+        Store,
+        Scheduler,
+        mpsc::Receiver<SubmitRequest>,
+        mpsc::Sender<SubmitRequest>,
+        watch::Sender<bool>,
+    ) {
+        let (dir, store) = store();
+        let text = format!(
+            "[daemon]\ndata_dir = \"{}\"\n\n[[carrier]]\nname = \"sim\"\nhost = \"127.0.0.1\"\nport = 9\nsystem_id = \"vmnd\"\npassword = \"secret\"\nresponse_timeout = \"{}ms\"\n",
+            dir.path().display(),
+            SMS_RT.as_millis()
+        );
+        let (config, _) = crate::config::parse(&text, "test.toml", &|_| None).unwrap();
+        let (tx, rx) = mpsc::channel(capacity);
+        let senders = Arc::new(HashMap::from([("sim".to_string(), tx.clone())]));
+        let (scheduler, announced) = Scheduler::channel();
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(run(
+            store.clone(),
+            Arc::new(config),
+            WebhookClient::new(),
+            senders,
+            announced,
+            stop_rx,
+            QueueDepth::default(),
+        ));
+        (dir, store, scheduler, rx, tx, stop)
+    }
+
+    const SMS_RT: Duration = Duration::from_millis(300);
+
+    /// An SMS job for carrier "sim", written to the jobs tree (as the processor writes them)
+    /// and announced.
+    fn schedule_sms(store: &Store, scheduler: &Scheduler, id: u64) {
+        let job = Job {
+            sms: Some(SmsJob {
+                carrier: "sim".into(),
+                from: "567678".into(),
+                to: "919800000011".into(),
+                text: "hello".into(),
+                purpose: "reply".into(),
+                reference: 1,
+                sent: Vec::new(),
+            }),
+            ..job(id, "")
+        };
+        store.job_update(&job).unwrap();
+        scheduler.schedule_fresh(job, record(), None);
+    }
+
+    /// Polls (for up to 5 s) until the job's last error is set; returns it.
+    async fn last_error(store: &Store, id: u64) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(error) = store.job(id).unwrap().and_then(|j| j.last_error) {
+                return error;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the attempt never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// While the carrier is not bound, its submit queue fills up. An attempt waits for room
+    /// no longer than a session would take the request, then retries; so, in the end, the
+    /// job dead-letters instead of waiting for good with its slot taken.
+    #[tokio::test]
+    async fn an_attempt_does_not_wait_for_good_on_a_full_submit_queue() {
+        let (_dir, store, scheduler, _rx, tx, _stop) = sms_dispatcher(1);
+        let (reply, _answer) = oneshot::channel();
+        tx.try_send(SubmitRequest {
+            sm: ShortMessage::default(),
+            reply,
+            send_by: std::time::Instant::now(),
+        })
+        .expect("room for one");
+        schedule_sms(&store, &scheduler, 7 << 8);
+        let error = last_error(&store, 7 << 8).await;
+        assert!(error.contains("submit queue is full"), "{error}");
+    }
+
+    /// A request carries the time until which a session may still send it, one
+    /// response_timeout after it was queued; the dispatcher waits for the answer two more
+    /// past that, longer than a session waits for a response before it ends. A request
+    /// taken late is therefore dropped unsent (and retried), never sent after the dispatcher
+    /// gave up on it, which would send the SMS twice.
+    #[tokio::test]
+    async fn a_request_is_sent_only_while_its_sender_still_waits_for_the_answer() {
+        let (_dir, store, scheduler, mut rx, _tx, _stop) = sms_dispatcher(4);
+        schedule_sms(&store, &scheduler, 8 << 8);
+        let request = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a request in time")
+            .expect("the queue is open");
+        assert!(!request.is_stale());
+        assert!(request.send_by <= std::time::Instant::now() + SMS_RT);
+        let send_by = tokio::time::Instant::from_std(request.send_by);
+        tokio::time::sleep_until(send_by).await;
+        assert!(request.is_stale(), "a session could still send it");
+        // Taken just before `send_by`, it would be answered within a response_timeout (and
+        // a tick) or its session would end: the dispatcher is still waiting then.
+        tokio::time::sleep_until(send_by + SMS_RT * 2 - Duration::from_millis(100)).await;
+        assert!(
+            !request.reply.is_closed(),
+            "the dispatcher gave up too soon"
+        );
+        let SubmitRequest { reply, .. } = request;
+        reply
+            .send(crate::smpp::session::SubmitOutcome {
+                status: status::ESME_ROK,
+                message_id: "m1".into(),
+            })
+            .expect("still waited for");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while store.job(8 << 8).unwrap().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the job never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let record = store.outbound(8 << 8).unwrap().expect("its record");
+        assert_eq!(record.state, "sent");
+        assert_eq!(record.segments[0].carrier_message_id, "m1");
+        assert!(rx.try_recv().is_err(), "sent once");
     }
 
     /// The fresh job of a finished attempt is not dropped on the runtime's worker: it waits

@@ -63,6 +63,19 @@ struct Pending {
 pub struct SubmitRequest {
     pub sm: ShortMessage,
     pub reply: oneshot::Sender<SubmitOutcome>,
+    /// The session sends it only until then; later it drops it unsent (the sender sees the
+    /// reply dropped and retries). The sender waits for the answer past this by more than
+    /// the session waits for a response, so a request sent is never given up on before its
+    /// answer or the session's end: given up on after it was sent, it would be sent again
+    /// and the handset would get the SMS twice.
+    pub send_by: Instant,
+}
+
+impl SubmitRequest {
+    /// The sender gave up on it, or it waited too long for the bind to send it.
+    pub fn is_stale(&self) -> bool {
+        self.reply.is_closed() || Instant::now() >= self.send_by
+    }
 }
 
 /// What the SMSC answered to a submit_sm.
@@ -186,7 +199,7 @@ pub async fn run(
         .await;
     s.ctx.state.set_bound(false);
     metrics::gauge!("vmnd_bind_up", "carrier" => carrier.clone()).set(0.0);
-    let _ = s.writer.flush().await;
+    let _ = s.flush().await;
     end
 }
 
@@ -200,20 +213,27 @@ impl Session {
         seq
     }
 
+    /// Writes one PDU (into the write buffer; to the socket when the buffer fills).
+    ///
+    /// Every write is bounded by `response_timeout`: an SMSC that keeps the connection open
+    /// but stops reading would otherwise hold the session in a write for good, with nothing
+    /// else running (no acks, no timeouts, no enquire_link) and the bind looking up.
     async fn send(&mut self, pdu: &Pdu) -> Result<(), SessionEnd> {
         self.out.clear();
         pdu::encode(pdu, &mut self.out);
-        self.writer
-            .write_all(&self.out)
-            .await
-            .map_err(|e| SessionEnd::Failed(format!("write: {e}")))
+        let limit = self.ctx.carrier.response_timeout;
+        match tokio::time::timeout(limit, self.writer.write_all(&self.out)).await {
+            Ok(written) => written.map_err(|e| SessionEnd::Failed(format!("write: {e}"))),
+            Err(_) => Err(write_stalled(limit)),
+        }
     }
 
     async fn flush(&mut self) -> Result<(), SessionEnd> {
-        self.writer
-            .flush()
-            .await
-            .map_err(|e| SessionEnd::Failed(format!("write: {e}")))
+        let limit = self.ctx.carrier.response_timeout;
+        match tokio::time::timeout(limit, self.writer.flush()).await {
+            Ok(flushed) => flushed.map_err(|e| SessionEnd::Failed(format!("write: {e}"))),
+            Err(_) => Err(write_stalled(limit)),
+        }
     }
 
     async fn request(&mut self, body: Body) -> Result<u32, SessionEnd> {
@@ -335,6 +355,8 @@ impl Session {
                 biased;
                 Some(ack) = acks.recv() => self.on_ack(ack, acks).await,
                 request = submits.recv(), if may_submit && has_token => match request {
+                    // Stale ones cost no token: after an outage they would slow the rest.
+                    Some(request) if request.is_stale() => Ok(()),
                     Some(request) => {
                         rate.try_take();
                         self.submit(request).await
@@ -386,8 +408,8 @@ impl Session {
     }
 
     async fn submit(&mut self, request: SubmitRequest) -> Result<(), SessionEnd> {
-        if request.reply.is_closed() {
-            return Ok(()); // the sender gave up (timed out) and will retry
+        if request.is_stale() {
+            return Ok(()); // the sender retries
         }
         metrics::counter!("vmnd_submit_sm_sent_total", "carrier" => self.ctx.carrier_name.to_string()).increment(1);
         self.request_with_reply(Body::SubmitSm(Box::new(request.sm)), Some(request.reply))
@@ -590,6 +612,12 @@ impl Session {
         }
         Ok(())
     }
+}
+
+fn write_stalled(limit: Duration) -> SessionEnd {
+    SessionEnd::Failed(format!(
+        "write: the SMSC has not read what was sent for {limit:?}"
+    ))
 }
 
 fn is_bind_resp(id: u32) -> bool {

@@ -50,11 +50,43 @@ impl Store {
         }
     }
 
-    pub fn put_outbound(&self, job_id: u64, record: &OutboundRecord) -> Result<()> {
-        self.trees()
-            .outbound
-            .insert(job_id.to_be_bytes(), encode_json(record))?;
-        Ok(())
+    /// Changes the record of `job_id` with `change`, starting from `initial` when there is none
+    /// yet; returns it as stored. Read, change and write are one compare-and-swap, retried on
+    /// a conflict: the dispatcher (segments accepted, the final state) and the processor
+    /// (receipts) change the same record, and a receipt that came back while later segments
+    /// were still being sent was overwritten by the dispatcher's older copy.
+    pub fn update_outbound(
+        &self,
+        job_id: u64,
+        initial: &OutboundRecord,
+        change: impl FnMut(&mut OutboundRecord),
+    ) -> Result<OutboundRecord> {
+        let updated = self.swap_outbound(job_id, Some(initial), change)?;
+        updated.ok_or_else(|| super::StoreError::Corrupt("outbound record vanished".into()))
+    }
+
+    /// [`Store::update_outbound`] for a record that must exist already: None when it does not.
+    fn swap_outbound(
+        &self,
+        job_id: u64,
+        initial: Option<&OutboundRecord>,
+        mut change: impl FnMut(&mut OutboundRecord),
+    ) -> Result<Option<OutboundRecord>> {
+        let tree = self.trees().outbound;
+        let key = job_id.to_be_bytes();
+        let mut current = tree.get(key)?;
+        loop {
+            let mut record = match (&current, initial) {
+                (Some(raw), _) => decode_json::<OutboundRecord>(raw)?,
+                (None, Some(initial)) => initial.clone(),
+                (None, None) => return Ok(None),
+            };
+            change(&mut record);
+            match tree.compare_and_swap(key, current.as_ref(), Some(encode_json(&record)))? {
+                Ok(()) => return Ok(Some(record)),
+                Err(conflict) => current = conflict.current,
+            }
+        }
     }
 
     /// Remembers which job a carrier's message id belongs to.
@@ -88,32 +120,23 @@ impl Store {
             return Ok(None);
         };
         let job_id = key_u64(&raw)?;
-        let Some(mut record) = self.outbound(job_id)? else {
-            return Ok(None);
-        };
-        for segment in &mut record.segments {
-            if segment.carrier_message_id == carrier_message_id {
-                segment.receipt = Some(stat.to_string());
+        self.swap_outbound(job_id, None, |record| {
+            for segment in &mut record.segments {
+                if segment.carrier_message_id == carrier_message_id {
+                    segment.receipt = Some(stat.to_string());
+                }
             }
-        }
-        let stats: Vec<&str> = record
-            .segments
-            .iter()
-            .filter_map(|s| s.receipt.as_deref())
-            .collect();
-        record.state = if stats
-            .iter()
-            .any(|s| *s != "DELIVRD" && *s != "ACCEPTD" && *s != "ENROUTE")
-        {
-            "undelivered".to_string()
-        } else if stats.len() == record.segments.len() && stats.iter().all(|s| *s == "DELIVRD") {
-            "delivered".to_string()
-        } else {
-            record.state
-        };
-        record.updated_ms = now_ms;
-        self.put_outbound(job_id, &record)?;
-        Ok(Some(record))
+            match receipt_state(&record.segments) {
+                Some(failed @ "undelivered") => record.state = failed.to_string(),
+                // Delivered only once every segment was accepted: before, the segments listed
+                // are not all of them.
+                Some(delivered) if record.state == "sent" || record.state == "delivered" => {
+                    record.state = delivered.to_string()
+                }
+                _ => {}
+            }
+            record.updated_ms = now_ms;
+        })
     }
 
     /// Outbound SMS, newest first; `message_id` narrows to one inbound message's.
@@ -134,5 +157,27 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// What the receipts of these segments say: `undelivered` as soon as one failed, `delivered`
+/// when every one was delivered, None while that is not known.
+pub fn receipt_state(segments: &[OutboundSegment]) -> Option<&'static str> {
+    let stats: Vec<&str> = segments
+        .iter()
+        .filter_map(|s| s.receipt.as_deref())
+        .collect();
+    if stats
+        .iter()
+        .any(|s| *s != "DELIVRD" && *s != "ACCEPTD" && *s != "ENROUTE")
+    {
+        Some("undelivered")
+    } else if !segments.is_empty()
+        && stats.len() == segments.len()
+        && stats.iter().all(|s| *s == "DELIVRD")
+    {
+        Some("delivered")
+    } else {
+        None
     }
 }
