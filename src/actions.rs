@@ -22,8 +22,25 @@ struct Jobs {
 }
 
 impl Jobs {
-    fn push(&mut self, webhook: String, event: &str, due_ms: u64, sms: Option<SmsJob>) {
-        let index = self.jobs.len() as u8;
+    /// Queues one job; returns it, or None when the message has its 256 already.
+    fn push(
+        &mut self,
+        webhook: String,
+        event: &str,
+        due_ms: u64,
+        sms: Option<SmsJob>,
+    ) -> Option<&mut Job> {
+        // Ids are `message id << 8 | index`: a 257th job would reuse the first one's id and
+        // overwrite it. The config keeps rules far below (`config::MAX_FORWARD_TO`).
+        let Ok(index) = u8::try_from(self.jobs.len()) else {
+            tracing::error!(
+                message_id = self.message_id,
+                event,
+                "more than 256 jobs for one message; this one is not queued"
+            );
+            metrics::counter!("vmnd_jobs_not_queued_total").increment(1);
+            return None;
+        };
         self.jobs.push(Job {
             id: Job::id_for(self.message_id, index),
             message_id: self.message_id,
@@ -38,13 +55,13 @@ impl Jobs {
             sms,
             email: None,
         });
+        self.jobs.last_mut()
     }
 
     /// An e-mail forward of the message to `to` (see `outbound::email`).
     fn push_email(&mut self, record: &MessageRecord, to: &[String], event: &str) {
         let now_ms = self.now_ms;
-        self.push(String::new(), event, now_ms, None);
-        if let Some(job) = self.jobs.last_mut() {
+        if let Some(job) = self.push(String::new(), event, now_ms, None) {
             job.email = Some(EmailJob {
                 to: to.to_vec(),
                 vmn: record.to.clone(),
@@ -388,7 +405,10 @@ fn subscribe(
                 None => ConsentState::Unknown,
             };
             if current != ConsentState::OptedIn {
-                let until = vars.record.received_at_ms + within.as_millis() as u64;
+                let until = vars
+                    .record
+                    .received_at_ms
+                    .saturating_add(within.as_millis() as u64);
                 change_consent(
                     store,
                     number,
@@ -465,7 +485,8 @@ fn run_actions(
     let sender = &vars.record.from;
     if let Some(template) = &actions.reply {
         if sender.bytes().all(|b| b.is_ascii_digit()) && !sender.is_empty() {
-            let mut due = now_ms + actions.reply_after.map_or(0, |d| d.as_millis() as u64);
+            let mut due =
+                now_ms.saturating_add(actions.reply_after.map_or(0, |d| d.as_millis() as u64));
             if let Some(window) = &actions.reply_window {
                 let at =
                     DateTime::<Utc>::from_timestamp_millis(due as i64).unwrap_or_else(Utc::now);
@@ -697,5 +718,35 @@ impl std::fmt::Display for Explanation {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_gets_at_most_256_jobs_each_with_its_own_id() {
+        let mut jobs = Jobs {
+            message_id: 42,
+            now_ms: 1,
+            jobs: Vec::new(),
+        };
+        for _ in 0..256 {
+            assert!(jobs.push("crm".into(), "message", 1, None).is_some());
+        }
+        assert!(
+            jobs.push("crm".into(), "message", 1, None).is_none(),
+            "a 257th job would take the first one's id"
+        );
+        let record = crate::store::tests::sample_message(42);
+        jobs.push_email(&record, &["ops@example.com".to_string()], "message");
+        assert_eq!(jobs.jobs.len(), 256);
+        assert!(
+            jobs.jobs.iter().all(|j| j.email.is_none()),
+            "the e-mail that did not fit changed another job"
+        );
+        let ids: std::collections::HashSet<u64> = jobs.jobs.iter().map(|j| j.id).collect();
+        assert_eq!(ids.len(), 256);
     }
 }

@@ -32,9 +32,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     let millis = value
         .checked_mul(millis_per_unit)
-        .ok_or_else(|| format!("duration {text:?} is too large"))?;
+        .filter(|ms| *ms <= MAX_DURATION_MS)
+        .ok_or_else(|| {
+            format!("duration {text:?} is too large; the longest vmnd takes is 36500d (100 years)")
+        })?;
     Ok(Duration::from_millis(millis))
 }
+
+/// The longest duration the config takes: 100 years. Longer is surely a typo, and the limit
+/// keeps every sum of a time and a duration (`now + retry_for`, `received_at + within`) far
+/// from `u64` overflow, which in release builds would wrap into the past.
+pub const MAX_DURATION_MS: u64 = 36_500 * 86_400_000;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
@@ -138,6 +146,20 @@ mod tests {
             let err = parse_duration(bad).unwrap_err();
             assert!(err.contains("duration"), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn durations_stop_at_a_hundred_years() {
+        assert_eq!(
+            parse_duration("36500d"),
+            Ok(Duration::from_millis(MAX_DURATION_MS))
+        );
+        for too_long in ["36501d", "18446744073709551615ms", "3153600000001ms"] {
+            let err = parse_duration(too_long).unwrap_err();
+            assert!(err.contains("too large") && err.contains("36500d"), "{err}");
+        }
+        // Far from overflow when added to any time this century and the next.
+        assert!(MAX_DURATION_MS.checked_add(now_ms() * 2).is_some());
     }
 
     #[test]

@@ -2631,7 +2631,15 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
         );
         let reserved = reserved_words(&reserved_lists);
         let keywords = validate_keywords(&entry.keywords, &route, raw, &reserved, p);
-        let optout_ok = lists_ok && own_layer.as_ref().is_none_or(|l| l.ok);
+        let start_ok = check_start_words_needed(
+            &reserved_lists,
+            &entry.keywords,
+            global_layer.as_ref(),
+            own_layer.as_ref(),
+            &number.vmn,
+            p,
+        );
+        let optout_ok = lists_ok && start_ok && own_layer.as_ref().is_none_or(|l| l.ok);
         let guard = global_guard.and_then(|global| match &number.guard {
             None => Some(global),
             Some(own) => validate_guard(own.get_ref(), global, "guard.", p),
@@ -2655,6 +2663,51 @@ fn validate_numbers(raw: &RawConfig, p: &mut Problems<'_>) -> Vec<Option<Number>
         });
     }
     numbers
+}
+
+/// A number whose `optout.start` list is empty has no opt-in word: then what waits for one
+/// would do nothing, and is refused. A double opt-in keyword could never be confirmed (its
+/// contacts would stay pending until the ask lapses), and `start_reply` would never be sent.
+fn check_start_words_needed(
+    lists: &ReservedWords,
+    rules: &[RawKeyword],
+    global: Option<&OptoutLayer<'_>>,
+    own: Option<&OptoutLayer<'_>>,
+    vmn: &Spanned<String>,
+    p: &mut Problems<'_>,
+) -> bool {
+    if !lists.start.is_empty() {
+        return true;
+    }
+    let mut ok = true;
+    for rule in rules {
+        if let Some(subscribe) = &rule.subscribe {
+            if matches!(subscribe.get_ref(), RawSubscribe::Text(t) if t == "double") {
+                p.error(
+                    &subscribe.span(),
+                    "`subscribe = \"double\"` waits for the sender to confirm with an opt-in word, but this number's `optout.start` is empty: nobody could confirm; list a start word or use `subscribe = true`",
+                );
+                ok = false;
+            }
+        }
+    }
+    let start_reply_at = match (own.and_then(|l| l.raw.start_reply.as_ref()), global) {
+        (Some(own), _) => Some(own.span()),
+        // Given for every number in `[optout]`: reported at this number.
+        (None, Some(global)) => global.raw.start_reply.as_ref().map(|_| vmn.span()),
+        (None, None) => None,
+    };
+    if let Some(at) = start_reply_at {
+        p.error(
+            &at,
+            format!(
+                "`optout.start_reply` answers an opt-in word, but the `optout.start` list of number {:?} is empty: it would never be sent; list a start word or remove `start_reply`",
+                vmn.get_ref()
+            ),
+        );
+        ok = false;
+    }
+    ok
 }
 
 /// `[guard]` (prefix "") or a number's `guard` (prefix "guard."), each key over `base`.
@@ -2988,6 +3041,11 @@ fn consent_config(
     })
 }
 
+/// Most numbers one `forward_to` lists. A message's jobs are numbered in one octet (job id =
+/// message id << 8 | index, see `store::queue::Job::id_for`), and a rule adds at most a
+/// handful besides its forwards; more than 256 would give two jobs one id.
+pub const MAX_FORWARD_TO: usize = 200;
+
 /// `forward_template` when none is given.
 const DEFAULT_FORWARD_TEMPLATE: &str = "{from}: {text}";
 
@@ -3137,6 +3195,16 @@ fn validate_actions(
                 format!(
                     "`{}` is empty: list the numbers to forward to, or remove it",
                     key("forward_to")
+                ),
+            );
+            ok = false;
+        } else if list.get_ref().len() > MAX_FORWARD_TO {
+            p.error(
+                &list.span(),
+                format!(
+                    "`{}` lists {} numbers; at most {MAX_FORWARD_TO} (each message's jobs are numbered in one octet: for more, forward to a webhook)",
+                    key("forward_to"),
+                    list.get_ref().len()
                 ),
             );
             ok = false;

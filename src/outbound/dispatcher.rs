@@ -330,7 +330,7 @@ impl Breaker {
             metrics::counter!("vmnd_webhook_circuit_opened_total", "webhook" => name.to_string())
                 .increment(1);
             metrics::gauge!("vmnd_webhook_circuit_open", "webhook" => name.to_string()).set(1.0);
-            self.next_probe_ms = Some(now + self.probe.as_millis() as u64);
+            self.next_probe_ms = Some(now.saturating_add(self.probe.as_millis() as u64));
         }
     }
 }
@@ -488,7 +488,7 @@ pub async fn run(
                         let probe_at = b.next_probe_ms.unwrap_or(now);
                         if probe_at <= now && !b.probing {
                             // This job is the probe: it tries the `url` first.
-                            b.next_probe_ms = Some(now + b.probe.as_millis() as u64);
+                            b.next_probe_ms = Some(now.saturating_add(b.probe.as_millis() as u64));
                             b.probing = true;
                             probe = true;
                             Route::Primary
@@ -882,7 +882,9 @@ impl AttemptTask {
                     Ok(None)
                 } else {
                     // Never retry later than the deadline; the last try lands on it.
-                    job.due_ms = (now + delay).min(first + retry_for);
+                    job.due_ms = now
+                        .saturating_add(delay)
+                        .min(first.saturating_add(retry_for));
                     self.store.job_update(&job)?;
                     Ok(Some(job.due_ms))
                 }
