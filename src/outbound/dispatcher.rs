@@ -812,9 +812,17 @@ impl AttemptTask {
     async fn attempt(&self, primary_ok: &mut Option<bool>) -> store::Result<Option<u64>> {
         let mut job = match &self.fresh {
             Some(fresh) => fresh.job.clone(),
-            None => match self.store.job(self.id)? {
-                Some(job) => job,
-                None => return Ok(None), // done meanwhile (e.g. scheduled twice)
+            None => match self.store.job(self.id) {
+                Ok(Some(job)) => job,
+                Ok(None) => return Ok(None), // done meanwhile (e.g. scheduled twice)
+                // Damaged on disk: retrying would read the same bytes every few seconds for
+                // ever. Left for an operator, like the startup scan leaves it.
+                Err(store::StoreError::Corrupt(e)) => {
+                    tracing::error!(job = self.id, error = %e, "a job record does not decode; left in the queue, not run");
+                    metrics::counter!("vmnd_jobs_unreadable_total").increment(1);
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
             },
         };
         let now = clock::now_ms();

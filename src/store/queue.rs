@@ -279,11 +279,22 @@ fn attempt_key(job_id: u64, attempt: u32, fallback: bool) -> [u8; 13] {
 
 impl Store {
     /// Every queued job's `(due_ms, id, queue key)`, for the dispatcher's schedule at startup.
+    ///
+    /// A record that does not decode (a damaged disk block) is logged, counted
+    /// (`vmnd_jobs_unreadable_total`) and left where it is for an operator: one bad record
+    /// must not keep every other pending job from running.
     pub fn job_schedule(&self) -> Result<Vec<(u64, u64, String)>> {
         let mut out = Vec::new();
         for kv in self.trees().jobs.iter() {
             let (k, v) = kv?;
-            let job: Job = decode_json(&v)?;
+            let job: Job = match decode_json(&v) {
+                Ok(job) => job,
+                Err(e) => {
+                    tracing::error!(key = %hex::encode(&k), error = %e, "a job record does not decode; left in the queue, not run");
+                    metrics::counter!("vmnd_jobs_unreadable_total").increment(1);
+                    continue;
+                }
+            };
             out.push((job.due_ms, key_u64(&k)?, job.queue_key()));
         }
         Ok(out)
@@ -469,6 +480,37 @@ mod tests {
                 error: Some(String::new()),
             },
         ]
+    }
+
+    #[test]
+    fn a_damaged_job_record_does_not_hold_up_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8, false).unwrap();
+        let good = Job {
+            id: 2 << 8,
+            message_id: 2,
+            webhook: "crm".into(),
+            event: "message".into(),
+            attempts: 0,
+            created_ms: 1,
+            due_ms: 5,
+            first_attempt_ms: None,
+            last_error: None,
+            last_status: None,
+            sms: None,
+            email: None,
+        };
+        store
+            .trees()
+            .jobs
+            .insert((1u64 << 8).to_be_bytes(), b"{bad".as_slice())
+            .unwrap();
+        store.job_update(&good).unwrap();
+        assert_eq!(
+            store.job_schedule().unwrap(),
+            vec![(5, 2 << 8, "crm".to_string())]
+        );
+        assert!(store.job(1 << 8).is_err(), "kept for an operator");
     }
 
     #[test]
