@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::clock;
 use crate::config::Subscribe;
 use crate::config::{self, Actions, Number};
+use crate::routing::keywords::first_word_key;
 use crate::routing::router::{Decision, ReservedKind, Router, next_opening};
 use crate::store::consent::{ConsentChange, ConsentState};
 use crate::store::polls::{Vote, VoteOutcome};
@@ -185,16 +186,14 @@ pub fn plan(
             let mut actions = rule.actions.clone();
             if let Some(poll) = &rule.poll {
                 vars.options = poll.options.join(", ");
-                let answer = vars
-                    .record
-                    .args
-                    .as_deref()
-                    .and_then(|a| a.split_whitespace().next())
-                    .unwrap_or("");
-                let answer = answer.trim_matches(|c: char| !c.is_alphanumeric());
-                match poll.options.iter().find(|o| {
-                    o.eq_ignore_ascii_case(answer) || o.to_lowercase() == answer.to_lowercase()
-                }) {
+                // The first word after the keyword, compared as keywords are (case,
+                // full-width and compatibility forms, edge punctuation).
+                let answer = vars.record.args.as_deref().and_then(first_word_key);
+                match poll
+                    .options
+                    .iter()
+                    .find(|o| answer.is_some() && first_word_key(o) == answer)
+                {
                     Some(option) => {
                         let vote = Vote {
                             option: option.clone(),
@@ -724,6 +723,57 @@ impl std::fmt::Display for Explanation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A poll answer is compared with the options as keywords are compared with messages:
+    /// full-width and compatibility forms, case and edge punctuation do not matter.
+    #[test]
+    fn poll_answers_match_in_any_form_a_keyword_would() {
+        let text = r#"
+[daemon]
+data_dir = "./var"
+
+[[carrier]]
+name = "sim"
+host = "127.0.0.1"
+port = 2775
+system_id = "vmnd"
+password = "secret"
+
+[[number]]
+vmn = "567678"
+carrier = "sim"
+default = { reply = "ok" }
+
+[[number.keyword]]
+keyword = "VOTE"
+kind = "poll"
+options = ["A", "1"]
+reply = "Counted"
+invalid_reply = "Options: {options}"
+"#;
+        let (config, _) = config::parse(text, "t.toml", &|_| None).unwrap();
+        let router = Router::new(&config);
+        let at = Utc::now();
+        let reply_of = |message: &str| {
+            let e = explain(&router, "567678", "919800000011", message, at, None);
+            e.actions.join("\n")
+        };
+        for message in [
+            "VOTE A",
+            "vote a!",
+            "ＶＯＴＥ Ａ",
+            "VOTE ａ",
+            "VOTE １",
+            "vote,1",
+        ] {
+            let actions = reply_of(message);
+            assert!(actions.contains("Counted"), "{message:?}: {actions}");
+        }
+        for message in ["VOTE B", "VOTE", "VOTE !!"] {
+            let actions = reply_of(message);
+            assert!(actions.contains("Options: A, 1"), "{message:?}: {actions}");
+        }
+    }
 
     #[test]
     fn a_message_gets_at_most_256_jobs_each_with_its_own_id() {

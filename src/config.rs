@@ -3971,11 +3971,13 @@ fn validate_poll(rule: &RawKeyword, route: &SmsRoute<'_>, p: &mut Problems<'_>) 
                     ok = false;
                     continue;
                 }
-                let folded = written.to_lowercase();
+                // Compared as answers are: "A" and "Ａ" are one option.
+                let folded = crate::routing::keywords::first_word_key(written)
+                    .unwrap_or_else(|| written.to_lowercase());
                 if let Some((_, first)) = seen.iter().find(|(f, _)| *f == folded) {
                     p.error(
                         &option.span(),
-                        format!("poll option {written:?} repeats {first:?} (options are compared without case)"),
+                        format!("poll option {written:?} repeats {first:?} (options are compared as keywords are: without case or full-width forms)"),
                     );
                     ok = false;
                 } else {

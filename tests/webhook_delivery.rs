@@ -1031,9 +1031,10 @@ async fn admin_connections_that_hold_on_are_closed_or_capped() {
         idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: vmnd\r\n\r\n")
             .await
             .expect("write");
-        let mut head = [0u8; 12];
+        // 200, or 503 while the carrier is not bound yet: either way, a response.
+        let mut head = [0u8; 9];
         idle.read_exact(&mut head).await.expect("response");
-        assert_eq!(&head, b"HTTP/1.1 200");
+        assert_eq!(&head, b"HTTP/1.1 ");
     }
     let limit = vmnd::admin::HEADER_TIMEOUT + Duration::from_secs(10);
     let (silent_closed, idle_closed) = tokio::join!(closed_within(silent, limit), async {

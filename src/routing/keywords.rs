@@ -59,6 +59,13 @@ pub fn normalize(text: &str) -> Normalized<'_> {
     normalize_prefix(text, usize::MAX)
 }
 
+/// The matching key of the first word of `text` (as [`normalize`] makes it), if it has one:
+/// how a poll answer is compared with the poll's options, so that "ＶＯＴＥ Ａ" and "VOTE １"
+/// vote like "VOTE A" and "VOTE 1", as keywords match.
+pub fn first_word_key(text: &str) -> Option<String> {
+    normalize_prefix(text, 1).words.into_iter().next()
+}
+
 /// Like [`normalize`], but stops after `max_words` words.
 ///
 /// The hot path only ever compares the first [`MAX_KEYWORD_WORDS`] words, and a concatenated
@@ -215,10 +222,15 @@ pub fn is_separator(c: char) -> bool {
         c,
         ',' | ';'
             | ':'
+            | '\u{037E}' // GREEK QUESTION MARK: canonically a semicolon (its NFC form is ';')
             | '\u{060C}' // ARABIC COMMA
             | '\u{061B}' // ARABIC SEMICOLON
             | '\u{200B}' // ZERO WIDTH SPACE: a word break in Thai and Khmer, not White_Space
             | '\u{3001}' // IDEOGRAPHIC COMMA
+            | '\u{FE10}' // PRESENTATION FORM FOR VERTICAL COMMA
+            | '\u{FE11}' // PRESENTATION FORM FOR VERTICAL IDEOGRAPHIC COMMA
+            | '\u{FE13}' // PRESENTATION FORM FOR VERTICAL COLON
+            | '\u{FE14}' // PRESENTATION FORM FOR VERTICAL SEMICOLON
             | '\u{FE50}' // SMALL COMMA
             | '\u{FE51}' // SMALL IDEOGRAPHIC COMMA
             | '\u{FE54}' // SMALL SEMICOLON
@@ -226,6 +238,7 @@ pub fn is_separator(c: char) -> bool {
             | '\u{FF0C}' // FULLWIDTH COMMA
             | '\u{FF1A}' // FULLWIDTH COLON
             | '\u{FF1B}' // FULLWIDTH SEMICOLON
+            | '\u{FF64}' // HALFWIDTH IDEOGRAPHIC COMMA
     )
 }
 
@@ -1074,6 +1087,25 @@ mod tests {
         keyword_words(keyword).unwrap()
     }
 
+    /// Every compatibility form of a separator (the full-width, small, half-width and
+    /// vertical ones) is a separator itself: otherwise it would be deleted by the fold, and
+    /// "JOIN､summer" would be one word where "JOIN、summer" is two.
+    #[test]
+    fn compatibility_forms_of_separators_separate() {
+        for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            let nfkc: Vec<char> = c.to_string().nfkc().collect();
+            if let [single] = nfkc[..] {
+                if is_separator(single) {
+                    assert!(
+                        is_separator(c),
+                        "U+{:04X} is a form of {single:?}",
+                        c as u32
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn normalize_table() {
         let table: &[(&str, &[&str])] = &[
@@ -1093,6 +1125,8 @@ mod tests {
             ("VOTE:A", &["vote", "a"]),
             ("join;club", &["join", "club"]),
             ("加入，夏天", &["加入", "夏天"]),
+            ("JOIN､summer", &["join", "summer"]),
+            ("VOTE︓A", &["vote", "a"]),
             // other inner punctuation stays inside the word
             ("e-mail don't a.b", &["e-mail", "don't", "a.b"]),
             ("JOIN!!SUMMER", &["join!!summer"]),
