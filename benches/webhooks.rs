@@ -80,6 +80,7 @@ fn record(i: u64) -> MessageRecord {
         event: "message".into(),
         to: "567678".into(),
         from: format!("9198{:08}", i % 100_000_000),
+        from_ton_npi: None,
         text: format!("JOIN summer offer number {i}"),
         encoding: "gsm7".into(),
         keyword: Some("JOIN".into()),

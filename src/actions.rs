@@ -456,6 +456,7 @@ fn push_sms(
         carrier,
         &number.vmn,
         &vars.record.from,
+        vars.record.from_ton_npi,
         vars.render(template),
         purpose,
     );
@@ -496,6 +497,7 @@ fn run_actions(
                 carrier,
                 &number.vmn,
                 sender,
+                vars.record.from_ton_npi,
                 vars.render(template),
                 reply_purpose,
             );
@@ -507,16 +509,19 @@ fn run_actions(
     }
     for phone in &actions.forward_to {
         let text = vars.render(&actions.forward_template);
-        let sms = sms_job(jobs, carrier, &number.vmn, phone, text, "forward");
+        let sms = sms_job(jobs, carrier, &number.vmn, phone, None, text, "forward");
         jobs.push(String::new(), event, now_ms, Some(sms));
     }
 }
 
+/// `to_ton_npi`: the sender's address type for a reply to them, None for a configured number
+/// (`forward_to` lists international numbers).
 fn sms_job(
     jobs: &Jobs,
     carrier: &str,
     from: &str,
     to: &str,
+    to_ton_npi: Option<[u8; 2]>,
     text: String,
     purpose: &str,
 ) -> SmsJob {
@@ -524,6 +529,7 @@ fn sms_job(
         carrier: carrier.to_string(),
         from: from.to_string(),
         to: to.to_string(),
+        to_ton_npi,
         text,
         purpose: purpose.to_string(),
         // Differs between the SMS of one message and between messages.
@@ -580,6 +586,7 @@ pub fn explain(
         event: "message".to_string(),
         to: digits(to),
         from: digits(from),
+        from_ton_npi: None,
         text: text.to_string(),
         encoding: "gsm7".to_string(),
         keyword: None,

@@ -201,6 +201,7 @@ mod tests {
                 purpose: purpose.into(),
                 reference: 0,
                 sent: vec![],
+                to_ton_npi: None,
             }),
             email: None,
         }

@@ -43,6 +43,23 @@ pub fn normalize_address(address: &Address) -> String {
     }
 }
 
+/// The sender's (TON, NPI) when a reply cannot assume international / ISDN (1, 1); None for
+/// those and for alphanumeric senders, who cannot be answered by SMS.
+fn reply_address_type(address: &Address) -> Option<[u8; 2]> {
+    let numeric = !address.addr.trim().is_empty()
+        && address
+            .addr
+            .trim()
+            .trim_start_matches('+')
+            .bytes()
+            .all(|b| b.is_ascii_digit());
+    match (address.ton, address.npi) {
+        (1, 1) => None,
+        _ if !numeric || address.ton == 5 => None,
+        (ton, npi) => Some([ton, npi]),
+    }
+}
+
 /// Everything the processor needs; built once per config.
 pub struct Processor {
     store: Store,
@@ -336,6 +353,7 @@ impl Processor {
         };
         let from = normalize_address(&sm.source);
         let to = normalize_address(&sm.dest);
+        let from_ton_npi = reply_address_type(&sm.source);
         match self.processed_counters.get(&entry.carrier) {
             Some(counter) => counter.increment(1),
             None => {
@@ -376,7 +394,7 @@ impl Processor {
                         text: hex::encode(&user_data),
                         encoding: Encoding::Binary,
                     };
-                    self.finish_single(journal_id, &entry, from, to, decoded, 1)?;
+                    self.finish_single(journal_id, &entry, from, to, from_ton_npi, decoded)?;
                     return Ok(Processed::Finishing);
                 }
             }
@@ -391,6 +409,7 @@ impl Processor {
                     data_coding: sm.data_coding,
                     user_data: body,
                     udh_octets,
+                    from_ton_npi,
                 };
                 let mut added =
                     self.store
@@ -427,7 +446,7 @@ impl Processor {
             }
             _ => {
                 let decoded = text::decode_text(sm.data_coding, &body, gsm_packed, udh_octets);
-                self.finish_single(journal_id, &entry, from, to, decoded, 1)?;
+                self.finish_single(journal_id, &entry, from, to, from_ton_npi, decoded)?;
                 Ok(Processed::Finishing)
             }
         }
@@ -446,6 +465,7 @@ impl Processor {
             event: "message".to_string(),
             to: to.to_string(),
             from: from.to_string(),
+            from_ton_npi: None,
             text: String::new(),
             encoding: Encoding::Gsm7.as_str().to_string(),
             keyword: None,
@@ -503,13 +523,13 @@ impl Processor {
         entry: &JournalEntry,
         from: String,
         to: String,
+        from_ton_npi: Option<[u8; 2]>,
         decoded: text::DecodedText,
-        parts: u32,
     ) -> store::Result<()> {
         let mut record = self.record_base(journal_id, entry, &from, &to, entry.received_at_ms);
+        record.from_ton_npi = from_ton_npi;
         record.text = decoded.text;
         record.encoding = decoded.encoding.as_str().to_string();
-        record.parts = parts;
         let jobs = self.route(&mut record)?;
         // Committed with the rest of the batch (see `flush`). Shared from here on: the record
         // is some 400 bytes, and it was copied at every move on its way to the dispatcher.
@@ -722,6 +742,7 @@ impl Processor {
         );
         record.text = decoded.text;
         record.encoding = decoded.encoding.as_str().to_string();
+        record.from_ton_npi = parts.first().and_then(|p| p.from_ton_npi);
         record.parts = u32::from(meta.total);
         record.complete = complete;
         record.missing_parts = meta.missing();

@@ -655,6 +655,7 @@ async fn an_sms_job_for_a_receiver_bind_is_dead_lettered() {
                     purpose: "reply".into(),
                     reference: 3,
                     sent: Vec::new(),
+                    to_ton_npi: None,
                 }),
                 email: None,
             })
@@ -683,4 +684,57 @@ async fn an_sms_job_for_a_receiver_bind_is_dead_lettered() {
     let page: serde_json::Value = serde_json::from_str(&outbound).expect("json");
     assert_eq!(page["outbound"][0]["state"], "failed", "{page}");
     assert!(h.smsc.submitted().is_empty());
+}
+
+/// A sender who wrote from a national (or unknown-type) address gets the reply at that same
+/// kind of address: national digits sent as international would reach another subscriber.
+/// Forwards to configured numbers stay international.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_goes_back_to_the_kind_of_address_it_came_from() {
+    let extra = "\n[[number.keyword]]\nkeyword = \"HI\"\nreply = \"Hello\"\nforward_to = [\"919800000099\"]\n";
+    let h = Harness::start(SmscConfig::default(), SinkMode::Ok, extra).await;
+    for (ton, npi, from) in [
+        (2, 1, "9812340004"),
+        (0, 0, "09812340005"),
+        (1, 1, "919812340006"),
+    ] {
+        let mut sm = mo::gsm(from, VMN, "hi");
+        sm.source.ton = ton;
+        sm.source.npi = npi;
+        h.smsc.enqueue(sm);
+    }
+    // A concatenated message keeps its sender's address type through reassembly.
+    let long = format!("hi {}", "and a long tail ".repeat(20));
+    h.smsc.enqueue_many(
+        mo::concat_udh("9812340007", VMN, &long, 9, false)
+            .into_iter()
+            .map(|mut part| {
+                part.source.ton = 2;
+                part
+            }),
+    );
+    assert!(
+        eventually(LONG, || h.smsc.submitted().len() == 8).await,
+        "{:?}",
+        h.smsc.submitted().len()
+    );
+    let submitted = h.smsc.submitted();
+    let dest = |addr: &str| {
+        let sm = submitted
+            .iter()
+            .find(|s| s.dest.addr == addr)
+            .unwrap_or_else(|| panic!("nothing sent to {addr}"));
+        (sm.dest.ton, sm.dest.npi)
+    };
+    assert_eq!(dest("9812340004"), (2, 1), "national");
+    assert_eq!(dest("09812340005"), (0, 0), "unknown type");
+    assert_eq!(dest("919812340006"), (1, 1), "international");
+    assert_eq!(dest("9812340007"), (2, 1), "national, in parts");
+    assert!(
+        submitted
+            .iter()
+            .filter(|s| s.dest.addr == "919800000099")
+            .all(|s| (s.dest.ton, s.dest.npi) == (1, 1)),
+        "forwards are international"
+    );
 }

@@ -428,6 +428,8 @@ impl MailContext {
                 purpose: "email_reply".to_string(),
                 reference: (base >> 12) as u8,
                 sent: Vec::new(),
+                // The reply token keeps the digits only: international, as forwards are.
+                to_ton_npi: None,
             }),
             email: None,
         };

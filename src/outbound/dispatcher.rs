@@ -1088,11 +1088,12 @@ impl AttemptTask {
             if sms.sent.iter().any(|(i, _)| *i == index) {
                 continue;
             }
+            let [ton, npi] = sms.to_ton_npi.unwrap_or([1, 1]);
             let sm = ShortMessage {
                 source: source_address(&sms.from),
                 dest: Address {
-                    ton: 1,
-                    npi: 1,
+                    ton,
+                    npi,
                     addr: sms.to.clone(),
                 },
                 esm_class: segment.esm_class,
@@ -1520,6 +1521,7 @@ mod tests {
                 purpose: "reply".into(),
                 reference: 1,
                 sent: Vec::new(),
+                to_ton_npi: None,
             }),
             ..job(id, "")
         };

@@ -341,6 +341,7 @@ mod tests {
             event: "message".into(),
             to: "567678".into(),
             from: "919812345678".into(),
+            from_ton_npi: None,
             text: "JOIN now\nplease".into(),
             encoding: "gsm7".into(),
             keyword: Some("JOIN".into()),

@@ -201,6 +201,7 @@ mod tests {
             event: "message".into(),
             to: "567678".into(),
             from: "919812345678".into(),
+            from_ton_npi: None,
             text: "JOIN summer & co=1".into(),
             encoding: "gsm7".into(),
             keyword: Some("JOIN".into()),

@@ -156,6 +156,12 @@ pub struct MessageRecord {
     pub event: String,
     pub to: String,
     pub from: String,
+    /// The sender's type of number and numbering plan (`source_addr_ton`, `_npi`) when they are
+    /// not international / ISDN (1, 1): a reply goes back as the same kind of address, since
+    /// national digits sent as international would reach another subscriber. None for
+    /// international senders (and records stored before this was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ton_npi: Option<[u8; 2]>,
     /// Decoded text; hex of the payload when `encoding` is `binary`.
     pub text: String,
     pub encoding: String,
@@ -198,6 +204,7 @@ impl MessageRecord {
             event,
             to,
             from,
+            from_ton_npi,
             text,
             encoding,
             keyword,
@@ -224,6 +231,10 @@ impl MessageRecord {
         string(&mut out, to);
         out.extend_from_slice(b",\"from\":");
         string(&mut out, from);
+        if let Some(ton_npi) = from_ton_npi {
+            out.extend_from_slice(b",\"from_ton_npi\":");
+            unsigneds(&mut out, ton_npi);
+        }
         out.extend_from_slice(b",\"text\":");
         string(&mut out, text);
         out.extend_from_slice(b",\"encoding\":");
@@ -810,6 +821,7 @@ pub(crate) mod tests {
             matched: "START".into(),
         });
         full.guarded = vec!["rate: reply to 9198..".into(), "loop".into()];
+        full.from_ton_npi = Some([2, 1]);
         let mut bare = sample_message(3);
         bare.webhooks.clear();
         bare.received_at_ms = u64::MAX;

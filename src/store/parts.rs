@@ -85,6 +85,9 @@ pub struct PartRecord {
     pub user_data: Vec<u8>,
     /// Octets of the removed UDH, UDHL included (packed GSM fill bits depend on it).
     pub udh_octets: usize,
+    /// The sender's address type, when not international (see `MessageRecord::from_ton_npi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_ton_npi: Option<[u8; 2]>,
 }
 
 /// What adding a part did.
@@ -300,6 +303,7 @@ mod tests {
             data_coding: 0,
             user_data: vec![b'a' + seq],
             udh_octets: 6,
+            from_ton_npi: None,
         }
     }
 

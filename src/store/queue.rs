@@ -68,8 +68,14 @@ pub struct SmsJob {
     pub carrier: String,
     /// The number it is sent from.
     pub from: String,
-    /// The person (or phone) it goes to: digits, international form.
+    /// The person (or phone) it goes to: digits, international form unless `to_ton_npi` says
+    /// otherwise.
     pub to: String,
+    /// The destination's type of number and numbering plan when they are not international /
+    /// ISDN (1, 1): a reply to a sender who wrote from a national or unknown-type address
+    /// goes back to the same kind of address (see `MessageRecord::from_ton_npi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_ton_npi: Option<[u8; 2]>,
     pub text: String,
     /// `reply`, `expiry_reply`, `poll_reply`, `forward`.
     pub purpose: String,
