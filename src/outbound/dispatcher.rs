@@ -1063,6 +1063,13 @@ impl AttemptTask {
             });
         };
         let segments = sms_text::segments(&sms.text, sms.reference);
+        if sms.sent.is_empty() {
+            if let Some(note) = truncation(&sms.text) {
+                tracing::warn!(job = job.id, to = %sms.to, "{note}");
+                metrics::counter!("vmnd_sms_truncated_total", "purpose" => sms.purpose.clone())
+                    .increment(1);
+            }
+        }
         // The record as it starts, written at the first change. Every change below is a
         // compare-and-swap on the stored record (`Store::update_outbound`): receipts for the
         // segments already accepted may come back while later ones are sent.
@@ -1199,6 +1206,19 @@ impl AttemptTask {
     }
 }
 
+/// What the record says of a text longer than [`sms_text::MAX_SEGMENTS`] segments can carry:
+/// only their worth is sent (a forward of a very long message, or a long template).
+fn truncation(text: &str) -> Option<String> {
+    let plan = sms_text::plan(text);
+    plan.is_truncated().then(|| {
+        format!(
+            "the text needs {} segments; only the first {} were sent",
+            plan.segments,
+            sms_text::MAX_SEGMENTS
+        )
+    })
+}
+
 fn new_outbound_record(job: &Job, sms: &SmsJob) -> OutboundRecord {
     OutboundRecord {
         id: store::format_id(job.id),
@@ -1210,7 +1230,7 @@ fn new_outbound_record(job: &Job, sms: &SmsJob) -> OutboundRecord {
         text: sms.text.clone(),
         state: "queued".to_string(),
         segments: Vec::new(),
-        error: None,
+        error: truncation(&sms.text),
         created_ms: job.created_ms,
         updated_ms: clock::now_ms(),
     }
@@ -1606,6 +1626,56 @@ mod tests {
         assert_eq!(record.state, "sent");
         assert_eq!(record.segments[0].carrier_message_id, "m1");
         assert!(rx.try_recv().is_err(), "sent once");
+    }
+
+    /// A text longer than 255 segments can carry is sent as far as they go, and its record
+    /// says so (it used to be cut without a word).
+    #[tokio::test]
+    async fn a_text_past_255_segments_is_cut_and_the_record_says_so() {
+        let (_dir, store, scheduler, mut rx, _tx, _stop) = sms_dispatcher(4);
+        let job = Job {
+            sms: Some(SmsJob {
+                carrier: "sim".into(),
+                from: "567678".into(),
+                to: "919800000011".into(),
+                text: "a".repeat(255 * 153 + 1),
+                purpose: "forward".into(),
+                reference: 1,
+                sent: Vec::new(),
+                to_ton_npi: None,
+            }),
+            ..job(9 << 8, "")
+        };
+        store.job_update(&job).unwrap();
+        scheduler.schedule_fresh(job, record(), None);
+        for n in 0..255 {
+            let request = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a request in time")
+                .expect("open");
+            let _ = request.reply.send(crate::smpp::session::SubmitOutcome {
+                status: status::ESME_ROK,
+                message_id: format!("m{n}"),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while store.job(9 << 8).unwrap().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the job never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(rx.try_recv().is_err(), "no 256th segment");
+        let record = store.outbound(9 << 8).unwrap().expect("its record");
+        assert_eq!(
+            (record.state.as_str(), record.segments.len()),
+            ("sent", 255)
+        );
+        assert_eq!(
+            record.error.as_deref(),
+            Some("the text needs 256 segments; only the first 255 were sent")
+        );
     }
 
     /// The fresh job of a finished attempt is not dropped on the runtime's worker: it waits
