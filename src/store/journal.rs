@@ -248,6 +248,11 @@ struct State {
     live: LiveIndex,
     /// Reused encoding buffer.
     buf: Vec<u8>,
+    /// Segments written since their last sync, oldest first: usually just the active one. A
+    /// failed write starts a new segment between a batch's append and its sync; the sync must
+    /// still reach the segment that holds the batch, or the batch would be acknowledged with
+    /// nothing making it durable.
+    unsynced: Vec<u64>,
 }
 
 impl State {
@@ -269,6 +274,10 @@ pub struct Journal {
     segment_bytes: u64,
     max_segment_bytes: u64,
     state: Mutex<State>,
+    /// Held through a whole [`Journal::sync`]: a sync that finds nothing left to do must not
+    /// return while another one (the processor's, say) is still syncing the segment that
+    /// holds its batch.
+    syncing: Mutex<()>,
 }
 
 /// What recovery found, for the log at open.
@@ -424,7 +433,9 @@ impl Journal {
                 filled: 0,
                 live: LiveIndex::default(),
                 buf: Vec::new(),
+                unsynced: Vec::new(),
             }),
+            syncing: Mutex::new(()),
         };
         {
             let mut state = journal.lock();
@@ -540,6 +551,9 @@ impl Journal {
         match written {
             Ok(()) => {
                 state.active_len += len;
+                if !state.unsynced.contains(&active) {
+                    state.unsynced.push(active);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -585,17 +599,36 @@ impl Journal {
         Ok(ids)
     }
 
-    /// Makes everything appended so far durable (fdatasync of the active segment; nothing when
-    /// the journal was opened without fsync). Runs without holding the journal's lock.
+    /// Makes everything appended so far durable: an fdatasync of every segment written since
+    /// its last sync (the active one, and after a failed write the one before it too);
+    /// nothing when the journal was opened without fsync. Runs without holding the journal's
+    /// lock.
     pub fn sync(&self) -> Result<()> {
         if !self.fsync {
             return Ok(());
         }
-        let file = {
-            let state = self.lock();
-            state.segment_file(state.active)?
+        let _one_at_a_time = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
+        let files: Vec<(u64, Arc<File>)> = {
+            let mut state = self.lock();
+            let unsynced = std::mem::take(&mut state.unsynced);
+            unsynced
+                .into_iter()
+                // A segment deleted meanwhile held nothing live: nothing to make durable.
+                .filter_map(|n| state.segments.get(&n).map(|s| (n, s.file.clone())))
+                .collect()
         };
-        file.sync_data()?;
+        for (i, (_, file)) in files.iter().enumerate() {
+            if let Err(e) = file.sync_data() {
+                // Not durable: the next sync tries these again.
+                let mut state = self.lock();
+                for (n, _) in &files[i..] {
+                    if !state.unsynced.contains(n) {
+                        state.unsynced.push(*n);
+                    }
+                }
+                return Err(StoreError::Io(e));
+            }
+        }
         Ok(())
     }
 
@@ -779,6 +812,37 @@ mod tests {
         );
         assert_eq!(journal.entry(ids[2]).unwrap().as_ref(), Some(&entries[2]));
         assert_eq!(journal.entry(99).unwrap(), None, "never journaled");
+    }
+
+    /// A release whose write fails (a full disk, an I/O error) starts a new segment. If that
+    /// happens between a batch's append and its sync, the sync must still reach the segment
+    /// that holds the batch: it syncs every segment written since its last sync.
+    #[test]
+    fn a_failed_write_between_append_and_sync_does_not_leave_the_batch_unsynced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), true).unwrap();
+        let released = journal.append(1, &[entry(1)]).unwrap();
+        journal.sync().unwrap();
+        let batch = journal.append(10, &[entry(2)]).unwrap();
+        let holding = journal.lock().active;
+        // The batch's segment now fails every write, like a full disk.
+        let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let real = {
+            let mut state = journal.lock();
+            let segment = state.segments.get_mut(&holding).unwrap();
+            std::mem::replace(&mut segment.file, Arc::new(full))
+        };
+        assert!(journal.release(&released).is_err());
+        assert_ne!(journal.lock().active, holding, "a new segment was started");
+        assert_eq!(
+            journal.lock().unsynced,
+            vec![holding],
+            "the batch's segment still waits for its sync"
+        );
+        journal.lock().segments.get_mut(&holding).unwrap().file = real;
+        journal.sync().unwrap();
+        assert!(journal.lock().unsynced.is_empty());
+        assert_eq!(journal.entry(batch[0]).unwrap(), Some(entry(2)));
     }
 
     fn segment_files(dir: &Path) -> Vec<PathBuf> {

@@ -158,10 +158,14 @@ impl Handoff {
     /// processes first ([`crate::processor::Processor::recover`]). What the channel holds is
     /// bounded by `backlog_in_memory` and is still processed.
     pub fn take_spilled(&self, max: usize) -> Vec<u64> {
-        if !self.rx.is_empty() || self.rx.is_closed() {
+        if self.rx.is_closed() {
             return Vec::new();
         }
-        self.spill.take(max)
+        // The channel is looked at under the spill's lock, which the sender holds for a whole
+        // hand-over: checked before the lock, a hand-over could fill the channel and spill
+        // newer ids in between, and those would be processed before the channel's older
+        // ones (a STOP after a START, a concatenated message under a later part's id).
+        self.spill.take_once(max, || self.rx.is_empty())
     }
 
     /// Spilled ids not taken: at a stop, the entries left in the journal for the next start.
@@ -171,8 +175,12 @@ impl Handoff {
 }
 
 impl SpillReader {
-    fn take(&self, max: usize) -> Vec<u64> {
+    /// Up to `max` spilled ids, oldest first, if `ready()` holds while no hand-over runs.
+    fn take_once(&self, max: usize, ready: impl FnOnce() -> bool) -> Vec<u64> {
         let mut spill = self.shared.spill.lock().unwrap_or_else(|e| e.into_inner());
+        if !ready() {
+            return Vec::new();
+        }
         let n = spill.ids.len().min(max);
         let ids: Vec<u64> = spill.ids.drain(..n).collect();
         if spill.ids.is_empty() {
@@ -340,6 +348,33 @@ mod tests {
         tx.send([committed(8)]);
         assert_eq!(rx.rx.recv().await.map(|c| c.id), Some(8));
         assert!(rx.take_spilled(10).is_empty());
+    }
+
+    /// The processor looks at the channel while holding the spill's lock, so no hand-over can
+    /// fill the channel and spill newer ids between its look and its take.
+    #[tokio::test]
+    async fn the_channel_is_checked_while_no_hand_over_runs() {
+        let (tx, rx) = handoff(1);
+        tx.send([committed(1), committed(2)]);
+        let mut got = Vec::new();
+        let mut channel = rx.rx;
+        channel.recv_many(&mut got, 10).await;
+        assert_eq!(got.len(), 1);
+        let tx = std::sync::Arc::new(tx);
+        let mut hand_over = None;
+        let taken = rx.spill.take_once(10, || {
+            // A hand-over started now must wait for the take to end.
+            let sender = tx.clone();
+            let started = std::thread::spawn(move || sender.send([committed(3)]));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(!started.is_finished(), "a hand-over ran during the check");
+            hand_over = Some(started);
+            channel.is_empty()
+        });
+        hand_over.expect("started").join().expect("handed over");
+        assert_eq!(taken, vec![2]);
+        // The spill ended with that take: 3 went to the channel.
+        assert_eq!(channel.recv().await.map(|c| c.id), Some(3));
     }
 
     #[tokio::test]
