@@ -1947,7 +1947,15 @@ fn validate_url(url: &str) -> Result<String, String> {
     } else {
         format!("/{path}")
     };
-    Ok(format!("{scheme}{authority}{path}"))
+    let normalised = format!("{scheme}{authority}{path}");
+    // The request is built from the URI as the HTTP stack parses it: what it refuses ('<',
+    // '>', '`', '{', '}', '|', '^', '"', non-ASCII) would make every attempt fail.
+    if let Err(e) = normalised.parse::<hyper::Uri>() {
+        return Err(format!(
+            "webhook `url` {url:?} is not a valid URI ({e}); percent-encode characters such as < > ` {{ }} | ^ \" and non-ASCII ones"
+        ));
+    }
+    Ok(normalised)
 }
 
 /// Checks one `[[webhook]]` (its name's uniqueness is checked with the others).
@@ -1999,7 +2007,23 @@ fn validate_webhook(
         p,
     );
     let concurrency = validate_integer(raw.concurrency.as_ref(), "concurrency", 32, 1..=1024, p);
-    let pipeline = validate_integer(raw.pipeline.as_ref(), "pipeline", 1, 1..=64, p);
+    let mut pipeline = validate_integer(raw.pipeline.as_ref(), "pipeline", 1, 1..=64, p);
+    if let (Some(depth), Some(at)) = (pipeline, raw.pipeline.as_ref()) {
+        // Only requests in flight together can share a connection: `concurrency` caps them.
+        let allowed = concurrency.unwrap_or(32);
+        if depth > 1 && allowed < 2 {
+            p.error(
+                &at.span(),
+                format!("`pipeline = {depth}` sends several requests on one connection, but `concurrency = 1` lets only one be in flight: nothing would be pipelined; raise `concurrency` or remove `pipeline`"),
+            );
+            pipeline = None;
+        } else if depth > allowed {
+            p.warning(
+                &at.span(),
+                format!("`pipeline = {depth}`: with `concurrency = {allowed}` at most {allowed} requests are in flight, so connections carry at most {allowed} at a time"),
+            );
+        }
+    }
     let method = validate_webhook_method(raw, p);
     let fields = validate_webhook_fields(raw, p);
     let headers = validate_webhook_headers(raw, p);

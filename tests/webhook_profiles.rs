@@ -724,3 +724,63 @@ async fn a_429_or_408_is_retried_even_with_the_default_4xx_policy() {
     let dead = admin_json(&h, "/api/deadletters").await;
     assert_eq!(dead["deadletters"].as_array().map(Vec::len), Some(0));
 }
+
+/// The fallback is tried only when the endpoint has an outage. Its 4xx (another service,
+/// perhaps other credentials) is no refusal by the endpoint: the job is retried, not
+/// dead-lettered under the default `on_4xx`, and goes to the endpoint once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4xx_from_the_fallback_during_an_outage_is_retried() {
+    let fallback = HttpSink::start(SinkMode::Status(401))
+        .await
+        .expect("fallback sink");
+    let fallback_url = fallback.url("/backup");
+    let h = start_with(SinkMode::Status(503), |text, _| {
+        crm_with(text, &format!("fallback_url = \"{fallback_url}\""))
+    })
+    .await;
+    h.smsc
+        .enqueue(mo::gsm(ALICE, SHORT_CODE, "wait for the endpoint"));
+    assert!(
+        eventually(STEP, || fallback.received() >= 2).await,
+        "retried: {} requests to the fallback",
+        fallback.received()
+    );
+    let dead = admin_json(&h, "/api/deadletters").await;
+    assert_eq!(
+        dead["deadletters"].as_array().map(Vec::len),
+        Some(0),
+        "{dead}"
+    );
+    h.sink.set_mode(SinkMode::Ok);
+    assert!(eventually(STEP, || ok_requests(&h.sink, "/sms").len() == 1).await);
+}
+
+/// A request that cannot be built (a GET whose query passes http's 64 KiB limit: a long
+/// message in Devanagari percent-encodes to nine bytes a character) fails the same way at
+/// every attempt. It is dead-lettered at once, not retried for `retry_for` as an outage, and
+/// it does not open the endpoint's circuit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_cannot_be_built_is_dead_lettered_at_once() {
+    let h = start_with(SinkMode::Ok, |text, _| {
+        crm_with(text, "method = \"GET\"\nbreaker_failures = 1")
+    })
+    .await;
+    let long = "अ".repeat(8000);
+    h.smsc
+        .enqueue_many(mo::concat_udh(ALICE, SHORT_CODE, &long, 77, false));
+    let dead = admin_until(&h, "/api/deadletters?webhook=crm", |v| {
+        v["deadletters"].as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    let letter = &dead["deadletters"][0];
+    assert_eq!(letter["attempts"], 1, "{letter}");
+    assert!(
+        letter["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot build the request")),
+        "{letter}"
+    );
+    // The circuit stayed closed: the next message goes to the endpoint.
+    h.smsc.enqueue(mo::gsm(ALICE, SHORT_CODE, "short"));
+    assert!(eventually(STEP, || ok_requests(&h.sink, "/sms").len() == 1).await);
+}

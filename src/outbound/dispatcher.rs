@@ -277,6 +277,10 @@ struct Endpoint {
     /// Job ids queued or in flight: a job announced twice (recovery announces the jobs it
     /// writes, and the startup scan of the jobs tree finds them too) runs once.
     known: FxHashSet<u64>,
+    /// Known jobs announced again from the store while they were known: run once more when
+    /// their attempt ends. A dead letter replayed while its last attempt was still being
+    /// booked is such a job; folded away, it would sit in the jobs tree until a restart.
+    announced_again: FxHashSet<u64>,
     /// Jobs handed over in memory, until their first attempt (at most [`MAX_FRESH`]).
     fresh: FxHashMap<u64, Arc<Fresh>>,
     in_flight: usize,
@@ -384,11 +388,14 @@ pub async fn run(
             }),
         }
         .pipelined(w.pipeline, w.concurrency);
+        // The config refused URLs that do not parse, so both are Some.
+        let fallback = w.fallback_url.as_deref().and_then(ParsedUrl::parse);
+        let has_fallback = fallback.is_some();
         let target = Target::Webhook(Arc::new(WebhookTarget {
             meters: WebhookMeters::new(&w.name),
             config: w.clone(),
             uri: ParsedUrl::parse(&w.url),
-            fallback: w.fallback_url.as_deref().and_then(ParsedUrl::parse),
+            fallback,
             client,
         }));
         let mut endpoint = Endpoint::new(&w.name, target, w.concurrency, w.retry_for);
@@ -399,7 +406,7 @@ pub async fn run(
                 consecutive_failures: 0,
                 next_probe_ms: None,
                 probing: false,
-                has_fallback: w.fallback_url.is_some(),
+                has_fallback,
             });
         }
         endpoints.insert(Arc::from(w.name.as_str()), endpoint);
@@ -604,6 +611,7 @@ impl Endpoint {
             retry_for,
             queue: BinaryHeap::new(),
             known: FxHashSet::default(),
+            announced_again: FxHashSet::default(),
             fresh: FxHashMap::default(),
             in_flight: 0,
             breaker: None,
@@ -617,8 +625,17 @@ fn enqueue(store: &Store, endpoints: &mut Endpoints, s: Scheduled) {
             if !ep.known.insert(s.id) {
                 // Announced twice (a crash left the job in the `jobs` tree and its journal
                 // entry unreleased): the copy already known is durable or held itself.
-                if let Some(hold) = s.fresh.as_ref().and_then(|f| f.hold.as_ref()) {
-                    hold.settle();
+                match s.fresh.as_ref() {
+                    Some(fresh) => {
+                        if let Some(hold) = &fresh.hold {
+                            hold.settle();
+                        }
+                    }
+                    // From the store: if the known copy is the attempt now ending, this one
+                    // runs after it (an attempt that finds the job gone does nothing).
+                    None => {
+                        ep.announced_again.insert(s.id);
+                    }
                 }
                 return;
             }
@@ -731,10 +748,15 @@ fn finished(endpoints: &mut Endpoints, f: Finished) -> Option<Arc<Fresh>> {
         }
         match f.retry_at {
             Some(due) => {
+                // Queued again anyway: the new announcement is this retry.
+                ep.announced_again.remove(&f.id);
                 ep.queue.push(Reverse((due, f.id)));
                 if let Some(fresh) = f.unsettled {
                     ep.fresh.insert(f.id, fresh);
                 }
+            }
+            None if ep.announced_again.remove(&f.id) => {
+                ep.queue.push(Reverse((clock::now_ms(), f.id)));
             }
             None => {
                 ep.known.remove(&f.id);
@@ -975,14 +997,25 @@ impl AttemptTask {
                 },
             ));
         }
+        // A request that cannot be built (a GET whose query would pass http's length limit)
+        // fails the same way at every attempt: not an outage, and not worth retrying.
+        let mut unsendable = None;
         for (fallback, url) in targets.into_iter().flatten() {
             let attempt = match webhook_format::request(config, &url.uri, &record, &job.event) {
                 Ok(request) => client.send(&request, &options).await,
-                Err(error) => Attempt::Failed {
-                    status: None,
-                    latency: Duration::ZERO,
-                    error,
-                },
+                Err(error) => {
+                    unsendable = Some(error.clone());
+                    tries.push((
+                        fallback,
+                        url.text.clone(),
+                        Attempt::Failed {
+                            status: None,
+                            latency: Duration::ZERO,
+                            error,
+                        },
+                    ));
+                    break;
+                }
             };
             let outage = is_outage(&attempt);
             meters.attempts[usize::from(fallback)][usize::from(attempt.is_delivered())]
@@ -1028,14 +1061,25 @@ impl AttemptTask {
         if delivered {
             return Ok(Outcome::Done);
         }
-        let Some((_, _, Attempt::Failed { status, error, .. })) = tries.last() else {
+        if let Some(error) = unsendable {
+            return Ok(Outcome::GiveUp {
+                error: format!("cannot build the request: {error}"),
+                status: None,
+            });
+        }
+        let Some((fallback, _, Attempt::Failed { status, error, .. })) = tries.last() else {
             // Circuit open, no fallback configured: the dispatcher does not start such a job.
             return Ok(Outcome::Retry {
                 error: "circuit open".into(),
                 status: None,
             });
         };
-        let refused = status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429);
+        // `on_4xx` is about the endpoint refusing the request. The fallback is only tried when
+        // the endpoint had an outage (or its circuit is open): a 4xx from the fallback, whose
+        // service may take other credentials, is no refusal by the endpoint, which may take
+        // the request once it is back.
+        let refused =
+            !fallback && status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429);
         if refused && config.on_4xx == On4xx::DeadLetter {
             return Ok(Outcome::GiveUp {
                 error: error.clone(),
@@ -1444,6 +1488,58 @@ mod tests {
         assert_eq!(letter.job, fresh.job);
         assert!(letter.reason.contains("no longer configured"));
         assert_eq!(book.take_settled(), vec![9]);
+    }
+
+    /// A dead letter replayed while the attempt that dead-lettered it was still being booked:
+    /// the replay's announcement finds the job known (in flight) and must not be folded away.
+    #[test]
+    fn a_job_announced_again_while_its_attempt_ends_runs_again() {
+        let (_dir, store) = store();
+        let mut eps = endpoints();
+        let id = 4 << 8;
+        let durable = || Scheduled {
+            due_ms: 1,
+            id,
+            webhook: Arc::from("crm"),
+            fresh: None,
+        };
+        enqueue(&store, &mut eps, durable());
+        // Taken for its attempt.
+        let ep = eps.get_mut("crm").unwrap();
+        ep.queue.pop();
+        ep.in_flight = 1;
+        // The replay announces it while the attempt's end is not booked yet.
+        enqueue(&store, &mut eps, durable());
+        let ended = Finished {
+            webhook: Arc::from("crm"),
+            id,
+            retry_at: None,
+            primary_ok: None,
+            probe: false,
+            unsettled: None,
+            spent: None,
+        };
+        finished(&mut eps, ended);
+        let ep = &eps["crm"];
+        assert_eq!(ep.queue.len(), 1, "queued to run again");
+        assert!(ep.known.contains(&id));
+        // That run ends: forgotten as usual.
+        let ep = eps.get_mut("crm").unwrap();
+        ep.queue.pop();
+        ep.in_flight = 1;
+        finished(
+            &mut eps,
+            Finished {
+                webhook: Arc::from("crm"),
+                id,
+                retry_at: None,
+                primary_ok: None,
+                probe: false,
+                unsettled: None,
+                spent: None,
+            },
+        );
+        assert!(eps["crm"].queue.is_empty() && !eps["crm"].known.contains(&id));
     }
 
     /// On a paused clock: waiting for the submit_sm would move it to the drain's deadline.
