@@ -1626,7 +1626,17 @@ fn validate_daemon(
     let dedup_window = match &raw.dedup_window {
         None => Some(None),
         Some(text) => {
-            validate_duration(Some(text), "dedup_window", Duration::ZERO, false, p).map(Some)
+            match validate_duration(Some(text), "dedup_window", Duration::ZERO, false, p) {
+                // One entry per conversation is kept for the window: a short one.
+                Some(window) if window > MAX_DEDUP_WINDOW => {
+                    p.error(
+                        &text.span(),
+                        "`dedup_window` folds a carrier's redeliveries, which come within minutes: at most \"1h\"",
+                    );
+                    None
+                }
+                other => other.map(Some),
+            }
         }
     };
     let cache_mb = validate_integer(raw.cache_mb.as_ref(), "cache_mb", 16, 1..=65536, p);
@@ -3068,6 +3078,9 @@ fn consent_config(
 /// Most numbers one `forward_to` lists. A message's jobs are numbered in one octet (job id =
 /// message id << 8 | index, see `store::queue::Job::id_for`), and a rule adds at most a
 /// handful besides its forwards; more than 256 would give two jobs one id.
+/// The longest `dedup_window`.
+const MAX_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
+
 pub const MAX_FORWARD_TO: usize = 200;
 
 /// `forward_template` when none is given.

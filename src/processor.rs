@@ -69,7 +69,7 @@ pub struct Processor {
     reassembly_timeout: Duration,
     dedup_window: Option<Duration>,
     /// Payload hash -> (first seen ms, message id); only with `dedup_window`.
-    recent: HashMap<u64, u64>,
+    recent: HashMap<u64, (u64, u64)>,
     scheduler: Scheduler,
     /// Messages processed but not yet committed: one transaction per batch.
     finished: Vec<(u64, Arc<MessageRecord>, Vec<Job>)>,
@@ -776,8 +776,11 @@ impl Processor {
         }
     }
 
-    /// True when the same payload from the same sender to the same number over the same
-    /// carrier was seen within `dedup_window` (a redelivery of something we acknowledged).
+    /// True when this message repeats the last one the same sender sent the same number
+    /// over the same carrier, within `dedup_window` of it: a redelivery of something we
+    /// acknowledged. Only the last message of each conversation is remembered, so a repeat
+    /// after anything else from that sender is a message of its own: STOP, START, STOP is
+    /// three changes of mind, not one STOP and a redelivery.
     fn is_duplicate(
         &mut self,
         entry: &JournalEntry,
@@ -789,11 +792,11 @@ impl Processor {
             return false;
         };
         use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut conversation = std::collections::hash_map::DefaultHasher::new();
+        (&entry.carrier, from, to).hash(&mut conversation);
+        let conversation = conversation.finish();
+        let mut payload = std::collections::hash_map::DefaultHasher::new();
         (
-            &entry.carrier,
-            from,
-            to,
             sm.data_coding,
             sm.esm_class,
             &sm.short_message,
@@ -802,13 +805,17 @@ impl Processor {
                 .map(|t| (t.tag, &t.value))
                 .collect::<Vec<_>>(),
         )
-            .hash(&mut h);
-        let key = h.finish();
+            .hash(&mut payload);
+        let payload = payload.finish();
         let now = entry.received_at_ms;
-        match self.recent.get(&key) {
-            Some(&seen) if now.saturating_sub(seen) <= window.as_millis() as u64 => true,
+        match self.recent.get(&conversation) {
+            Some(&(last, seen))
+                if last == payload && now.saturating_sub(seen) <= window.as_millis() as u64 =>
+            {
+                true
+            }
             _ => {
-                self.recent.insert(key, now);
+                self.recent.insert(conversation, (payload, now));
                 false
             }
         }
@@ -818,7 +825,7 @@ impl Processor {
         if let Some(window) = self.dedup_window {
             let window = window.as_millis() as u64;
             self.recent
-                .retain(|_, seen| now_ms.saturating_sub(*seen) <= window);
+                .retain(|_, (_, seen)| now_ms.saturating_sub(*seen) <= window);
         }
     }
 

@@ -244,3 +244,53 @@ async fn double_opt_in_and_opt_out_in_words() {
         "{opted_in}"
     );
 }
+
+/// With a de-duplication window, a carrier's redelivery (the same message again, right after
+/// it) is folded into the first; a repeat after another message from the same person is a
+/// message of its own: STOP, START, STOP leaves them opted out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_folds_redeliveries_not_changes_of_mind() {
+    let mut h = Harness::start(SmscConfig::default(), SinkMode::Ok, KEYWORDS).await;
+    h.stop_daemon().await;
+    let text = h.config_text(KEYWORDS).replace(
+        "reassembly_timeout = \"2s\"",
+        "reassembly_timeout = \"2s\"\ndedup_window = \"5m\"",
+    );
+    h.daemon = Some(
+        vmnd::daemon::Daemon::start(common::parse_config(&text))
+            .await
+            .expect("daemon"),
+    );
+    let person = "919811110009";
+    h.smsc
+        .enqueue_many([mo::gsm(person, VMN, "NOW"), mo::gsm(person, VMN, "NOW")]);
+    assert!(h.smsc.wait_until(LONG, |s| s.acked_ok == 2).await);
+    assert!(eventually(LONG, || texts_to(&h, person).len() == 1).await);
+    h.smsc.enqueue_many([
+        mo::gsm(person, VMN, "STOP"),
+        mo::gsm(person, VMN, "START"),
+        mo::gsm(person, VMN, "STOP"),
+    ]);
+    assert!(h.smsc.wait_until(LONG, |s| s.acked_ok == 5).await);
+    let mut changes = Vec::new();
+    for _ in 0..200 {
+        let ledger = json(&h, &format!("/api/numbers/{VMN}/ledger?msisdn={person}")).await;
+        changes = ledger["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["from"] != e["to"])
+            .map(|e| e["to"].as_str().unwrap_or("").to_string())
+            .collect();
+        if changes.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    let contacts = json(&h, &format!("/api/numbers/{VMN}/contacts?state=opted_out")).await;
+    assert_eq!(contacts["contacts"][0]["msisdn"], person, "{contacts}");
+    // The redelivered NOW was stored and answered once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(texts_to(&h, person).len(), 1);
+}
