@@ -585,6 +585,22 @@ fn apply_in(
         None => None,
     };
     let indexed = existing.as_ref().map(|c| c.state);
+    // A change dated before the contact's last one never undoes an opt-out: a concatenated
+    // opt-in completes when its last part arrives but is dated by its first, which may be
+    // before a STOP the sender sent in between; an import may carry an old date.
+    if changed
+        && previous == ConsentState::OptedOut
+        && change.to != ConsentState::OptedOut
+        && existing
+            .as_ref()
+            .is_some_and(|c| change.at_ms < c.updated_ms)
+    {
+        return Ok(Applied {
+            previous,
+            changed: false,
+            hot: None,
+        });
+    }
     let mut contact = existing.unwrap_or_else(|| Contact {
         vmn: vmn.to_string(),
         msisdn: msisdn.to_string(),
@@ -1116,6 +1132,49 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A change dated before the contact's last one (a concatenated opt-in whose parts
+    /// straddle a STOP: it is dated by its first part) does not undo the opt-out. A later one
+    /// does, and an older opt-out still applies.
+    #[test]
+    fn an_opt_in_dated_before_a_later_opt_out_does_not_undo_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8, false).unwrap();
+        let change = |to, at_ms, message_id| ConsentChange {
+            vmn: "56767",
+            msisdn: "919800000011",
+            to,
+            at_ms,
+            text: "x",
+            matched: "x",
+            message_id: Some(message_id),
+            source: "sms",
+            keyword: None,
+            attributes: &[],
+            pending_until_ms: None,
+        };
+        let stop = store
+            .apply_consent(&change(ConsentState::OptedOut, 2_000, "m-stop"))
+            .unwrap();
+        assert_eq!(stop, (ConsentState::Unknown, true));
+        let late_club = store
+            .apply_consent(&change(ConsentState::OptedIn, 1_000, "m-club"))
+            .unwrap();
+        assert_eq!(late_club, (ConsentState::OptedOut, false));
+        assert!(store.is_opted_out("56767", "919800000011").unwrap());
+        let start = store
+            .apply_consent(&change(ConsentState::OptedIn, 3_000, "m-start"))
+            .unwrap();
+        assert_eq!(start, (ConsentState::OptedOut, true));
+        let old_stop = store
+            .apply_consent(&change(ConsentState::OptedOut, 2_500, "m-old-stop"))
+            .unwrap();
+        assert_eq!(
+            old_stop,
+            (ConsentState::OptedIn, true),
+            "opting out is never stale"
+        );
+    }
 
     #[test]
     fn unknown_contacts_cost_no_sled_write_and_are_listed_from_their_seen_entries() {
