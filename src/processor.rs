@@ -562,6 +562,13 @@ impl Processor {
         }
         let now = clock::now_ms();
         let recovering = self.recovering;
+        if recovering {
+            // Reprocessed after a crash: an SMS a previous run already took up is not queued
+            // again from its first segment (a reply, or an opt-out confirmation, sent twice).
+            for (_, _, jobs) in &mut batch {
+                jobs.retain(|job| !self.sms_taken_up(job));
+            }
+        }
         let mut in_memory: Vec<Vec<Job>> = Vec::with_capacity(batch.len());
         let in_memory_now = |job: &Job| {
             !recovering && is_webhook_job(job) && job.due_ms <= now + IN_MEMORY_DUE_WITHIN_MS
@@ -604,6 +611,13 @@ impl Processor {
                 self.scheduler.schedule_fresh(job, record.clone(), None);
             }
         }
+    }
+
+    /// True for an SMS job whose outbound record exists: a previous run attempted it. Its job
+    /// is then still queued with its progress (segments already accepted), or it is done,
+    /// dead or suppressed; either way, writing it afresh would send it again.
+    fn sms_taken_up(&self, job: &Job) -> bool {
+        job.sms.is_some() && matches!(self.store.outbound(job.id), Ok(Some(_)))
     }
 
     /// Makes everything processed durable (a flush and fsync of the main database, off the
@@ -963,6 +977,104 @@ mod tests {
         assert!(watched.upgrade().is_none());
         drop(writer_side);
         running.await.unwrap();
+    }
+
+    /// A crash after a reply went out but before its message's journal entry was released:
+    /// recovery processes the message again, and must not queue the reply again (nor
+    /// overwrite a reply still queued with the segments it has already sent).
+    #[test]
+    fn recovery_does_not_queue_again_an_sms_already_taken_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 16, false).unwrap();
+        let text = format!(
+            "[daemon]\ndata_dir = \"{}\"\n\n[[carrier]]\nname = \"sim\"\nhost = \"127.0.0.1\"\nport = 9\nsystem_id = \"vmnd\"\npassword = \"secret\"\n\n[[number]]\nvmn = \"567678\"\ncarrier = \"sim\"\ndefault = {{ reply = \"Thanks\" }}\n",
+            dir.path().display()
+        );
+        let (config, _) = crate::config::parse(&text, "test.toml", &|_| None).unwrap();
+        let config = Arc::new(config);
+        let journal = |text: &str| {
+            let pdu = pdu::encode_to_bytes(&pdu::Pdu {
+                command_status: 0,
+                sequence_number: 1,
+                body: Body::DeliverSm(Box::new(crate::sim::mo::gsm(
+                    "919800000011",
+                    "567678",
+                    text,
+                ))),
+            });
+            let ids = store
+                .journal(&[JournalEntry {
+                    carrier: "sim".into(),
+                    received_at_ms: clock::now_ms(),
+                    pdu,
+                }])
+                .unwrap();
+            store.flush_journal().unwrap();
+            ids[0]
+        };
+        let (sent, queued, fresh) = (journal("hello"), journal("again"), journal("new"));
+        let reply = |id: u64| Job::id_for(id, 0);
+        // As a previous run left them before its crash: the first message's reply sent (its
+        // job done), the second's half sent (its job queued with that progress).
+        let outbound = |id: u64, state: &str| crate::store::outbound::OutboundRecord {
+            id: store::format_id(reply(id)),
+            message_id: store::format_id(id),
+            purpose: "reply".into(),
+            carrier: "sim".into(),
+            from: "567678".into(),
+            to: "919800000011".into(),
+            text: "Thanks".into(),
+            state: state.into(),
+            segments: Vec::new(),
+            error: None,
+            created_ms: 1,
+            updated_ms: 1,
+        };
+        store
+            .update_outbound(reply(sent), &outbound(sent, "sent"), |_| {})
+            .unwrap();
+        store
+            .update_outbound(reply(queued), &outbound(queued, "queued"), |_| {})
+            .unwrap();
+        let half = Job {
+            id: reply(queued),
+            message_id: queued,
+            webhook: String::new(),
+            event: "message".into(),
+            attempts: 1,
+            created_ms: 1,
+            due_ms: 1,
+            first_attempt_ms: Some(1),
+            last_error: None,
+            last_status: None,
+            sms: Some(crate::store::queue::SmsJob {
+                carrier: "sim".into(),
+                from: "567678".into(),
+                to: "919800000011".into(),
+                text: "Thanks".into(),
+                purpose: "reply".into(),
+                reference: 9,
+                sent: vec![(0, "c-1".into())],
+                to_ton_npi: None,
+            }),
+            email: None,
+        };
+        store.job_update(&half).unwrap();
+        let router = Arc::new(ArcSwap::from_pointee(Router::new(&config)));
+        let (scheduler, _announced) = Scheduler::channel();
+        let mut processor = Processor::new(store.clone(), &config, router, scheduler);
+        assert_eq!(processor.recover().unwrap(), 3);
+        assert_eq!(store.job(reply(sent)).unwrap(), None, "sent once already");
+        assert_eq!(
+            store.job(reply(queued)).unwrap(),
+            Some(half),
+            "progress kept"
+        );
+        let new = store
+            .job(reply(fresh))
+            .unwrap()
+            .expect("never attempted: queued");
+        assert!(new.sms.is_some_and(|s| s.sent.is_empty()));
     }
 
     #[tokio::test]
