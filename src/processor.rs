@@ -685,7 +685,11 @@ impl Processor {
         // The TLVs, when present, are authoritative over the text (SMPP 3.4 5.3.2.12).
         if let Some(id) = sm.tlv(tlv_tag::RECEIPTED_MESSAGE_ID) {
             let id = String::from_utf8_lossy(id);
-            parsed.id = id.trim_end_matches('\0').to_string();
+            let id = id.trim_end_matches('\0');
+            // An empty one says nothing: the text's id stands.
+            if !id.is_empty() {
+                parsed.id = id.to_string();
+            }
         }
         if parsed.stat.is_empty() {
             if let Some(state) = sm.tlv(tlv_tag::MESSAGE_STATE).and_then(|v| v.first()) {
