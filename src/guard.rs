@@ -13,6 +13,8 @@
 //! (`vmnd_auto_actions_held_total{reason}`) and listed on the message (`guarded`). The message
 //! itself is stored and still goes to its webhook: only automatic SMS (and e-mail) are held.
 //! Consent confirmations are never held (one per change already, and the law asks for them).
+//! The double opt-in's request is counted like a reply: it goes out at every keyword sent
+//! while the contact is pending, not once per change.
 //!
 //! The history lives in memory, only for messages that would trigger an automatic action: a
 //! restart forgets it, which at worst lets one more window's worth of replies out. It is
@@ -24,8 +26,8 @@ use std::hash::{Hash, Hasher};
 use crate::config::GuardConfig;
 use crate::store::queue::Job;
 
-/// SMS purposes the guard never holds: the consent flow's own messages.
-const NEVER_HELD: &[&str] = &["optout_confirmation", "optin_confirmation", "optin_request"];
+/// SMS purposes the guard never holds: the confirmations of consent changes (one per change).
+const NEVER_HELD: &[&str] = &["optout_confirmation", "optin_confirmation"];
 
 /// Whether `job` is an automatic action the guard counts: an SMS vmnd sends on its own
 /// (reply, expiry reply, poll or help reply, forward to a phone) or an e-mail forward.
@@ -310,12 +312,30 @@ mod tests {
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].1, "forward to 919800000001");
         assert_eq!(jobs.len(), 3);
-        let mut jobs = vec![sms("optin_confirmation", "a"), sms("optin_request", "a")];
+        let mut jobs = vec![sms("optin_confirmation", "a")];
         assert!(
             guard
                 .apply(&config, "567678", "a", "x", &mut jobs, 1)
                 .is_empty()
         );
+    }
+
+    /// The double opt-in's request goes out at every keyword sent while pending: a script
+    /// sending JOIN over and over gets `max_auto_actions` of them, not one each time.
+    #[test]
+    fn opt_in_requests_are_counted_like_replies() {
+        let mut guard = AutoActionGuard::default();
+        let config = GuardConfig {
+            max_auto_actions: 2,
+            ..CAP5
+        };
+        let mut sent = 0;
+        for t in 0..8 {
+            let mut jobs = vec![sms("optin_request", "a")];
+            guard.apply(&config, "567678", "a", &format!("JOIN {t}"), &mut jobs, t);
+            sent += jobs.len();
+        }
+        assert_eq!(sent, 2);
     }
 
     #[test]
