@@ -16,14 +16,36 @@ use crate::store::queue::{EmailJob, Job, SmsJob};
 use crate::store::{self, MessageRecord, Store};
 
 /// Jobs of one message, numbered in order.
+///
+/// A job's id is `message id << 8 | index`, so that processing the message again after a
+/// crash rewrites the same jobs. That holds only if the plan comes out the same. One job
+/// depends on the contact's state *now*: the double opt-in's request, sent while the contact
+/// is not opted in, which it may be by the time the message is processed again. It takes the
+/// reserved index [`OPTIN_REQUEST_INDEX`], so the jobs after it keep theirs either way.
 struct Jobs {
     message_id: u64,
     now_ms: u64,
     jobs: Vec<Job>,
+    /// The next sequential index (0..OPTIN_REQUEST_INDEX).
+    next_index: u16,
 }
 
+/// The index of the double opt-in's request (see [`Jobs`]).
+const OPTIN_REQUEST_INDEX: u8 = 255;
+
 impl Jobs {
-    /// Queues one job; returns it, or None when the message has its 256 already.
+    fn new(message_id: u64, now_ms: u64) -> Jobs {
+        Jobs {
+            message_id,
+            now_ms,
+            // Most messages make one job: room for it, not the four a first push reserves.
+            jobs: Vec::with_capacity(1),
+            next_index: 0,
+        }
+    }
+
+    /// Queues one job under the next index; returns it, or None when the message has its
+    /// 255 already.
     fn push(
         &mut self,
         webhook: String,
@@ -31,17 +53,32 @@ impl Jobs {
         due_ms: u64,
         sms: Option<SmsJob>,
     ) -> Option<&mut Job> {
-        // Ids are `message id << 8 | index`: a 257th job would reuse the first one's id and
-        // overwrite it. The config keeps rules far below (`config::MAX_FORWARD_TO`).
-        let Ok(index) = u8::try_from(self.jobs.len()) else {
-            tracing::error!(
-                message_id = self.message_id,
-                event,
-                "more than 256 jobs for one message; this one is not queued"
-            );
-            metrics::counter!("vmnd_jobs_not_queued_total").increment(1);
-            return None;
+        // Ids are `message id << 8 | index`: one index too many would reuse another job's id
+        // and overwrite it. The config keeps rules far below (`config::MAX_FORWARD_TO`).
+        let index = match u8::try_from(self.next_index) {
+            Ok(index) if index < OPTIN_REQUEST_INDEX => index,
+            _ => {
+                tracing::error!(
+                    message_id = self.message_id,
+                    event,
+                    "more than 255 jobs for one message; this one is not queued"
+                );
+                metrics::counter!("vmnd_jobs_not_queued_total").increment(1);
+                return None;
+            }
         };
+        self.next_index += 1;
+        self.push_at(index, webhook, event, due_ms, sms)
+    }
+
+    fn push_at(
+        &mut self,
+        index: u8,
+        webhook: String,
+        event: &str,
+        due_ms: u64,
+        sms: Option<SmsJob>,
+    ) -> Option<&mut Job> {
         self.jobs.push(Job {
             id: Job::id_for(self.message_id, index),
             message_id: self.message_id,
@@ -121,12 +158,7 @@ pub fn plan(
     record.to = number.vmn.clone();
     record.routed = true;
     let now_ms = clock::now_ms();
-    let mut jobs = Jobs {
-        message_id: store::parse_id(&record.id).unwrap_or(0),
-        now_ms,
-        // Most messages make one job: room for it, not the four a first push would reserve.
-        jobs: Vec::with_capacity(1),
-    };
+    let mut jobs = Jobs::new(store::parse_id(&record.id).unwrap_or(0), now_ms);
     if record.event == "receipt" {
         if let Some(w) = &number.receipts_webhook {
             record.webhooks.push(w.clone());
@@ -417,14 +449,26 @@ fn subscribe(
                     Some(&rule.keyword),
                     Some(until),
                 )?;
-                push_sms(
-                    jobs,
-                    number,
-                    vars,
-                    confirm_reply,
-                    "optin_request",
-                    jobs.now_ms,
-                );
+                // At its reserved index: see `Jobs`.
+                if let Some(carrier) = &number.carrier {
+                    let sms = sms_job(
+                        jobs,
+                        carrier,
+                        &number.vmn,
+                        &vars.record.from,
+                        vars.record.from_ton_npi,
+                        vars.render(confirm_reply),
+                        "optin_request",
+                    );
+                    let now_ms = jobs.now_ms;
+                    jobs.push_at(
+                        OPTIN_REQUEST_INDEX,
+                        String::new(),
+                        "message",
+                        now_ms,
+                        Some(sms),
+                    );
+                }
             }
         }
     }
@@ -782,19 +826,84 @@ invalid_reply = "Options: {options}"
         }
     }
 
+    /// Processing a double opt-in keyword again after a crash, once the contact has
+    /// confirmed, plans no opt-in request this time; the reply keeps its job id anyway, so it
+    /// is rewritten, not queued twice.
+    #[test]
+    fn a_double_opt_in_planned_again_after_the_confirmation_keeps_its_reply_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8, false).unwrap();
+        let text = r#"
+[daemon]
+data_dir = "./var"
+
+[[carrier]]
+name = "sim"
+host = "127.0.0.1"
+port = 2775
+system_id = "vmnd"
+password = "secret"
+
+[[number]]
+vmn = "567678"
+carrier = "sim"
+default = { reply = "ok" }
+
+[[number.keyword]]
+keyword = "JOIN"
+subscribe = "double"
+confirm_reply = "Reply YES to confirm"
+reply = "Welcome"
+"#;
+        let (config, _) = config::parse(text, "t.toml", &|_| None).unwrap();
+        let router = Router::new(&config);
+        let message = |id: u64, text: &str| {
+            let mut record = crate::store::tests::sample_message(id);
+            record.to = "567678".into();
+            record.from = "919800000011".into();
+            record.text = text.into();
+            record.received_at_ms = clock::now_ms();
+            record
+        };
+        let purposes = |jobs: &[Job]| -> Vec<(u64, String)> {
+            jobs.iter()
+                .filter_map(|j| j.sms.as_ref().map(|s| (j.id, s.purpose.clone())))
+                .collect()
+        };
+        let first = plan(Some(&store), &router, &mut message(10, "JOIN"), true).unwrap();
+        let first = purposes(&first);
+        assert!(first.iter().any(|(_, p)| p == "optin_request"), "{first:?}");
+        plan(Some(&store), &router, &mut message(11, "YES"), true).unwrap();
+        assert_eq!(
+            store.consent_state("567678", "919800000011").unwrap(),
+            ConsentState::OptedIn
+        );
+        let again = plan(Some(&store), &router, &mut message(10, "JOIN"), true).unwrap();
+        let again = purposes(&again);
+        assert!(
+            !again.iter().any(|(_, p)| p == "optin_request"),
+            "{again:?}"
+        );
+        let reply = |planned: &[(u64, String)]| {
+            planned
+                .iter()
+                .find(|(_, p)| p == "reply")
+                .map(|(id, _)| *id)
+                .expect("a reply")
+        };
+        assert_eq!(reply(&again), reply(&first), "the reply's id moved");
+    }
+
     #[test]
     fn a_message_gets_at_most_256_jobs_each_with_its_own_id() {
-        let mut jobs = Jobs {
-            message_id: 42,
-            now_ms: 1,
-            jobs: Vec::new(),
-        };
-        for _ in 0..256 {
+        let mut jobs = Jobs::new(42, 1);
+        jobs.push_at(OPTIN_REQUEST_INDEX, String::new(), "message", 1, None);
+        for _ in 0..255 {
             assert!(jobs.push("crm".into(), "message", 1, None).is_some());
         }
         assert!(
             jobs.push("crm".into(), "message", 1, None).is_none(),
-            "a 257th job would take the first one's id"
+            "one more would take the reserved index or wrap to the first"
         );
         let record = crate::store::tests::sample_message(42);
         jobs.push_email(&record, &["ops@example.com".to_string()], "message");
