@@ -8,6 +8,8 @@
 //! - at most `max_auto_actions` replies and forwards go out; the rest are held;
 //! - when the same text (compared without case and extra spaces) has arrived `loop_repeats`
 //!   times, the sender is treated as an autoresponder and that message triggers nothing.
+//!   Texts are remembered longer when the replies are delayed (`reply_after`, a reply
+//!   window): by `loop_repeats` times the delay, so a loop paced by the delay is still seen.
 //!
 //! Held actions are dropped before the jobs are stored, logged, counted
 //! (`vmnd_auto_actions_held_total{reason}`) and listed on the message (`guarded`). The message
@@ -65,15 +67,23 @@ struct History {
     actions: VecDeque<u64>,
     /// (arrival, text hash) of each message, oldest first.
     texts: VecDeque<(u64, u64)>,
-    /// The window these were kept for (the number's, when last used).
+    /// The window actions are kept for (the number's, when last used).
     window_ms: u64,
+    /// The window texts are kept for: the number's, plus `loop_repeats` times the longest
+    /// delay of the automatic actions lately planned for this sender. A reply sent
+    /// `reply_after = "10m"` later gets an autoresponder's answer ten minutes after the
+    /// sender's message, so its repeats come ten minutes and a bit apart: counted over the
+    /// bare window, each would arrive just after the one before was forgotten.
+    loop_window_ms: u64,
 }
 
 impl History {
-    fn forget_before(&mut self, cutoff: u64) {
+    fn forget_before(&mut self, now_ms: u64) {
+        let cutoff = now_ms.saturating_sub(self.window_ms);
         while self.actions.front().is_some_and(|t| *t < cutoff) {
             self.actions.pop_front();
         }
+        let cutoff = now_ms.saturating_sub(self.loop_window_ms.max(self.window_ms));
         while self.texts.front().is_some_and(|(t, _)| *t < cutoff) {
             self.texts.pop_front();
         }
@@ -121,12 +131,20 @@ impl AutoActionGuard {
             return Vec::new();
         }
         let window_ms = config.window.as_millis() as u64;
+        let delay_ms = jobs
+            .iter()
+            .filter(|job| is_auto_action(job))
+            .map(|job| job.due_ms.saturating_sub(now_ms))
+            .max()
+            .unwrap_or(0);
         let history = self
             .senders
             .entry((vmn.to_string(), sender.to_string()))
             .or_default();
         history.window_ms = window_ms;
-        history.forget_before(now_ms.saturating_sub(window_ms));
+        history.loop_window_ms =
+            window_ms.saturating_add(delay_ms.saturating_mul(u64::from(config.loop_repeats)));
+        history.forget_before(now_ms);
         let hash = text_hash(text);
         history.texts.push_back((now_ms, hash));
         let repeats = history.texts.iter().filter(|(_, h)| *h == hash).count();
@@ -162,7 +180,7 @@ impl AutoActionGuard {
     /// periodic sweep), so memory follows the active senders, not every sender ever seen.
     pub fn expire(&mut self, now_ms: u64) {
         self.senders.retain(|_, history| {
-            history.forget_before(now_ms.saturating_sub(history.window_ms));
+            history.forget_before(now_ms);
             !history.is_empty()
         });
     }
@@ -336,6 +354,56 @@ mod tests {
             sent += jobs.len();
         }
         assert_eq!(sent, 2);
+    }
+
+    /// An autoresponder answering a reply sent ten minutes after each of its messages
+    /// (`reply_after = "10m"`, the default window) repeats itself every ten minutes and a
+    /// bit: still a loop.
+    #[test]
+    fn a_loop_slower_than_the_window_through_a_delayed_reply_is_caught() {
+        let mut guard = AutoActionGuard::default();
+        let config = GuardConfig {
+            max_auto_actions: 0,
+            loop_repeats: 3,
+            ..CAP5
+        };
+        let window = CAP5.window.as_millis() as u64;
+        let mut held = 0;
+        for n in 0..20u64 {
+            let now = 1_000_000 + n * (window + 1);
+            let mut reply = sms("reply", "bot");
+            reply.due_ms = now + window;
+            let mut jobs = vec![reply];
+            held += guard
+                .apply(
+                    &config,
+                    "567678",
+                    "bot",
+                    "I am away until Monday",
+                    &mut jobs,
+                    now,
+                )
+                .len();
+        }
+        assert_eq!(held, 18, "the third repeat on are held");
+        // Without the delay, the same spacing is no loop: each is forgotten in time.
+        let mut guard = AutoActionGuard::default();
+        let mut held = 0;
+        for n in 0..20u64 {
+            let now = 1_000_000 + n * (window + 1);
+            let mut jobs = vec![sms("reply", "bot")];
+            held += guard
+                .apply(
+                    &config,
+                    "567678",
+                    "bot",
+                    "I am away until Monday",
+                    &mut jobs,
+                    now,
+                )
+                .len();
+        }
+        assert_eq!(held, 0);
     }
 
     #[test]
