@@ -431,3 +431,24 @@ async fn a_poll_added_through_the_api_is_tallied() {
         serde_json::json!(["A", "B"])
     );
 }
+
+/// "kıd" (with a dotless i) and "KID" share a stored name (names are compared upper-cased)
+/// but match different words: a PUT or DELETE of one must not replace or remove the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyword_with_the_same_name_but_other_words_is_not_replaced() {
+    let h = Harness::start(SmscConfig::default(), SinkMode::Ok, CONFIG_KEYWORDS).await;
+    let (status, body) = put(&h, "KID", r#"{"reply": "kids", "webhook": "crm"}"#).await;
+    assert!(status == 200 || status == 201, "{status} {body}");
+    for (status, body) in [
+        put(&h, "k%C4%B1d", r#"{"reply": "other"}"#).await,
+        delete(&h, "k%C4%B1d").await,
+    ] {
+        assert_eq!(status, 409, "{body}");
+        assert!(body.contains("KID"), "{body}");
+    }
+    let kids = send(&h, "919800000031", "KID").await;
+    assert_eq!(kids["keyword"], "KID", "{kids}");
+    // Its own spelling, in other case, still changes it.
+    let (status, body) = delete(&h, "kid").await;
+    assert_eq!(status, 204, "{body}");
+}

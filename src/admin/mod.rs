@@ -775,6 +775,32 @@ fn config_keyword_conflict(rule: &KeywordRule, change: &str) -> Reply {
 }
 
 /// The keywords added at run time that the current snapshot routes, for `vmn`.
+/// A runtime keyword of `vmn` stored under the same name as `keyword` (names are compared
+/// upper-cased, blanks collapsed) that matches other words: "kıd" (dotless i) and "KID".
+/// Replacing or deleting it through `keyword` would change a keyword the caller did not
+/// name.
+fn same_name_other_words(snapshot: &Router, vmn: &str, keyword: &str) -> Option<String> {
+    let name = runtime_keyword_name(keyword);
+    let words = crate::routing::keywords::keyword_words(keyword).ok();
+    routed_runtime_keywords(snapshot, vmn)
+        .into_iter()
+        .find(|rule| {
+            runtime_keyword_name(&rule.keyword) == name
+                && crate::routing::keywords::keyword_words(&rule.keyword).ok() != words
+        })
+        .map(|rule| rule.keyword)
+}
+
+fn name_clash(number: &Number, keyword: &str, other: &str) -> Reply {
+    error(
+        StatusCode::CONFLICT,
+        &format!(
+            "number {} has keyword {other:?}, whose name is that of {keyword:?} (names are compared in upper case) but which matches other words; use {other:?} to change or remove it",
+            number.vmn
+        ),
+    )
+}
+
 fn routed_runtime_keywords(snapshot: &Router, vmn: &str) -> Vec<KeywordRule> {
     snapshot
         .runtime_keywords()
@@ -926,6 +952,9 @@ async fn put_keyword(
 
     let _change = state.keyword_changes.lock().await;
     let snapshot = state.router.load_full();
+    if let Some(other) = same_name_other_words(&snapshot, &number.vmn, keyword) {
+        return name_clash(number, keyword, &other);
+    }
     let name = runtime_keyword_name(keyword);
     let is_this = |vmn: &str, rule: &KeywordRule| {
         vmn == number.vmn && runtime_keyword_name(&rule.keyword) == name
@@ -1000,6 +1029,9 @@ async fn delete_keyword(state: &AdminState, number: &Number, keyword: &str) -> R
         return config_keyword_conflict(rule, "remove");
     }
     let _change = state.keyword_changes.lock().await;
+    if let Some(other) = same_name_other_words(&state.router.load_full(), &number.vmn, keyword) {
+        return name_clash(number, keyword, &other);
+    }
     match state.store.delete_runtime_keyword(&number.vmn, keyword) {
         Ok(true) => {}
         Ok(false) => {
