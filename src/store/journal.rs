@@ -652,7 +652,10 @@ impl Journal {
         }
         let active = state.active;
         let file = state.segment_file(active)?;
-        let written = (&*file).write_all(&state.buf);
+        // At `active_len`, not at the file's cursor: after a write that failed part-way the
+        // cursor is past the last whole record, and if no new segment could be started the
+        // next batch would land there while its index entries point at `active_len`.
+        let written = file.write_all_at(&state.buf, state.active_len);
         let len = state.buf.len() as u64;
         state.buf.clear();
         match written {
@@ -958,6 +961,35 @@ mod tests {
         journal.sync().unwrap();
         assert!(journal.lock().unsynced.is_empty());
         assert_eq!(journal.entry(batch[0]).unwrap(), Some(entry(2)));
+    }
+
+    /// A write that failed part-way leaves bytes past the last whole record, and the file's
+    /// cursor after them. The next batch must still land where its index entries say.
+    #[test]
+    fn records_land_where_the_index_says_after_a_partial_write() {
+        use std::io::{Seek, SeekFrom};
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), true).unwrap();
+        journal.append(1, &[entry(1)]).unwrap();
+        {
+            let state = journal.lock();
+            let file = state.segment_file(state.active).unwrap();
+            file.write_all_at(b"torn", state.active_len).unwrap();
+            (&*file)
+                .seek(SeekFrom::Start(state.active_len + 4))
+                .unwrap();
+        }
+        journal.append(2, &[entry(2)]).unwrap();
+        journal.sync().unwrap();
+        assert_eq!(journal.entry(1).unwrap(), Some(entry(1)));
+        assert_eq!(journal.entry(2).unwrap(), Some(entry(2)));
+        drop(journal);
+        let (journal, report) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(journal.live_ids(), vec![1, 2]);
+        assert_eq!(
+            report.skipped_bytes, 0,
+            "the partial bytes were written over"
+        );
     }
 
     fn entry_with(pdu: Vec<u8>) -> JournalEntry {
