@@ -698,15 +698,55 @@ impl Journal {
         }
         let mut ids = Vec::with_capacity(entries.len());
         let mut payload = Vec::new();
+        let mut appended = Ok(());
         for (i, entry) in entries.iter().enumerate() {
             let id = first_id + i as u64;
             payload.clear();
             entry.encode_into(&mut payload);
-            self.append_raw(&mut state, id, &payload)?;
+            appended = self.append_raw(&mut state, id, &payload);
+            if appended.is_err() {
+                break;
+            }
             ids.push(id);
         }
-        self.write_buffered(&mut state)?;
+        if let Err(e) = appended.and_then(|()| self.write_buffered(&mut state)) {
+            self.withdraw(&mut state, &ids);
+            return Err(e);
+        }
         Ok(ids)
+    }
+
+    /// Takes back the entries of a batch that failed: the whole batch is refused (the carrier
+    /// sends it again), so none of it may also be processed. Entries written to a segment
+    /// sealed part-way through the batch are on disk and would come back at the next start:
+    /// they are released (best effort; if that fails too, the next start processes them and
+    /// the carrier's resend makes a duplicate, never a loss).
+    fn withdraw(&self, state: &mut State, ids: &[u64]) {
+        // Records encoded but not written belong to the refused batch.
+        state.buf.clear();
+        let mut payload = Vec::new();
+        for id in ids {
+            if let Some(location) = state.live.remove(*id) {
+                if let Some(segment) = state.segments.get_mut(&u64::from(location.segment)) {
+                    segment.live = segment.live.saturating_sub(1);
+                }
+                payload.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+        if payload.is_empty() {
+            return;
+        }
+        let released = state.active_salt().and_then(|salt| {
+            let mut buf = std::mem::take(&mut state.buf);
+            for chunk in payload.chunks(MAX_PAYLOAD) {
+                encode_record(&mut buf, RELEASE, 0, chunk, Some(salt));
+            }
+            state.buf = buf;
+            self.write_buffered(state)
+        });
+        if let Err(e) = released {
+            tracing::warn!(error = %e, entries = payload.len() / 8, "journal: cannot release the entries of a refused batch; the next start processes them");
+        }
     }
 
     /// Makes everything appended so far durable: an fdatasync of every segment written since
@@ -1521,6 +1561,32 @@ mod tests {
         assert_eq!(report.live_entries, 100);
         assert_eq!(journal.live_ids(), ids);
         assert_eq!(journal.entry(ids[99]).unwrap().as_ref(), Some(&entries[99]));
+    }
+
+    /// A batch that fails after part of it went into a segment sealed on the way is refused
+    /// whole (the carrier sends it again): the part on disk must not be processed as well.
+    #[test]
+    fn a_batch_refused_part_way_leaves_nothing_to_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut journal, _) = Journal::open(dir.path(), true).unwrap();
+        journal.segment_bytes = 500;
+        journal.max_segment_bytes = 1_000;
+        journal.append(1, &[entry(1)]).unwrap();
+        journal.sync().unwrap();
+        // The segment the batch would continue in cannot be created.
+        let next = journal.lock().active + 1;
+        std::fs::write(segment_path(dir.path(), next), b"").unwrap();
+        let entries: Vec<JournalEntry> = (0..40).map(entry).collect();
+        assert!(journal.append(100, &entries).is_err());
+        assert_eq!(
+            journal.live_ids(),
+            vec![1],
+            "none of the refused batch is live"
+        );
+        drop(journal);
+        std::fs::remove_file(segment_path(dir.path(), next)).unwrap();
+        let (journal, _) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(journal.live_ids(), vec![1], "nor after a restart");
     }
 
     #[test]
