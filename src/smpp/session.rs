@@ -138,6 +138,9 @@ struct Session {
     acks_tx: mpsc::UnboundedSender<AckOutcome>,
     /// deliver_sm journaled but not yet answered.
     unanswered: usize,
+    /// Stopping: a new deliver_sm is answered with a temporary error (the carrier sends it
+    /// again later) instead of journaled, while the ones journaled get their acks.
+    draining: bool,
     /// Handles of the per-message metrics, looked up once per session, not per PDU.
     meters: SessionMeters,
 }
@@ -186,6 +189,7 @@ pub async fn run(
         last_heard: Instant::now(),
         acks_tx,
         unanswered: 0,
+        draining: false,
     };
     if let Err(end) = s.bind(&mut reader).await {
         return end;
@@ -341,6 +345,11 @@ impl Session {
         let mut timer = tokio::time::interval(tick);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unbind_sent: Option<Instant> = None;
+        // When the stop began: the unbind waits for the acks of what was journaled (SMPP 3.4
+        // 2.3: no unbind while operations are outstanding), at most `response_timeout`. An
+        // SMSC may close once it answers the unbind, and a message journaled but never
+        // acknowledged would be processed now and again when the carrier resends it.
+        let mut stopping: Option<Instant> = None;
         // Only a transceiver bind may send submit_sm (a receiver bind's SMSC would refuse it).
         let sends = self.ctx.carrier.bind == BindMode::Transceiver;
         let window = self.ctx.carrier.window as usize;
@@ -383,17 +392,24 @@ impl Session {
                     }
                 },
                 _ = timer.tick() => self.on_tick(enquire_every, response_timeout).await,
-                changed = shutdown.changed(), if unbind_sent.is_none() => {
+                changed = shutdown.changed(), if stopping.is_none() => {
                     if changed.is_err() || *shutdown.borrow() {
-                        unbind_sent = Some(Instant::now());
-                        self.request(Body::Unbind).await.map(|_| ())
-                    } else {
-                        Ok(())
+                        stopping = Some(Instant::now());
+                        self.draining = true;
                     }
+                    Ok(())
                 }
             };
             if let Err(end) = step {
                 return end;
+            }
+            if let (Some(since), None) = (stopping, unbind_sent) {
+                if self.unanswered == 0 || since.elapsed() > response_timeout {
+                    unbind_sent = Some(Instant::now());
+                    if let Err(end) = self.request(Body::Unbind).await {
+                        return end;
+                    }
+                }
             }
             if let Some(sent) = unbind_sent {
                 let answered = !self
@@ -485,6 +501,16 @@ impl Session {
         match p.body {
             Body::DeliverSm(sm) => {
                 self.meters.received.increment(1);
+                if self.draining {
+                    let resp = Pdu {
+                        command_status: status::ESME_RX_T_APPN,
+                        sequence_number: p.sequence_number,
+                        body: Body::DeliverSmResp {
+                            message_id: String::new(),
+                        },
+                    };
+                    return self.send(&resp).await;
+                }
                 let request = JournalRequest {
                     entry: JournalEntry {
                         carrier: self.ctx.carrier_name.to_string(),
