@@ -37,6 +37,10 @@ pub enum Sent {
     GiveUp(String),
 }
 
+/// A whole SMTP exchange (connect, greeting, TLS, login, the message) may take this many
+/// times `[smtp] timeout`.
+const SEND_TIMEOUTS: u32 = 3;
+
 /// The SMTP side of `[smtp]`: a transport built once, cloned into each attempt.
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -134,7 +138,19 @@ impl Mailer {
             Err(e) => return Ok(Sent::GiveUp(e)),
         };
         let started = std::time::Instant::now();
-        let result = self.transport.send(message).await;
+        // lettre's `timeout` bounds the TCP connect only: a relay that accepts and then says
+        // nothing (no greeting, a stalled TLS handshake or DATA) would hold this attempt, and
+        // after `concurrency` of them every e-mail, for good.
+        let limit = self.smtp.timeout.saturating_mul(SEND_TIMEOUTS);
+        let result = match tokio::time::timeout(limit, self.transport.send(message)).await {
+            Ok(result) => result,
+            Err(_) => {
+                metrics::counter!("vmnd_email_attempts_total", "outcome" => "failed").increment(1);
+                return Ok(Sent::Retry(format!(
+                    "SMTP: the relay did not finish the exchange within {limit:?}"
+                )));
+            }
+        };
         metrics::histogram!("vmnd_email_latency_seconds").record(started.elapsed().as_secs_f64());
         Ok(match result {
             Ok(_) => {
@@ -328,6 +344,63 @@ mod tests {
             body: config::DEFAULT_EMAIL_BODY.into(),
             concurrency: 1,
         }
+    }
+
+    /// A relay that accepts the connection and then says nothing: the attempt ends (to be
+    /// retried) within the bound, instead of holding its slot for good.
+    #[tokio::test]
+    async fn a_relay_that_never_speaks_does_not_hold_the_attempt() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let held = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                kept.push(stream);
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 8, false).unwrap();
+        let config = Smtp {
+            host: "127.0.0.1".into(),
+            port,
+            credentials: None,
+            timeout: Duration::from_millis(300),
+            ..smtp(SmtpTls::None)
+        };
+        let mailer = Mailer::new(&config).expect("mailer");
+        let mut record = crate::store::tests::sample_message(0x100);
+        record.to = "567678".into();
+        let mut job = Job {
+            id: 0x1_0001,
+            message_id: 0x100,
+            webhook: String::new(),
+            event: "message".into(),
+            attempts: 0,
+            created_ms: 0,
+            due_ms: 0,
+            first_attempt_ms: None,
+            last_error: None,
+            last_status: None,
+            sms: None,
+            email: Some(crate::store::queue::EmailJob {
+                to: vec!["a@acme.example".into()],
+                vmn: "567678".into(),
+                msisdn: "919812345678".into(),
+                token: None,
+            }),
+        };
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(10),
+            mailer.attempt(&store, &mut job, Some(Arc::new(record))),
+        )
+        .await
+        .expect("the attempt ended")
+        .expect("no store error");
+        assert!(
+            matches!(&attempt, Sent::Retry(e) if e.contains("did not finish")),
+            "{attempt:?}"
+        );
+        held.abort();
     }
 
     #[test]
