@@ -2329,6 +2329,19 @@ pub fn read_pem_certificates(
             path.display()
         ));
     }
+    // PEM is only base64 around the certificate: parse each as a trust anchor, as the TLS
+    // stack will when it connects, so a damaged one is refused here and not at the first
+    // connection (where the webhook or the mail relay would fall back or stop).
+    let mut roots = rustls::RootCertStore::empty();
+    for (n, cert) in certs.iter().enumerate() {
+        roots.add(cert.clone()).map_err(|e| {
+            format!(
+                "{}: certificate {} is not a usable CA certificate: {e}",
+                path.display(),
+                n + 1
+            )
+        })?;
+    }
     Ok(certs)
 }
 
@@ -2371,14 +2384,8 @@ fn check_domain(domain: &str) -> Result<(), String> {
 
 /// Reads `[smtp] ca_file`: one or more PEM certificates, as lettre will load them.
 fn read_ca_file(path: &str) -> Result<Vec<u8>, String> {
+    read_pem_certificates(Path::new(path))?;
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {path:?}: {e}"))?;
-    let certificates = pem
-        .windows(b"-----BEGIN CERTIFICATE-----".len())
-        .filter(|w| *w == b"-----BEGIN CERTIFICATE-----")
-        .count();
-    if certificates == 0 {
-        return Err(format!("{path:?} holds no PEM certificate"));
-    }
     lettre::transport::smtp::client::Certificate::from_pem(&pem)
         .map_err(|e| format!("{path:?}: {e}"))?;
     Ok(pem)
