@@ -18,10 +18,22 @@ fn init_logging(default: &str) {
 /// [`main_workers`] for its size; `TOKIO_WORKER_THREADS` in the environment overrides it.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        builder.worker_threads(main_workers(cores));
-    }
+    // Read here rather than by tokio, which panics on a value it cannot use.
+    let workers = match std::env::var_os("TOKIO_WORKER_THREADS") {
+        None => {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            main_workers(cores)
+        }
+        Some(value) => match value.to_str().and_then(|v| v.trim().parse::<usize>().ok()) {
+            Some(n) if n > 0 => n,
+            _ => {
+                return Err(std::io::Error::other(format!(
+                    "TOKIO_WORKER_THREADS must be a whole number of threads, 1 or more; got {value:?}"
+                )));
+            }
+        },
+    };
+    builder.worker_threads(workers);
     builder.enable_all().build()
 }
 
@@ -42,9 +54,9 @@ pub fn check(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok((config, warnings)) => {
             for w in &warnings {
-                println!("{w}");
+                crate::out!("{w}");
             }
-            println!(
+            crate::out!(
                 "{}: ok ({} carriers, {} webhooks, {} numbers)",
                 path.display(),
                 config.carriers.len(),
@@ -55,7 +67,7 @@ pub fn check(path: &Path) -> ExitCode {
         }
         Err(problems) => {
             for p in &problems {
-                println!("{p}");
+                crate::out!("{p}");
             }
             ExitCode::FAILURE
         }
@@ -153,7 +165,7 @@ pub fn route(args: &RouteArgs) -> ExitCode {
         args.tenant.as_deref(),
     );
     if args.json {
-        println!(
+        crate::out!(
             "{}",
             serde_json::to_string_pretty(&explanation).unwrap_or_default()
         );

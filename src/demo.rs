@@ -113,16 +113,16 @@ pub async fn run(once: bool) -> Result<(), String> {
             .join("\n")
     })?;
     let daemon = Daemon::start(config).await?;
-    println!("vmnd demo");
-    println!("  carrier simulator  {}", smsc.addr());
-    println!("  webhook sink       {}", sink.url("/sms"));
-    println!("  SMTP sink          {}", smtp.addr());
+    crate::out!("vmnd demo");
+    crate::out!("  carrier simulator  {}", smsc.addr());
+    crate::out!("  webhook sink       {}", sink.url("/sms"));
+    crate::out!("  SMTP sink          {}", smtp.addr());
     if let Some(lmtp) = daemon.lmtp_addr {
-        println!("  LMTP (replies)     {lmtp}");
+        crate::out!("  LMTP (replies)     {lmtp}");
     }
-    println!("  admin page         http://{}/", daemon.admin_addr);
-    println!("  data dir           {}", dir.path().display());
-    println!();
+    crate::out!("  admin page         http://{}/", daemon.admin_addr);
+    crate::out!("  data dir           {}", dir.path().display());
+    crate::out!();
 
     let mut script = vec![
         mo::gsm("919812345678", "567678", "JOIN summer"),
@@ -161,11 +161,12 @@ pub async fn run(once: bool) -> Result<(), String> {
     let expected_posts = 8;
     let all_posted = sink.wait_for(expected_posts, Duration::from_secs(20)).await;
     let stats = smsc.stats();
-    println!(
+    crate::out!(
         "carrier: {} deliver_sm sent, {} acknowledged with status 0 (after durable commit)",
-        stats.sent, stats.acked_ok
+        stats.sent,
+        stats.acked_ok
     );
-    println!("webhook: {} requests answered 2xx\n", sink.count());
+    crate::out!("webhook: {} requests answered 2xx\n", sink.count());
 
     let posted: Vec<String> = sink
         .requests()
@@ -205,7 +206,7 @@ pub async fn run(once: bool) -> Result<(), String> {
             };
             format!("\"{}\"{matched}", m.text.replace('\n', "\\n"))
         };
-        println!(
+        crate::out!(
             "{}  {} -> {}  [{}{}]  {}\n      {}",
             m.id,
             m.from,
@@ -224,23 +225,25 @@ pub async fn run(once: bool) -> Result<(), String> {
     let replies_sent = smsc
         .wait_until(Duration::from_secs(20), |s| s.submits_received >= 2)
         .await;
-    println!();
+    crate::out!();
     for sm in smsc.submitted() {
         let text = crate::smpp::text::decode_text(sm.data_coding, &sm.short_message, false, 0).text;
-        println!(
+        crate::out!(
             "reply  {} -> {}  submit_sm: \"{}\"",
-            sm.source.addr, sm.dest.addr, text
+            sm.source.addr,
+            sm.dest.addr,
+            text
         );
     }
     let emailed = email_round_trip(&daemon, &smtp, &smsc).await;
     let ok = all_acked && all_posted && replies_sent && emailed;
     if !ok {
-        println!(
+        crate::out!(
             "\nnot everything arrived in time: acked={all_acked} posted={all_posted} replies={replies_sent} e-mail={emailed}"
         );
     }
     if !once {
-        println!(
+        crate::out!(
             "\nadmin page: http://{}/  (metrics at /metrics). Ctrl-C to stop.",
             daemon.admin_addr
         );
@@ -265,8 +268,8 @@ async fn email_round_trip(daemon: &Daemon, smtp: &SmtpSink, smsc: &Smsc) -> bool
     }
     let mail = &smtp.received()[0];
     let header = |name: &str| mail.header(name).unwrap_or_default();
-    println!();
-    println!(
+    crate::out!();
+    crate::out!(
         "e-mail to {}  Subject: {:?}\n      Reply-To: {}\n      Message-ID: {}  In-Reply-To: {}",
         mail.rcpt_to.join(", "),
         header("Subject"),
@@ -292,11 +295,11 @@ async fn email_round_trip(daemon: &Daemon, smtp: &SmtpSink, smsc: &Smsc) -> bool
     let transcript = match lmtp_deliver(lmtp, "leads@acme.example", rcpt, &message).await {
         Ok(t) => t,
         Err(e) => {
-            println!("LMTP delivery failed: {e}");
+            crate::out!("LMTP delivery failed: {e}");
             return false;
         }
     };
-    println!(
+    crate::out!(
         "reply by e-mail from leads@acme.example to {rcpt} over LMTP: {}",
         transcript.trim_end()
     );
@@ -306,9 +309,10 @@ async fn email_round_trip(daemon: &Daemon, smtp: &SmtpSink, smsc: &Smsc) -> bool
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(sm) = smsc.submitted().iter().find(|sm| is_reply(sm)) {
-            println!(
+            crate::out!(
                 "reply  {} -> {}  submit_sm: \"{text}\" (the e-mail's own text, quote stripped)",
-                sm.source.addr, sm.dest.addr
+                sm.source.addr,
+                sm.dest.addr
             );
             return true;
         }

@@ -48,6 +48,16 @@
 //! | [`thread_priority`] | short time slices for the acknowledgement path's threads, a lower priority for the processor |
 //! | [`allocator`] | the process's allocator (mimalloc) and how long it keeps freed memory |
 
+/// `println!` for the command line's output, without its panic when stdout is closed
+/// (`vmnd route ... | head -1`): a reader that went away is not the command's failure.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod actions;
 pub mod admin;
 pub mod allocator;

@@ -12,7 +12,18 @@ const USAGE: &str = "usage:
   vmnd --version";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `args()` panics on an argument that is not UTF-8: say so instead.
+    let args: Vec<String> = match std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect::<Result<_, _>>()
+    {
+        Ok(args) => args,
+        Err(arg) => {
+            eprintln!("argument {arg:?} is not UTF-8\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
     let command = args.first().map(String::as_str);
     let config_path = || -> Result<PathBuf, String> {
         match (args.get(1).map(String::as_str), args.get(2)) {
@@ -30,11 +41,11 @@ fn main() -> ExitCode {
             _ => Err(format!("unexpected arguments\n{USAGE}")),
         },
         Some("--version") | Some("-V") => {
-            println!("vmnd {}", env!("CARGO_PKG_VERSION"));
+            vmnd::out!("vmnd {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
         }
         Some("--help") | Some("-h") | Some("help") => {
-            println!("{USAGE}");
+            vmnd::out!("{USAGE}");
             Ok(ExitCode::SUCCESS)
         }
         _ => Err(USAGE.to_string()),

@@ -143,3 +143,44 @@ fn demo_runs_its_script_end_to_end() {
         "{stdout}"
     );
 }
+
+/// Unusual environments get an error message and an exit code, never a panic (101): an
+/// argument that is not UTF-8, a `TOKIO_WORKER_THREADS` the runtime cannot use, a stdout
+/// closed before the output is written.
+#[test]
+fn unusual_environments_are_errors_not_panics() {
+    use std::os::unix::ffi::OsStrExt;
+    let not_utf8 = vmnd()
+        .arg("check")
+        .arg("--config")
+        .arg(std::ffi::OsStr::from_bytes(b"\xff.toml"))
+        .output()
+        .expect("run vmnd");
+    assert_eq!(not_utf8.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&not_utf8.stderr).contains("not UTF-8"));
+
+    for value in ["0", "abc"] {
+        let out = vmnd()
+            .args(["run", "--config", "tests/config/valid/minimal.toml"])
+            .env("TOKIO_WORKER_THREADS", value)
+            .output()
+            .expect("run vmnd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{value}: {stderr}");
+        assert!(stderr.contains("TOKIO_WORKER_THREADS"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+
+    // A reader that went away before the output: `vmnd --version | true`.
+    let mut child = vmnd()
+        .arg("--version")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn vmnd");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
