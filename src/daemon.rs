@@ -270,11 +270,19 @@ impl Daemon {
         }
         // With the sessions gone the writer stops, and then the processor: wait for it, so
         // what was acknowledged is processed and the store is closed when this returns.
+        // Joined from a thread of its own, not the blocking pool: a pool task that outlives
+        // the timeout would hold the runtime's drop, and the process, until it ends.
         let processor = self.processor;
-        let joined = tokio::task::spawn_blocking(move || processor.join());
-        if tokio::time::timeout(std::time::Duration::from_secs(30), joined)
-            .await
-            .is_err()
+        let (joined_tx, joined) = tokio::sync::oneshot::channel();
+        let joiner = std::thread::Builder::new()
+            .name("vmnd-join".into())
+            .spawn(move || {
+                let _ = joined_tx.send(processor.join());
+            });
+        if joiner.is_err()
+            || tokio::time::timeout(std::time::Duration::from_secs(30), joined)
+                .await
+                .is_err()
         {
             tracing::error!("the processor did not stop within 30 s");
         }
@@ -360,25 +368,61 @@ fn runtime_keywords(store: &Store, config: &Config) -> Result<Vec<(String, Keywo
 
 /// `vmnd run`: until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), String> {
+    // Before anything starts: from here on SIGTERM and SIGHUP are ours, not their default
+    // actions (which end the process with no unbind).
+    let signals = Signals::register();
     let daemon = Daemon::start(config).await?;
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("signal received; unbinding");
     daemon.shutdown().await;
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
+/// Resolves on SIGINT or SIGTERM (see [`Signals`]).
 pub async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+    Signals::register().wait().await
+}
+
+/// SIGTERM and SIGHUP, taken over from their default actions when registered. SIGINT is
+/// tokio's `ctrl_c`. SIGHUP is logged and ignored: the config is read at start only.
+pub struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    pub fn register() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            term: signal(SignalKind::terminate()).ok(),
+            hangup: signal(SignalKind::hangup()).ok(),
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+    }
+
+    /// Resolves on SIGINT or SIGTERM.
+    pub async fn wait(mut self) {
+        let hangups = async {
+            if let Some(hangup) = self.hangup.as_mut() {
+                while hangup.recv().await.is_some() {
+                    tracing::warn!(
+                        "SIGHUP ignored: vmnd reads its config at start only; restart it to apply a change"
+                    );
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let term = async {
+            match self.term.as_mut() {
+                Some(term) => {
+                    term.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+            () = hangups => {}
         }
     }
 }

@@ -818,3 +818,36 @@ async fn opt_out_before_a_scheduled_reply_holds_across_sigkill() {
         "the reply to an opted-out person was sent"
     );
 }
+
+/// SIGHUP does not end the daemon (its default action would, with no unbind): it is logged
+/// and ignored, and SIGTERM still stops it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_ignored_and_sigterm_still_stops_cleanly() {
+    let smsc = Smsc::start(SmscConfig::default()).await.expect("sim");
+    let sink = HttpSink::start(SinkMode::Ok).await.expect("sink");
+    let mut vmnd = Vmnd::new(&smsc, &sink, |t| t);
+    vmnd.start();
+    vmnd.admin_addr().await;
+    let pid = vmnd.child.as_ref().expect("running").id() as libc::pid_t;
+    // SAFETY: a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let started = Instant::now();
+    let log = vmnd.log_path(1, "stderr");
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("SIGHUP ignored")
+    {
+        vmnd.assert_running();
+        assert!(started.elapsed() < LONG, "SIGHUP was not logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    vmnd.assert_running();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut child = vmnd.child.take().expect("running");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("joined")
+        .expect("reaped");
+    assert!(status.success(), "{status:?}");
+}
