@@ -5867,7 +5867,7 @@ lmtp_listen = "127.0.0.1:2424"
         for (value, says) in [
             (
                 "\"/nonexistent/ca.pem\"",
-                "`ca_file`: cannot read \"/nonexistent/ca.pem\"",
+                "`ca_file`: cannot read /nonexistent/ca.pem",
             ),
             ("\"Cargo.toml\"", "holds no PEM certificate"),
         ] {
