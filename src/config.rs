@@ -2463,6 +2463,19 @@ fn validate_smtp(
                 p.error(&user.span(), "`username` must not be empty");
                 None
             } else {
+                let loopback = raw.host.get_ref() == "localhost"
+                    || raw
+                        .host
+                        .get_ref()
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if tls == Some(SmtpTls::None) && !loopback {
+                    p.warning(
+                        &user.span(),
+                        "with `tls = \"none\"` the SMTP login (`username` and password) crosses the network in cleartext: use tls = \"starttls\" or \"tls\" unless the relay is on a network you trust",
+                    );
+                }
                 Some(Some((user.get_ref().clone(), secret.value)))
             }
         }
