@@ -450,16 +450,8 @@ fn subscribe(
                     Some(until),
                 )?;
                 // At its reserved index: see `Jobs`.
-                if let Some(carrier) = &number.carrier {
-                    let sms = sms_job(
-                        jobs,
-                        carrier,
-                        &number.vmn,
-                        &vars.record.from,
-                        vars.record.from_ton_npi,
-                        vars.render(confirm_reply),
-                        "optin_request",
-                    );
+                if let Some(sms) = sms_to_sender(jobs, number, vars, confirm_reply, "optin_request")
+                {
                     let now_ms = jobs.now_ms;
                     jobs.push_at(
                         OPTIN_REQUEST_INDEX,
@@ -492,10 +484,22 @@ fn push_sms(
     purpose: &str,
     due_ms: u64,
 ) {
-    let Some(carrier) = &number.carrier else {
-        return; // validation refuses SMS actions without a carrier
-    };
-    let sms = sms_job(
+    if let Some(sms) = sms_to_sender(jobs, number, vars, template, purpose) {
+        jobs.push(String::new(), "message", due_ms, Some(sms));
+    }
+}
+
+/// An SMS to the sender of the message, from the number; None without a carrier (which
+/// validation refuses for SMS actions).
+fn sms_to_sender(
+    jobs: &Jobs,
+    number: &Number,
+    vars: &Vars<'_>,
+    template: &str,
+    purpose: &str,
+) -> Option<SmsJob> {
+    let carrier = number.carrier.as_ref()?;
+    Some(sms_job(
         jobs,
         carrier,
         &number.vmn,
@@ -503,8 +507,7 @@ fn push_sms(
         vars.record.from_ton_npi,
         vars.render(template),
         purpose,
-    );
-    jobs.push(String::new(), "message", due_ms, Some(sms));
+    ))
 }
 
 fn run_actions(
@@ -775,11 +778,8 @@ impl std::fmt::Display for Explanation {
 mod tests {
     use super::*;
 
-    /// A poll answer is compared with the options as keywords are compared with messages:
-    /// full-width and compatibility forms, case and edge punctuation do not matter.
-    #[test]
-    fn poll_answers_match_in_any_form_a_keyword_would() {
-        let text = r#"
+    /// A config with number 567678 on carrier "sim"; tests append its keyword tables.
+    const NUMBER_567678: &str = r#"
 [daemon]
 data_dir = "./var"
 
@@ -794,7 +794,14 @@ password = "secret"
 vmn = "567678"
 carrier = "sim"
 default = { reply = "ok" }
+"#;
 
+    /// A poll answer is compared with the options as keywords are compared with messages:
+    /// full-width and compatibility forms, case and edge punctuation do not matter.
+    #[test]
+    fn poll_answers_match_in_any_form_a_keyword_would() {
+        let text = NUMBER_567678.to_string()
+            + r#"
 [[number.keyword]]
 keyword = "VOTE"
 kind = "poll"
@@ -802,7 +809,7 @@ options = ["A", "1"]
 reply = "Counted"
 invalid_reply = "Options: {options}"
 "#;
-        let (config, _) = config::parse(text, "t.toml", &|_| None).unwrap();
+        let (config, _) = config::parse(&text, "t.toml", &|_| None).unwrap();
         let router = Router::new(&config);
         let at = Utc::now();
         let reply_of = |message: &str| {
@@ -833,29 +840,15 @@ invalid_reply = "Options: {options}"
     fn a_double_opt_in_planned_again_after_the_confirmation_keeps_its_reply_id() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 8, false).unwrap();
-        let text = r#"
-[daemon]
-data_dir = "./var"
-
-[[carrier]]
-name = "sim"
-host = "127.0.0.1"
-port = 2775
-system_id = "vmnd"
-password = "secret"
-
-[[number]]
-vmn = "567678"
-carrier = "sim"
-default = { reply = "ok" }
-
+        let text = NUMBER_567678.to_string()
+            + r#"
 [[number.keyword]]
 keyword = "JOIN"
 subscribe = "double"
 confirm_reply = "Reply YES to confirm"
 reply = "Welcome"
 "#;
-        let (config, _) = config::parse(text, "t.toml", &|_| None).unwrap();
+        let (config, _) = config::parse(&text, "t.toml", &|_| None).unwrap();
         let router = Router::new(&config);
         let message = |id: u64, text: &str| {
             let mut record = crate::store::tests::sample_message(id);

@@ -34,29 +34,27 @@ use arc_swap::ArcSwap;
 
 /// Digits only for numeric addresses (no `+`, no blanks); alphanumeric senders as received.
 pub fn normalize_address(address: &Address) -> String {
+    match numeric_digits(address) {
+        Some(digits) => digits.to_string(),
+        None => address.addr.trim().to_string(),
+    }
+}
+
+/// The digits of a numeric address (TON not alphanumeric, nothing but digits after an
+/// optional `+`); None for an alphanumeric one.
+fn numeric_digits(address: &Address) -> Option<&str> {
     let trimmed = address.addr.trim();
     let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
-    if address.ton != 5 && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        digits.to_string()
-    } else {
-        trimmed.to_string()
-    }
+    (address.ton != 5 && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(digits)
 }
 
 /// The sender's (TON, NPI) when a reply cannot assume international / ISDN (1, 1); None for
 /// those and for alphanumeric senders, who cannot be answered by SMS.
 fn reply_address_type(address: &Address) -> Option<[u8; 2]> {
-    let numeric = !address.addr.trim().is_empty()
-        && address
-            .addr
-            .trim()
-            .trim_start_matches('+')
-            .bytes()
-            .all(|b| b.is_ascii_digit());
     match (address.ton, address.npi) {
         (1, 1) => None,
-        _ if !numeric || address.ton == 5 => None,
-        (ton, npi) => Some([ton, npi]),
+        (ton, npi) => numeric_digits(address).map(|_| [ton, npi]),
     }
 }
 

@@ -674,19 +674,8 @@ fn enqueue(store: &Store, endpoints: &mut Endpoints, s: Scheduled) {
                         hold.settle();
                     }
                     // An SMS that will not go: its record says so, as an attempt's would.
-                    if let Some(sms) = &letter.job.sms {
-                        let failed = store.update_outbound(
-                            letter.job.id,
-                            &new_outbound_record(&letter.job, sms),
-                            |record| {
-                                record.state = "failed".to_string();
-                                record.error = Some(letter.reason.clone());
-                                record.updated_ms = letter.dead_at_ms;
-                            },
-                        );
-                        if let Err(e) = failed {
-                            tracing::error!(job = letter.job.id, error = %e, "cannot mark the SMS failed");
-                        }
+                    if let Err(e) = mark_sms_failed(store, &letter.job, &letter.reason) {
+                        tracing::error!(job = letter.job.id, error = %e, "cannot mark the SMS failed");
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot dead-letter job"),
@@ -925,14 +914,7 @@ impl AttemptTask {
     fn dead_letter(&self, job: Job, reason: String) -> store::Result<()> {
         tracing::warn!(job = job.id, %reason, "dead letter");
         if job.sms.is_some() {
-            if let Some(sms) = &job.sms {
-                self.store
-                    .update_outbound(job.id, &new_outbound_record(&job, sms), |record| {
-                        record.state = "failed".to_string();
-                        record.error = Some(reason.clone());
-                        record.updated_ms = clock::now_ms();
-                    })?;
-            }
+            mark_sms_failed(&self.store, &job, &reason)?;
         }
         self.store.job_dead(&DeadLetter {
             job,
@@ -1107,17 +1089,18 @@ impl AttemptTask {
             });
         };
         let segments = sms_text::segments(&sms.text, sms.reference);
-        if sms.sent.is_empty() {
-            if let Some(note) = truncation(&sms.text) {
-                tracing::warn!(job = job.id, to = %sms.to, "{note}");
-                metrics::counter!("vmnd_sms_truncated_total", "purpose" => sms.purpose.clone())
-                    .increment(1);
-            }
-        }
         // The record as it starts, written at the first change. Every change below is a
         // compare-and-swap on the stored record (`Store::update_outbound`): receipts for the
         // segments already accepted may come back while later ones are sent.
-        let initial = new_outbound_record(job, &sms);
+        let initial = OutboundRecord {
+            error: truncation(&sms.text),
+            ..new_outbound_record(job, &sms)
+        };
+        if let (Some(note), true) = (&initial.error, sms.sent.is_empty()) {
+            tracing::warn!(job = job.id, to = %sms.to, "{note}");
+            metrics::counter!("vmnd_sms_truncated_total", "purpose" => sms.purpose.clone())
+                .increment(1);
+        }
         // DESIGN.md promise 3: nothing reaches a person who opted out of the number but the
         // one confirmation. Checked at send time, so replies queued or scheduled before the
         // opt-out are cancelled too.
@@ -1263,6 +1246,19 @@ fn truncation(text: &str) -> Option<String> {
     })
 }
 
+/// Marks an SMS job's record failed (creating it if the job never got as far), for a job
+/// that becomes a dead letter. Nothing for other jobs.
+fn mark_sms_failed(store: &Store, job: &Job, reason: &str) -> store::Result<()> {
+    if let Some(sms) = &job.sms {
+        store.update_outbound(job.id, &new_outbound_record(job, sms), |record| {
+            record.state = "failed".to_string();
+            record.error = Some(reason.to_string());
+            record.updated_ms = clock::now_ms();
+        })?;
+    }
+    Ok(())
+}
+
 fn new_outbound_record(job: &Job, sms: &SmsJob) -> OutboundRecord {
     OutboundRecord {
         id: store::format_id(job.id),
@@ -1274,7 +1270,7 @@ fn new_outbound_record(job: &Job, sms: &SmsJob) -> OutboundRecord {
         text: sms.text.clone(),
         state: "queued".to_string(),
         segments: Vec::new(),
-        error: truncation(&sms.text),
+        error: None,
         created_ms: job.created_ms,
         updated_ms: clock::now_ms(),
     }
@@ -1510,7 +1506,7 @@ mod tests {
         ep.in_flight = 1;
         // The replay announces it while the attempt's end is not booked yet.
         enqueue(&store, &mut eps, durable());
-        let ended = Finished {
+        let ended = || Finished {
             webhook: Arc::from("crm"),
             id,
             retry_at: None,
@@ -1519,7 +1515,7 @@ mod tests {
             unsettled: None,
             spent: None,
         };
-        finished(&mut eps, ended);
+        finished(&mut eps, ended());
         let ep = &eps["crm"];
         assert_eq!(ep.queue.len(), 1, "queued to run again");
         assert!(ep.known.contains(&id));
@@ -1527,18 +1523,7 @@ mod tests {
         let ep = eps.get_mut("crm").unwrap();
         ep.queue.pop();
         ep.in_flight = 1;
-        finished(
-            &mut eps,
-            Finished {
-                webhook: Arc::from("crm"),
-                id,
-                retry_at: None,
-                primary_ok: None,
-                probe: false,
-                unsettled: None,
-                spent: None,
-            },
-        );
+        finished(&mut eps, ended());
         assert!(eps["crm"].queue.is_empty() && !eps["crm"].known.contains(&id));
     }
 

@@ -138,9 +138,13 @@ struct Session {
     acks_tx: mpsc::UnboundedSender<AckOutcome>,
     /// deliver_sm journaled but not yet answered.
     unanswered: usize,
-    /// Stopping: a new deliver_sm is answered with a temporary error (the carrier sends it
-    /// again later) instead of journaled, while the ones journaled get their acks.
-    draining: bool,
+    /// When the stop began. From then a new deliver_sm is answered with a temporary error
+    /// (the carrier sends it again later) instead of journaled, and the unbind waits, at
+    /// most `response_timeout`, for the acks of what was journaled (SMPP 3.4 2.3: no unbind
+    /// while operations are outstanding). An SMSC may close once it answers the unbind, and
+    /// a message journaled but never acknowledged would be processed now and again when the
+    /// carrier resends it.
+    stopping: Option<Instant>,
     /// Handles of the per-message metrics, looked up once per session, not per PDU.
     meters: SessionMeters,
 }
@@ -189,7 +193,7 @@ pub async fn run(
         last_heard: Instant::now(),
         acks_tx,
         unanswered: 0,
-        draining: false,
+        stopping: None,
     };
     if let Err(end) = s.bind(&mut reader).await {
         return end;
@@ -226,18 +230,12 @@ impl Session {
         self.out.clear();
         pdu::encode(pdu, &mut self.out);
         let limit = self.ctx.carrier.response_timeout;
-        match tokio::time::timeout(limit, self.writer.write_all(&self.out)).await {
-            Ok(written) => written.map_err(|e| SessionEnd::Failed(format!("write: {e}"))),
-            Err(_) => Err(write_stalled(limit)),
-        }
+        bounded_write(limit, self.writer.write_all(&self.out)).await
     }
 
     async fn flush(&mut self) -> Result<(), SessionEnd> {
         let limit = self.ctx.carrier.response_timeout;
-        match tokio::time::timeout(limit, self.writer.flush()).await {
-            Ok(flushed) => flushed.map_err(|e| SessionEnd::Failed(format!("write: {e}"))),
-            Err(_) => Err(write_stalled(limit)),
-        }
+        bounded_write(limit, self.writer.flush()).await
     }
 
     async fn request(&mut self, body: Body) -> Result<u32, SessionEnd> {
@@ -345,11 +343,6 @@ impl Session {
         let mut timer = tokio::time::interval(tick);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unbind_sent: Option<Instant> = None;
-        // When the stop began: the unbind waits for the acks of what was journaled (SMPP 3.4
-        // 2.3: no unbind while operations are outstanding), at most `response_timeout`. An
-        // SMSC may close once it answers the unbind, and a message journaled but never
-        // acknowledged would be processed now and again when the carrier resends it.
-        let mut stopping: Option<Instant> = None;
         // Only a transceiver bind may send submit_sm (a receiver bind's SMSC would refuse it).
         let sends = self.ctx.carrier.bind == BindMode::Transceiver;
         let window = self.ctx.carrier.window as usize;
@@ -392,10 +385,9 @@ impl Session {
                     }
                 },
                 _ = timer.tick() => self.on_tick(enquire_every, response_timeout).await,
-                changed = shutdown.changed(), if stopping.is_none() => {
+                changed = shutdown.changed(), if self.stopping.is_none() => {
                     if changed.is_err() || *shutdown.borrow() {
-                        stopping = Some(Instant::now());
-                        self.draining = true;
+                        self.stopping = Some(Instant::now());
                     }
                     Ok(())
                 }
@@ -403,7 +395,7 @@ impl Session {
             if let Err(end) = step {
                 return end;
             }
-            if let (Some(since), None) = (stopping, unbind_sent) {
+            if let (Some(since), None) = (self.stopping, unbind_sent) {
                 if self.unanswered == 0 || since.elapsed() > response_timeout {
                     unbind_sent = Some(Instant::now());
                     if let Err(end) = self.request(Body::Unbind).await {
@@ -423,10 +415,8 @@ impl Session {
         }
     }
 
+    /// Sends a request the loop found not stale (see `SubmitRequest::is_stale`).
     async fn submit(&mut self, request: SubmitRequest) -> Result<(), SessionEnd> {
-        if request.is_stale() {
-            return Ok(()); // the sender retries
-        }
         metrics::counter!("vmnd_submit_sm_sent_total", "carrier" => self.ctx.carrier_name.to_string()).increment(1);
         self.request_with_reply(Body::SubmitSm(Box::new(request.sm)), Some(request.reply))
             .await?;
@@ -501,7 +491,7 @@ impl Session {
         match p.body {
             Body::DeliverSm(sm) => {
                 self.meters.received.increment(1);
-                if self.draining {
+                if self.stopping.is_some() {
                     let resp = Pdu {
                         command_status: status::ESME_RX_T_APPN,
                         sequence_number: p.sequence_number,
@@ -640,10 +630,17 @@ impl Session {
     }
 }
 
-fn write_stalled(limit: Duration) -> SessionEnd {
-    SessionEnd::Failed(format!(
-        "write: the SMSC has not read what was sent for {limit:?}"
-    ))
+/// A write to the SMSC that ends within `limit`, or the session does.
+async fn bounded_write(
+    limit: Duration,
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> Result<(), SessionEnd> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(written) => written.map_err(|e| SessionEnd::Failed(format!("write: {e}"))),
+        Err(_) => Err(SessionEnd::Failed(format!(
+            "write: the SMSC has not read what was sent for {limit:?}"
+        ))),
+    }
 }
 
 fn is_bind_resp(id: u32) -> bool {
